@@ -1,0 +1,87 @@
+"""The ``gemini-breaker`` command: ``serve`` runs the proxy, ``simulate`` the fake Gemini."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from . import __version__
+from .config import ConfigError, load_settings
+from .logs import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _simulate(args)
+    except ConfigError as exc:
+        print(f"gemini-breaker: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemini-breaker", description="Sidecar proxy for the Google Gemini API."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="YAML configuration file (default: $GEMINI_BREAKER_CONFIG)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    simulate = commands.add_parser("simulate", help="run the Gemini simulator (a fake upstream)")
+    simulate.add_argument("--config", help="YAML file with models, faults and quotas")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8090)
+    simulate.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    server: dict[str, Any] = {
+        key: value
+        for key, value in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
+        if value is not None
+    }
+    settings = load_settings(args.config, overrides={"server": server} if server else None)
+    configure_logging(settings.server.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,  # uvicorn's access log would print ?key= query strings
+        server_header=False,
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import create_simulator_app, load_simulator_config
+
+    config = load_simulator_config(args.config)
+    configure_logging(args.log_level)
+    uvicorn.run(
+        create_simulator_app(config),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        # Faults like ``hang`` hold connections open forever; do not let them block a stop.
+        timeout_graceful_shutdown=3,
+    )
+    return 0

@@ -1,0 +1,258 @@
+"""Configuration: one YAML file plus environment overrides, validated once at start-up.
+
+Every key is documented in the README. An invalid file fails fast with a ``ConfigError`` that
+names the offending key, e.g. ``routes.gemini-2.5-pro[1]: expected a string``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
+CONFIG_ENV = "GEMINI_BREAKER_CONFIG"
+
+# Environment variable -> (section, key). Applied over the file, under the command line.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "GEMINI_BREAKER_HOST": ("server", "host"),
+    "GEMINI_BREAKER_PORT": ("server", "port"),
+    "GEMINI_BREAKER_UPSTREAM_URL": ("upstream", "base_url"),
+    "GEMINI_API_KEY": ("upstream", "api_key"),
+    "GEMINI_BREAKER_REDIS_URL": ("redis", "url"),
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata={"min": 0, "max": 65535})
+    max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={"min": 1})
+    """Largest request body accepted; larger ones get 413 before anything goes upstream."""
+    log_level: str = field(
+        default="info", metadata={"choices": ("debug", "info", "warning", "error")}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    base_url: str = GOOGLE_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    """Sent as ``x-goog-api-key`` only when the client sent no key of its own."""
+    max_connections: int = field(default=512, metadata={"min": 1})
+    max_keepalive_connections: int = field(default=128, metadata={"min": 0})
+    keepalive_expiry: float = field(default=30.0, metadata={"min": 0})
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str | None = field(default=None, repr=False)
+    """Unset: the embedded single-replica store (state is not shared)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """Per-model limits; ``model_defaults`` holds the values for models not listed."""
+
+    connect_timeout: float = field(default=5.0, metadata={"min": 0.001})
+    first_byte_timeout: float = field(default=120.0, metadata={"min": 0.001})
+    """Time until the upstream's response headers (for a unary call: the whole answer)."""
+    stall_timeout: float = field(default=60.0, metadata={"min": 0.001})
+    """Longest silence allowed between two chunks of a response body."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole validated configuration, built once and passed in."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    model_defaults: ModelSettings = field(default_factory=ModelSettings)
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Requested model -> ordered chain of models to serve it."""
+
+    def chain_for(self, model: str) -> tuple[str, ...]:
+        """The failover chain for a requested model; a model with no route serves itself."""
+        return self.routes.get(model) or (model,)
+
+    def model_settings(self, model: str | None) -> ModelSettings:
+        if model is None:
+            return self.model_defaults
+        return self.models.get(model, self.model_defaults)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read the YAML file (``path``, else ``$GEMINI_BREAKER_CONFIG``, else none), then apply
+    environment variables, then ``overrides`` (the command line), and validate the result."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            raw.setdefault(section, {})
+            _require_mapping(raw[section], section)
+            raw[section][key] = _from_env(var, value, section, key)
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {})
+        _require_mapping(raw[section], section)
+        raw[section].update(values)
+    return build_settings(raw)
+
+
+def build_settings(raw: Mapping[str, Any]) -> Settings:
+    """Validate a parsed configuration mapping into ``Settings``."""
+    _require_mapping(raw, "configuration")
+    known = {"server", "upstream", "redis", "model_defaults", "models", "routes"}
+    _reject_unknown(raw, known, "")
+    model_defaults = _build(ModelSettings, raw.get("model_defaults"), "model_defaults")
+    models_raw = raw.get("models") or {}
+    _require_mapping(models_raw, "models")
+    models = {
+        _model_name(name, "models"): _build(
+            ModelSettings, spec, f"models.{name}", base=model_defaults
+        )
+        for name, spec in models_raw.items()
+    }
+    settings = Settings(
+        server=_build(ServerSettings, raw.get("server"), "server"),
+        upstream=_build(UpstreamSettings, raw.get("upstream"), "upstream"),
+        redis=_build(RedisSettings, raw.get("redis"), "redis"),
+        model_defaults=model_defaults,
+        models=models,
+        routes=_build_routes(raw.get("routes")),
+    )
+    _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
+    if settings.redis.url is not None:
+        _check_url(settings.redis.url, "redis.url", ("redis", "rediss", "unix"))
+    return dataclasses.replace(
+        settings,
+        upstream=dataclasses.replace(
+            settings.upstream, base_url=settings.upstream.base_url.rstrip("/")
+        ),
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    _require_mapping(data, f"{path}: the top level")
+    return dict(data)
+
+
+def _from_env(var: str, value: str, section: str, key: str) -> Any:
+    if (section, key) == ("server", "port"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{var}: expected a port number, got {value!r}") from None
+    return value
+
+
+def _build_routes(raw: Any) -> dict[str, tuple[str, ...]]:
+    if raw is None:
+        return {}
+    _require_mapping(raw, "routes")
+    routes: dict[str, tuple[str, ...]] = {}
+    for name, chain in raw.items():
+        where = f"routes.{name}"
+        _model_name(name, "routes")
+        if not isinstance(chain, list) or not chain:
+            raise ConfigError(f"{where}: expected a non-empty list of model names")
+        for index, model in enumerate(chain):
+            _model_name(model, f"{where}[{index}]")
+        if len(set(chain)) != len(chain):
+            raise ConfigError(f"{where}: a model appears twice in the chain")
+        routes[name] = tuple(chain)
+    return routes
+
+
+def _model_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name or any(c in name for c in "/:?&# "):
+        raise ConfigError(f"{where}: {name!r} is not a model name (like gemini-2.5-flash)")
+    return name
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:
+    """Build a settings dataclass from a mapping, checking names, types and ranges."""
+    instance = base if base is not None else cls()
+    if raw is None:
+        return instance
+    _require_mapping(raw, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(raw, set(fields), where)
+    hints = typing.get_type_hints(cls)
+    values = {
+        name: _check_value(value, hints[name], fields[name], f"{where}.{name}")
+        for name, value in raw.items()
+    }
+    return dataclasses.replace(instance, **values)  # type: ignore[type-var]
+
+
+def _check_value(value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must be set")
+    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if "min" in spec.metadata and value < spec.metadata["min"]:
+        raise ConfigError(f"{where}: must be at least {spec.metadata['min']}, got {value!r}")
+    if "max" in spec.metadata and value > spec.metadata["max"]:
+        raise ConfigError(f"{where}: must be at most {spec.metadata['max']}, got {value!r}")
+    if "choices" in spec.metadata and value not in spec.metadata["choices"]:
+        raise ConfigError(f"{where}: must be one of {', '.join(spec.metadata['choices'])}")
+    return value
+
+
+def _require_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys to values")
+
+
+def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(f"{where}: expected a {'/'.join(schemes)} URL")

@@ -1,0 +1,1 @@
+"""Wire knowledge of the Gemini Developer API: paths, errors, streams."""

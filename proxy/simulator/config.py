@@ -1,0 +1,345 @@
+"""Simulator configuration: catalogue overrides, per-model faults and quotas, validated.
+
+The YAML file (every section optional)::
+
+    seed: 1                  # seeds the RNG behind fault ``probability`` (default 0)
+    api_keys: [k1, k2]       # accept only these keys, others get 400 (default: any key)
+    chunk_words: 3           # words per streamed chunk (default 3)
+    chunk_interval: 0.0      # seconds between two stream chunks (default 0)
+    max_attempts: 10000      # requests kept in the attempt log (default 10000)
+    models:                  # catalogue additions (a built-in model: only the given fields change)
+      my-model: {input_token_limit: 1000, output_token_limit: 100}
+    faults:                  # model -> list of fault specs, checked in order
+      gemini-2.5-pro:
+        - {kind: error, status: 503, for_seconds: 30}
+    quotas:                  # model -> request-rate quota
+      gemini-2.5-flash: {requests_per_second: 5}
+
+Model keys: ``display_name``, ``description``, ``version``, ``input_token_limit``,
+``output_token_limit``, ``supported_generation_methods``, ``temperature``, ``max_temperature``,
+``top_p``, ``top_k``, ``thinking``.
+
+A fault spec has a ``kind``, that kind's fields, and any schedule fields: ``after_seconds``
+(starts that long after it was installed), ``for_seconds`` (then lasts that long), ``times``
+(applies to that many requests, then expires), ``probability`` (0..1, drawn from the seeded
+RNG) and ``methods`` (API methods it applies to; default all model calls, never models.get).
+Faults from the file count as installed when the server starts. Kinds:
+
+- ``latency {seconds}``: wait before answering; stacks with the other faults.
+- ``slow_first_chunk {seconds}``: wait before the headers of a unary answer, or after the
+  headers and before the first chunk of a stream; stacks too.
+- ``error {status=503, message, after_chunks}``: Google's error for that status; with
+  ``after_chunks``, a stream sends that many chunks, then an in-band ``data: {"error": ...}``.
+- ``input_too_long``: 400 "The input token count (N) exceeds ... (M)".
+- ``rate_limited {per=minute, retry_delay=15, retry_info=true, retry_after_header=false,
+  message}``: 429 RESOURCE_EXHAUSTED with QuotaFailure, Help and RetryInfo.
+- ``reset``: TCP reset before any response byte. ``hang``: no answer until the client leaves.
+- Streams only, after ``after_chunks`` (default 1) chunks, always before the last one:
+  ``cut {abrupt=false}`` ends the body cleanly (or aborts the connection), ``stall`` goes
+  silent until the client leaves, ``malformed`` sends one event that is not JSON and ends.
+- ``blocked {block_reason=SAFETY}``: generate calls get 200 with ``promptFeedback`` only.
+
+For each request the first active, matching fault other than the two delays applies.
+
+A quota has exactly one of ``requests_per_second`` / ``requests_per_minute``, plus ``per``
+(``minute`` or ``day``: which quota the 429 names), ``methods`` (default the two generate
+calls) and ``retry_after_header``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from proxy.config import ConfigError
+from proxy.simulator.catalogue import ModelSpec, default_catalogue
+
+FAULT_KINDS = (
+    "latency",
+    "slow_first_chunk",
+    "error",
+    "input_too_long",
+    "rate_limited",
+    "reset",
+    "hang",
+    "cut",
+    "stall",
+    "malformed",
+    "blocked",
+)
+
+# Kinds that shape the timing of an answer rather than replace it; they stack.
+MODIFIER_KINDS = frozenset({"latency", "slow_first_chunk"})
+# Kinds that only make sense once a stream has started.
+STREAM_ONLY_KINDS = frozenset({"cut", "stall", "malformed"})
+
+GENERATE_METHODS = ("generateContent", "streamGenerateContent")
+API_METHODS = (*GENERATE_METHODS, "countTokens", "embedContent", "batchEmbedContents")
+
+SCHEDULE_FIELDS = frozenset({"kind", "after_seconds", "for_seconds", "times", "probability"})
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "latency": frozenset({"seconds"}),
+    "slow_first_chunk": frozenset({"seconds"}),
+    "error": frozenset({"status", "message", "after_chunks"}),
+    "input_too_long": frozenset(),
+    "rate_limited": frozenset(
+        {"per", "retry_delay", "retry_info", "retry_after_header", "message"}
+    ),
+    "reset": frozenset(),
+    "hang": frozenset(),
+    "cut": frozenset({"after_chunks", "abrupt"}),
+    "stall": frozenset({"after_chunks"}),
+    "malformed": frozenset({"after_chunks"}),
+    "blocked": frozenset({"block_reason"}),
+}
+BLOCK_REASONS = ("SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """One fault for one model. Only the fields of its ``kind`` (and the schedule) may be set."""
+
+    kind: str = field(metadata={"choices": FAULT_KINDS})
+    seconds: float | None = field(default=None, metadata={"min": 0})
+    """latency, slow_first_chunk: the delay."""
+    status: int = field(default=503, metadata={"min": 400, "max": 599})
+    """error: the HTTP status; Google's canonical status name and message go with it."""
+    message: str | None = None
+    """error, rate_limited: replaces Google's default message."""
+    after_chunks: int | None = field(default=None, metadata={"min": 0})
+    """cut, stall, malformed (default 1); error: fail a stream mid-way instead of up front."""
+    abrupt: bool = False
+    """cut: abort the connection instead of ending the body cleanly."""
+    per: str = field(default="minute", metadata={"choices": ("minute", "day")})
+    retry_delay: float = field(default=15.0, metadata={"min": 0})
+    retry_info: bool = True
+    retry_after_header: bool = False
+    block_reason: str = field(default="SAFETY", metadata={"choices": BLOCK_REASONS})
+    after_seconds: float = field(default=0.0, metadata={"min": 0})
+    for_seconds: float | None = field(default=None, metadata={"min": 0})
+    times: int | None = field(default=None, metadata={"min": 1})
+    probability: float = field(default=1.0, metadata={"min": 0, "max": 1})
+    methods: tuple[str, ...] | None = field(default=None, metadata={"items": API_METHODS})
+
+    @property
+    def is_modifier(self) -> bool:
+        return self.kind in MODIFIER_KINDS
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as given: the kind, its non-default fields and the schedule."""
+        allowed = SCHEDULE_FIELDS | KIND_FIELDS[self.kind] | {"methods"}
+        defaults = FaultSpec(kind=self.kind)
+        out: dict[str, Any] = {"kind": self.kind}
+        for spec_field in dataclasses.fields(self):
+            name = spec_field.name
+            value = getattr(self, name)
+            if name in allowed and name != "kind" and value != getattr(defaults, name):
+                out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSpec:
+    """A request-rate quota, counted per (API key, model) like Google's per-project quota."""
+
+    requests_per_second: int | None = field(default=None, metadata={"min": 1})
+    requests_per_minute: int | None = field(default=None, metadata={"min": 1})
+    per: str = field(default="minute", metadata={"choices": ("minute", "day")})
+    """Which quota the 429 names: the per-minute or the per-day one."""
+    methods: tuple[str, ...] = field(default=GENERATE_METHODS, metadata={"items": API_METHODS})
+    retry_after_header: bool = False
+
+    @property
+    def limit(self) -> int:
+        return self.requests_per_second or self.requests_per_minute or 0
+
+    @property
+    def window(self) -> float:
+        return 1.0 if self.requests_per_second is not None else 60.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["methods"] = list(self.methods)
+        return {key: value for key, value in out.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """Everything the simulator starts with; the control API changes faults and quotas later."""
+
+    models: Mapping[str, ModelSpec] = field(default_factory=default_catalogue)
+    """The whole catalogue: the built-in models plus the file's additions."""
+    faults: Mapping[str, tuple[FaultSpec, ...]] = field(default_factory=dict)
+    quotas: Mapping[str, QuotaSpec] = field(default_factory=dict)
+    seed: int = 0
+    api_keys: frozenset[str] | None = None
+    """Unset: any non-empty key is accepted."""
+    chunk_words: int = field(default=3, metadata={"min": 1})
+    chunk_interval: float = field(default=0.0, metadata={"min": 0})
+    max_attempts: int = field(default=10_000, metadata={"min": 1})
+    """How many requests the attempt log keeps."""
+
+
+def load_simulator_config(path: str | os.PathLike[str] | None) -> SimulatorConfig:
+    """Read and validate a YAML file; ``None`` gives the defaults."""
+    if path is None:
+        return SimulatorConfig()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read simulator configuration {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return build_simulator_config({} if data is None else data)
+
+
+def build_simulator_config(raw: Any) -> SimulatorConfig:
+    """Validate a parsed configuration mapping; errors name the offending key."""
+    _require_mapping(raw, "simulator configuration")
+    scalar_keys = ("seed", "chunk_words", "chunk_interval", "max_attempts")
+    _reject_unknown(raw, {"models", "faults", "quotas", "api_keys", *scalar_keys}, "")
+    base = _build(SimulatorConfig, {key: raw[key] for key in scalar_keys if key in raw}, "")
+    catalogue = default_catalogue()
+    for name, spec in _mapping(raw.get("models"), "models").items():
+        where = f"models.{model_name(name, 'models')}"
+        current = catalogue.get(name, ModelSpec(name=name))
+        if isinstance(spec, Mapping) and "name" in spec:
+            raise ConfigError(f"{where}.name: the model name is the key, not a field")
+        catalogue[name] = _build(ModelSpec, {} if spec is None else spec, where, base=current)
+    faults: dict[str, tuple[FaultSpec, ...]] = {}
+    for name, specs in _mapping(raw.get("faults"), "faults").items():
+        where = f"faults.{model_name(name, 'faults')}"
+        if not isinstance(specs, list):
+            raise ConfigError(f"{where}: expected a list of fault specs")
+        faults[name] = tuple(parse_fault(spec, f"{where}[{i}]") for i, spec in enumerate(specs))
+    quotas = {
+        model_name(name, "quotas"): parse_quota(spec, f"quotas.{name}")
+        for name, spec in _mapping(raw.get("quotas"), "quotas").items()
+    }
+    api_keys = raw.get("api_keys")
+    if api_keys is not None and (
+        not isinstance(api_keys, list)
+        or not api_keys
+        or not all(isinstance(k, str) and k for k in api_keys)
+    ):
+        raise ConfigError("api_keys: expected a non-empty list of non-empty strings")
+    return dataclasses.replace(
+        base,
+        models=catalogue,
+        faults=faults,
+        quotas=quotas,
+        api_keys=frozenset(api_keys) if api_keys is not None else None,
+    )
+
+
+def parse_fault(raw: Any, where: str = "fault") -> FaultSpec:
+    """Validate one fault spec (a mapping with ``kind``)."""
+    _require_mapping(raw, where)
+    kind = raw.get("kind")
+    if kind not in KIND_FIELDS:
+        raise ConfigError(f"{where}.kind: expected one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+    allowed = SCHEDULE_FIELDS | KIND_FIELDS[kind] | {"methods"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}: not a field of a {kind} fault "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+    spec = _build(FaultSpec, raw, where, base=FaultSpec(kind=kind))
+    if kind in MODIFIER_KINDS and spec.seconds is None:
+        raise ConfigError(f"{where}.seconds: a {kind} fault needs the delay in seconds")
+    return spec
+
+
+def parse_quota(raw: Any, where: str = "quota") -> QuotaSpec:
+    """Validate one quota spec."""
+    spec = _build(QuotaSpec, raw, where)
+    if (spec.requests_per_second is None) == (spec.requests_per_minute is None):
+        raise ConfigError(f"{where}: set exactly one of requests_per_second, requests_per_minute")
+    return spec
+
+
+def model_name(name: Any, where: str) -> str:
+    """Check a model name as it appears in a path segment (``gemini-2.5-flash``)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "/:?&#% "):
+        raise ConfigError(f"{where}: {name!r} is not a model name (like gemini-2.5-flash)")
+    return name
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:
+    """Build a frozen dataclass from a mapping, checking names, types, ranges and choices."""
+    _require_mapping(raw, where or "configuration")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _reject_unknown(raw, set(fields), where)
+    hints = typing.get_type_hints(cls)
+    values = {
+        name: _check(value, hints[name], fields[name], f"{where}.{name}" if where else name)
+        for name, value in raw.items()
+    }
+    if base is None:
+        return cls(**values)
+    return dataclasses.replace(base, **values)  # type: ignore[type-var]
+
+
+def _check(value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: must be set")
+    kind = next(a for a in args if a is not type(None)) if optional else hint
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        items = spec.metadata.get("items")
+        for item in value:
+            if items is not None and item not in items:
+                raise ConfigError(f"{where}: {item!r} is not one of {', '.join(items)}")
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    if "min" in spec.metadata and value < spec.metadata["min"]:
+        raise ConfigError(f"{where}: must be at least {spec.metadata['min']}, got {value!r}")
+    if "max" in spec.metadata and value > spec.metadata["max"]:
+        raise ConfigError(f"{where}: must be at most {spec.metadata['max']}, got {value!r}")
+    if "choices" in spec.metadata and value not in spec.metadata["choices"]:
+        raise ConfigError(f"{where}: expected one of {', '.join(spec.metadata['choices'])}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    _require_mapping(value, where)
+    return typing.cast(Mapping[Any, Any], value)
+
+
+def _require_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys to values")
+
+
+def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(known))})")

@@ -1,0 +1,57 @@
+"""Shared fixtures: the simulator as upstream and the proxy in front of it, both on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.app import create_app
+from proxy.config import build_settings
+from proxy.simulator import SimulatorConfig, create_simulator_app
+from proxy.simulator.client import SimulatorControl
+
+from .support import serve
+
+ROUTES = {"gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]}
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def simulator_url() -> Iterator[str]:
+    with serve(create_simulator_app(SimulatorConfig())) as url:
+        yield url
+
+
+@pytest.fixture
+def simulator(simulator_url: str) -> Iterator[SimulatorControl]:
+    """The shared simulator, with no faults and an empty attempt log for each test."""
+    with SimulatorControl(simulator_url) as control:
+        control.clear_all()
+        yield control
+        control.clear_faults()
+        control.clear_quotas()
+
+
+def proxy_settings(upstream_url: str, **sections: Any) -> Any:
+    raw: dict[str, Any] = {"upstream": {"base_url": upstream_url}, "routes": ROUTES}
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return build_settings(raw)
+
+
+@pytest.fixture(scope="session")
+def proxy_url(simulator_url: str) -> Iterator[str]:
+    """The proxy in front of the simulator, with short deadlines so hangs fail fast."""
+    settings = proxy_settings(
+        simulator_url,
+        server={"max_body_bytes": 256 * 1024},
+        model_defaults={"connect_timeout": 2, "first_byte_timeout": 3, "stall_timeout": 2},
+    )
+    with serve(create_app(settings)) as url:
+        yield url

@@ -1,0 +1,117 @@
+"""The command line as a user runs it: real processes, the SDK configured by environment."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors
+
+from .support import free_port
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
+    """Start ``python -m proxy ARGS``, wait for uvicorn's start-up line on stderr, and yield
+    the stderr lines (kept being collected, so the pipe never fills and blocks the process)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        env={**os.environ, "GEMINI_BREAKER_CONFIG": "", **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    seen = []
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                raise AssertionError(f"no start-up line within 60 s: {seen}")
+            line = proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"exited with {proc.wait()}: {''.join(seen)}")
+            seen.append(line)
+            if "Uvicorn running on" in line:
+                break
+        drain = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+        drain.start()
+        yield seen
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    drain.join(10)
+
+
+def test_serve_and_simulate_work_together_as_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim_port, proxy_port = free_port(), free_port()
+    with (
+        running(["simulate", "--port", str(sim_port)], {}),
+        running(
+            ["serve", "--port", str(proxy_port)],
+            {"GEMINI_BREAKER_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}"},
+        ),
+    ):
+        # The application changes nothing but the base URL, here through the environment.
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", f"http://127.0.0.1:{proxy_port}")
+        client = genai.Client(api_key="k")
+        response = client.models.generate_content(model="gemini-2.5-flash", contents="hello")
+        assert response.text
+        assert response.sdk_http_response is not None
+        assert response.sdk_http_response.headers is not None
+        assert response.sdk_http_response.headers["x-gemini-breaker-model"] == "gemini-2.5-flash"
+
+
+def test_invalid_configuration_fails_fast_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("routes:\n  gemini-2.5-pro: [gemini-2.5-pro, 7]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "routes.gemini-2.5-pro[1]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_api_keys_never_reach_the_logs_even_at_debug_level() -> None:
+    client_key, proxy_key = "AIzaCLIENT-secret-1", "AIzaPROXY-secret-2"
+    sim_port, proxy_port = free_port(), free_port()
+    generate = f"http://127.0.0.1:{proxy_port}/v1beta/models/gemini-2.5-flash:generateContent"
+    body = b'{"contents": [{"parts": [{"text": "hi"}]}]}'
+    with running(["simulate", "--port", str(sim_port)], {}):
+        proxy_env = {
+            "GEMINI_BREAKER_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}",
+            "GEMINI_API_KEY": proxy_key,
+        }
+        with running(
+            ["serve", "--port", str(proxy_port), "--log-level", "debug"], proxy_env
+        ) as log:
+            assert httpx.post(
+                generate, content=body, headers={"x-goog-api-key": client_key}
+            ).is_success
+            assert httpx.post(generate + f"?key={client_key}", content=body).is_success
+            assert httpx.post(generate, content=body).is_success  # the proxy's key is injected
+            client = genai.Client(
+                api_key=client_key, http_options={"base_url": f"http://127.0.0.1:{proxy_port}"}
+            )
+            with pytest.raises(errors.ClientError):
+                client.models.generate_content(model="no-such-model", contents="hi")
+    text = "".join(log)
+    assert "key=REDACTED" in text  # requests were logged, with the key blanked
+    assert client_key not in text
+    assert proxy_key not in text

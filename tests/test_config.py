@@ -1,0 +1,114 @@
+"""Configuration: file, environment and command line, validated with errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import GOOGLE_BASE_URL, ConfigError, build_settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_listen_on_loopback_and_forward_to_google() -> None:
+    settings = load_settings(None, env={})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
+    assert settings.upstream.base_url == GOOGLE_BASE_URL
+    assert settings.upstream.api_key is None
+    assert settings.redis.url is None
+    assert settings.chain_for("gemini-2.5-flash") == ("gemini-2.5-flash",)
+
+
+def test_full_file_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+server: {host: 0.0.0.0, port: 9000, max_body_bytes: 1024}
+upstream: {base_url: "http://127.0.0.1:8090/", api_key: file-key}
+redis: {url: "redis://127.0.0.1:6380/0"}
+model_defaults: {first_byte_timeout: 30}
+models:
+  gemini-2.5-pro: {first_byte_timeout: 300, stall_timeout: 20}
+routes:
+  gemini-2.5-pro: [gemini-2.5-pro, gemini-2.5-flash, gemini-2.5-flash-lite]
+""",
+    )
+    settings = load_settings(path, env={})
+    assert settings.server.port == 9000
+    assert settings.upstream.base_url == "http://127.0.0.1:8090"  # trailing slash dropped
+    assert settings.chain_for("gemini-2.5-pro") == (
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+    )
+    pro = settings.model_settings("gemini-2.5-pro")
+    assert (pro.first_byte_timeout, pro.stall_timeout) == (300.0, 20.0)
+    # Models not listed get model_defaults; listed ones inherit what they do not set.
+    assert settings.model_settings("other").first_byte_timeout == 30.0
+    assert pro.connect_timeout == settings.model_defaults.connect_timeout
+
+
+def test_environment_overrides_file_and_command_line_overrides_both(tmp_path: Path) -> None:
+    path = write(tmp_path, "upstream: {api_key: file-key}\nserver: {port: 9000}\n")
+    env = {
+        "GEMINI_BREAKER_CONFIG": str(path),
+        "GEMINI_API_KEY": "env-key",
+        "GEMINI_BREAKER_UPSTREAM_URL": "http://sim:1",
+        "GEMINI_BREAKER_REDIS_URL": "redis://r:6379",
+        "GEMINI_BREAKER_PORT": "9001",
+    }
+    settings = load_settings(None, env=env, overrides={"server": {"port": 9002}})
+    assert settings.upstream.api_key == "env-key"
+    assert settings.upstream.base_url == "http://sim:1"
+    assert settings.redis.url == "redis://r:6379"
+    assert settings.server.port == 9002
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    settings = build_settings(
+        {"upstream": {"api_key": "SECRET-KEY"}, "redis": {"url": "redis://:pw-SECRET@r:1"}}
+    )
+    assert "SECRET" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("server: {port: eighty}", "server.port"),
+        ("server: {port: 70000}", "server.port"),
+        ("server: {prot: 1}", "server.prot"),
+        ("upstream: {base_url: ftp://x}", "upstream.base_url"),
+        ("upstream: {api_key: 5}", "upstream.api_key"),
+        ("redis: {url: http://x}", "redis.url"),
+        ("models: {gemini-2.5-pro: {first_byte_timeout: -1}}", "models.gemini-2.5-pro"),
+        ("models: {gemini-2.5-pro: {stall_timeout: yes}}", "models.gemini-2.5-pro.stall_timeout"),
+        ("routes: {gemini-2.5-pro: []}", "routes.gemini-2.5-pro"),
+        ("routes: {gemini-2.5-pro: [a, 3]}", "routes.gemini-2.5-pro[1]"),
+        ("routes: {gemini-2.5-pro: [a, a]}", "routes.gemini-2.5-pro"),
+        ("routes: [a, b]", "routes"),
+        ("colour: blue", "colour"),
+        ("server: [1]", "server"),
+        ("server: {log_level: loud}", "server.log_level"),
+    ],
+)
+def test_invalid_file_fails_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env={})
+    assert str(caught.value).startswith(named)
+
+
+def test_unreadable_and_malformed_files_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml", env={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "server: {port: [}"), env={})
+
+
+def test_bad_port_in_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="GEMINI_BREAKER_PORT"):
+        load_settings(None, env={"GEMINI_BREAKER_PORT": "http"})

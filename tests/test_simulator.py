@@ -1,0 +1,859 @@
+"""The Gemini simulator over real loopback HTTP: wire format, SDK compatibility, faults, quotas."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from proxy.config import ConfigError
+from proxy.simulator import (
+    SimulatorConfig,
+    TransportUnavailableError,
+    build_simulator_config,
+    create_simulator_app,
+    load_simulator_config,
+)
+from proxy.simulator.client import SimulatorControl, SimulatorControlError
+from proxy.simulator.config import QuotaSpec
+from proxy.simulator.quota import QuotaBook
+from proxy.simulator.wire import format_duration
+from tests.support import serve
+
+KEY = "test-key"
+FLASH = "gemini-2.5-flash"
+PRO = "gemini-2.5-pro"
+HELLO = {"contents": [{"role": "user", "parts": [{"text": "Tell me about circuit breakers"}]}]}
+GENERATE = f"/v1beta/models/{FLASH}:generateContent"
+SSE = f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with serve(create_simulator_app(SimulatorConfig(seed=1))) as url:
+        yield url
+
+
+@pytest.fixture
+def sim(base_url: str) -> Iterator[SimulatorControl]:
+    with SimulatorControl(base_url) as control:
+        control.clear_all()
+        yield control
+        control.clear_all()
+
+
+@pytest.fixture
+def http(base_url: str, sim: SimulatorControl) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, headers={"x-goog-api-key": KEY}, timeout=10) as client:
+        yield client
+
+
+def sdk(base_url: str, version: str = "v1beta") -> genai.Client:
+    options = types.HttpOptions(base_url=base_url, api_version=version)
+    return genai.Client(api_key=KEY, http_options=options)
+
+
+def sse_events(raw: bytes) -> list[bytes]:
+    """The data payloads of an SSE body, checking Gemini's exact framing on the way."""
+    assert raw.endswith(b"\r\n\r\n")
+    frames = raw[: -len(b"\r\n\r\n")].split(b"\r\n\r\n")
+    for frame in frames:
+        assert frame.startswith(b"data: ") and b"\n" not in frame, frame
+    return [frame[len(b"data: ") :] for frame in frames]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def detail(error: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    matches = [d for d in error.get("details", []) if d["@type"].endswith(f".{kind}")]
+    return matches[0] if matches else None
+
+
+# Healthy behaviour ----------------------------------------------------------------------------
+
+
+def test_generate_content_wire_format_and_determinism(http: httpx.Client) -> None:
+    response = http.post(GENERATE, json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json; charset=UTF-8"
+    assert response.text.startswith('{\n  "candidates": [\n')
+    body = response.json()
+    candidate = body["candidates"][0]
+    assert candidate["content"]["role"] == "model"
+    assert candidate["finishReason"] == "STOP" and candidate["index"] == 0
+    text = candidate["content"]["parts"][0]["text"]
+    assert text.startswith(f"{FLASH} says: ") and "circuit breakers" in text
+    usage = body["usageMetadata"]
+    assert usage["promptTokenCount"] == math.ceil(len("Tell me about circuit breakers") / 4)
+    assert usage["candidatesTokenCount"] == math.ceil(len(text) / 4)
+    assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["candidatesTokenCount"]
+    assert body["modelVersion"] == FLASH and len(body["responseId"]) == 23
+
+    # Same request (even re-serialised differently): same bytes. Other request: other answer.
+    again = http.post(GENERATE, content=json.dumps(HELLO, indent=4).encode())
+    assert again.content == response.content
+    other = http.post(GENERATE, json={"contents": [{"parts": [{"text": "Something else"}]}]})
+    assert other.json()["responseId"] != body["responseId"]
+    pro = http.post(f"/v1beta/models/{PRO}:generateContent", json=HELLO).json()
+    assert pro["modelVersion"] == PRO and pro["responseId"] != body["responseId"]
+
+
+def test_max_output_tokens_truncates_with_max_tokens(http: httpx.Client) -> None:
+    body = {**HELLO, "generationConfig": {"maxOutputTokens": 3}}
+    candidate = http.post(GENERATE, json=body).json()["candidates"][0]
+    assert candidate["finishReason"] == "MAX_TOKENS"
+    assert len(candidate["content"]["parts"][0]["text"]) == 12
+
+
+def test_sse_stream_wire_format(http: httpx.Client) -> None:
+    response = http.post(SSE, json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream"
+    events = sse_events(response.content)
+    assert len(events) >= 3
+    chunks = [json.loads(e) for e in events]
+    # One-line JSON with ": " after keys and a bare "," between members, as Google sends it.
+    assert events == [json.dumps(c, separators=(",", ": ")).encode() for c in chunks]
+    assert {c["responseId"] for c in chunks} == {chunks[0]["responseId"]}
+    finishes = [c["candidates"][0].get("finishReason") for c in chunks]
+    assert finishes == [None] * (len(chunks) - 1) + ["STOP"]
+    counts = [c["usageMetadata"]["candidatesTokenCount"] for c in chunks]
+    assert counts == sorted(counts)
+    streamed = "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks)
+    unary = http.post(GENERATE, json=HELLO).json()
+    assert streamed == unary["candidates"][0]["content"]["parts"][0]["text"]
+    assert chunks[-1]["usageMetadata"] == unary["usageMetadata"]
+    assert chunks[0]["responseId"] == unary["responseId"]
+
+
+def test_json_array_stream_without_alt_sse(http: httpx.Client) -> None:
+    response = http.post(f"/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.content.startswith(b"[{\n") and response.content.endswith(b"}]")
+    assert b"},\r\n{" in response.content
+    elements = response.json()
+    assert len(elements) >= 3 and elements[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+def test_sdk_sync_generate_stream_and_count_on_v1_and_v1beta(base_url: str) -> None:
+    for version in ("v1", "v1beta"):
+        client = sdk(base_url, version)
+        reply = client.models.generate_content(model=FLASH, contents="Hello SDK")
+        assert reply.text is not None and reply.text.startswith(f"{FLASH} says:")
+        assert reply.response_id and reply.model_version == FLASH
+        assert reply.usage_metadata is not None
+        prompt_tokens = reply.usage_metadata.prompt_token_count
+        chunks = list(client.models.generate_content_stream(model=FLASH, contents="Hello SDK"))
+        assert len(chunks) >= 3
+        assert "".join(c.text or "" for c in chunks) == reply.text
+        count = client.models.count_tokens(model=FLASH, contents="Hello SDK")
+        assert count.total_tokens == prompt_tokens == math.ceil(len("Hello SDK") / 4)
+    with SimulatorControl(base_url) as control:
+        versions = {a["api_version"] for a in control.attempts()}
+    assert {"v1", "v1beta"} <= versions
+
+
+def test_sdk_behind_a_path_prefix(base_url: str) -> None:
+    client = sdk(base_url + "/some/prefix/")
+    reply = client.models.generate_content(model=PRO, contents="Hi")
+    assert reply.text is not None and reply.text.startswith(f"{PRO} says:")
+
+
+@pytest.mark.anyio
+async def test_sdk_async_generate_and_stream(base_url: str) -> None:
+    sync_client = sdk(base_url)  # owns the async client too: keep it alive
+    client = sync_client.aio
+    try:
+        reply = await client.models.generate_content(model=FLASH, contents="Hello async")
+        chunks = [
+            c
+            async for c in await client.models.generate_content_stream(
+                model=FLASH, contents="Hello async"
+            )
+        ]
+        assert "".join(c.text or "" for c in chunks) == reply.text
+        embedded = await client.models.embed_content(
+            model="gemini-embedding-001", contents=["a", "b"]
+        )
+        assert embedded.embeddings is not None and len(embedded.embeddings) == 2
+        uploaded = await client.files.upload(
+            file=io.BytesIO(b"async bytes"), config={"mime_type": "text/plain"}
+        )
+        assert uploaded.size_bytes == 11 and uploaded.name is not None
+        assert (await client.files.get(name=uploaded.name)).name == uploaded.name
+    finally:
+        await client.aclose()
+
+
+def test_embeddings_deterministic_one_per_request(base_url: str, http: httpx.Client) -> None:
+    client = sdk(base_url)
+    model = "gemini-embedding-001"
+    result = client.models.embed_content(model=model, contents=["alpha", "beta", "alpha"])
+    assert result.embeddings is not None and len(result.embeddings) == 3
+    vectors = [e.values or [] for e in result.embeddings]
+    assert len(vectors[0]) == 768 and vectors[0] == vectors[2] != vectors[1]
+    assert math.isclose(sum(v * v for v in vectors[0]), 1.0, abs_tol=1e-3)
+    small = client.models.embed_content(
+        model=model, contents="alpha", config=types.EmbedContentConfig(output_dimensionality=16)
+    )
+    assert small.embeddings is not None and len(small.embeddings[0].values or []) == 16
+    single = http.post(
+        f"/v1beta/models/{model}:embedContent", json={"content": {"parts": [{"text": "alpha"}]}}
+    )
+    assert single.json()["embedding"]["values"] == vectors[0]
+    # A generative model does not embed, and an embedding model does not generate.
+    wrong = http.post(
+        f"/v1beta/models/{FLASH}:embedContent", json={"content": {"parts": [{"text": "a"}]}}
+    )
+    assert wrong.status_code == 404 and "not supported for embedContent" in wrong.text
+    assert http.post(f"/v1beta/models/{model}:generateContent", json=HELLO).status_code == 404
+
+
+def test_models_list_and_get(base_url: str, http: httpx.Client) -> None:
+    client = sdk(base_url)
+    names = [m.name for m in client.models.list(config={"page_size": 2})]
+    expected = [
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "gemini-3-flash-preview",
+        "gemini-3.1-pro-preview",
+        "gemini-3.1-flash-lite",
+        "gemini-embedding-001",
+    ]
+    assert names == [f"models/{name}" for name in expected]
+    model = client.models.get(model=PRO)
+    assert model.input_token_limit == 1_048_576 and model.output_token_limit == 65_536
+    assert model.supported_actions is not None and "generateContent" in model.supported_actions
+    page = http.get("/v1/models", params={"pageSize": 3}).json()
+    assert len(page["models"]) == 3 and page["nextPageToken"]
+    rest = http.get("/v1/models", params={"pageToken": page["nextPageToken"]}).json()
+    assert len(rest["models"]) == 4 and "nextPageToken" not in rest
+    assert http.get("/v1beta/tunedModels").json() == {}
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.get(model="no-such-model")
+    assert caught.value.code == 404
+
+
+def test_unknown_model_and_paths_are_google_404s(http: httpx.Client) -> None:
+    response = http.post("/v1beta/models/gemini-9:generateContent", json=HELLO)
+    assert response.status_code == 404
+    assert error_of(response) == {
+        "code": 404,
+        "message": "models/gemini-9 is not found for API version v1beta, or is not supported "
+        "for generateContent. Call ListModels to see the list of available models and their "
+        "supported methods.",
+        "status": "NOT_FOUND",
+    }
+    for path in ("/v1beta/nothing", "/nothing", "/v2/models", "/v1/models/x/y"):
+        response = http.get(path)
+        assert response.status_code == 404 and error_of(response)["status"] == "NOT_FOUND"
+
+
+def test_bad_requests_are_invalid_argument(http: httpx.Client) -> None:
+    cases: list[tuple[bytes, str]] = [
+        (b"{not json", "Invalid JSON payload"),
+        (b"{}", "contents is not specified"),
+        (b'{"contents": []}', "contents is not specified"),
+        (b'{"contents": [{"role": "user"}]}', "parts must not be empty"),
+        (b'{"contents": [{"role": "bot", "parts": [{"text": "x"}]}]}', "valid role"),
+    ]
+    for body, message in cases:
+        response = http.post(GENERATE, content=body)
+        assert response.status_code == 400, body
+        assert error_of(response)["status"] == "INVALID_ARGUMENT"
+        assert message in error_of(response)["message"]
+
+
+def test_credentials(base_url: str) -> None:
+    with httpx.Client(base_url=base_url) as client:
+        missing = client.post(GENERATE, json=HELLO)
+        assert missing.status_code == 403
+        assert error_of(missing)["status"] == "PERMISSION_DENIED"
+        assert error_of(missing)["message"].startswith("Method doesn't allow unregistered callers")
+        assert client.post(GENERATE, params={"key": KEY}, json=HELLO).status_code == 200
+        both = client.post(
+            GENERATE, headers={"x-goog-api-key": KEY, "authorization": "Bearer t"}, json=HELLO
+        )
+        assert both.status_code == 401 and error_of(both)["status"] == "UNAUTHENTICATED"
+        bearer = client.post(GENERATE, headers={"authorization": "Bearer t"}, json=HELLO)
+        assert bearer.status_code == 200
+
+
+def test_cached_contents_crud(http: httpx.Client) -> None:
+    created = http.post(
+        "/v1beta/cachedContents", json={"model": f"models/{FLASH}", "ttl": "300s", **HELLO}
+    )
+    assert created.status_code == 200
+    name = created.json()["name"]
+    assert name.startswith("cachedContents/") and created.json()["model"] == f"models/{FLASH}"
+    assert http.get(f"/v1beta/{name}").json()["name"] == name
+    listed = http.get("/v1beta/cachedContents").json()["cachedContents"]
+    assert [c["name"] for c in listed] == [name]
+    patched = http.patch(f"/v1beta/{name}", json={"ttl": "600s"}).json()
+    assert patched["expireTime"] > created.json()["expireTime"]
+    assert http.delete(f"/v1beta/{name}").json() == {}
+    assert http.get(f"/v1beta/{name}").status_code == 403
+
+
+# Files ----------------------------------------------------------------------------------------
+
+
+def test_sdk_file_upload_get_list_delete(base_url: str) -> None:
+    client = sdk(base_url)
+    uploaded = client.files.upload(
+        file=io.BytesIO(b"hello"), config={"mime_type": "text/plain", "display_name": "greeting"}
+    )
+    assert uploaded.name is not None and uploaded.name.startswith("files/")
+    assert uploaded.size_bytes == 5 and uploaded.mime_type == "text/plain"
+    assert uploaded.display_name == "greeting" and uploaded.state == types.FileState.ACTIVE
+    assert uploaded.sha256_hash is not None
+    assert client.files.get(name=uploaded.name).size_bytes == 5
+    assert uploaded.name in [f.name for f in client.files.list()]
+    client.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError) as caught:
+        client.files.get(name=uploaded.name)
+    assert caught.value.code == 403
+
+
+def test_resumable_upload_protocol(base_url: str, http: httpx.Client) -> None:
+    start_headers = {
+        "x-goog-upload-protocol": "resumable",
+        "x-goog-upload-command": "start",
+        "x-goog-upload-header-content-length": "10",
+        "x-goog-upload-header-content-type": "application/octet-stream",
+        "host": "sim.example:1234",
+    }
+    start = http.post("/gw/upload/v1beta/files", headers=start_headers, json={"file": {}})
+    assert start.status_code == 200 and start.headers["x-goog-upload-status"] == "active"
+    url = start.headers["x-goog-upload-url"]
+    # Built from the caller's own Host header and prefix, so the caller can reach it.
+    assert url.startswith("http://sim.example:1234/gw/upload/v1beta/files?upload_id=")
+    assert url.endswith("&upload_protocol=resumable")
+    local = url.replace("http://sim.example:1234", base_url)
+    with httpx.Client(timeout=10) as anonymous:  # no API key: the upload_id is the credential
+        first = anonymous.post(
+            local,
+            content=b"01234",
+            headers={"x-goog-upload-command": "upload", "x-goog-upload-offset": "0"},
+        )
+        assert first.status_code == 200 and first.headers["x-goog-upload-status"] == "active"
+        wrong = anonymous.post(
+            local,
+            content=b"56789",
+            headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "3"},
+        )
+        assert wrong.status_code == 400
+        final = anonymous.post(
+            local,
+            content=b"56789",
+            headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "5"},
+        )
+    assert final.status_code == 200 and final.headers["x-goog-upload-status"] == "final"
+    file = final.json()["file"]
+    assert file["sizeBytes"] == "10" and file["state"] == "ACTIVE" and file["source"] == "UPLOADED"
+    assert set(file) >= {"name", "mimeType", "createTime", "expirationTime", "sha256Hash", "uri"}
+    assert http.get(f"/v1beta/{file['name']}").json() == file
+    too_big = {**start_headers, "x-goog-upload-header-content-length": str(65 * 1024 * 1024)}
+    assert http.post("/upload/v1beta/files", headers=too_big).status_code == 400
+    no_key = httpx.post(base_url + "/upload/v1beta/files", headers=start_headers)
+    assert no_key.status_code == 403
+
+
+# Faults ---------------------------------------------------------------------------------------
+
+
+def test_error_503_through_the_sdk(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": 503}])
+    client = sdk(base_url)
+    with pytest.raises(errors.ServerError) as caught:
+        client.models.generate_content(model=FLASH, contents="Hi")
+    assert caught.value.code == 503 and caught.value.status == "UNAVAILABLE"
+    assert caught.value.message == "The model is overloaded. Please try again later."
+    # Other models are not affected.
+    assert client.models.generate_content(model=PRO, contents="Hi").text
+    attempts = sim.attempts()
+    assert [(a["model"], a["fault"], a["status"]) for a in attempts] == [
+        (FLASH, "error", 503),
+        (PRO, None, 200),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [
+        (500, "INTERNAL"),
+        (504, "DEADLINE_EXCEEDED"),
+        (401, "UNAUTHENTICATED"),
+        (403, "PERMISSION_DENIED"),
+        (400, "INVALID_ARGUMENT"),
+    ],
+)
+def test_error_statuses(http: httpx.Client, sim: SimulatorControl, status: int, name: str) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": status}])
+    response = http.post(GENERATE, json=HELLO)
+    assert response.status_code == status
+    assert error_of(response)["status"] == name and error_of(response)["message"]
+    sim.set_faults(FLASH, [{"kind": "error", "status": status, "message": "custom"}])
+    assert error_of(http.post(SSE, json=HELLO))["message"] == "custom"
+
+
+def test_rate_limited_fault_body(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "rate_limited", "retry_delay": 2.5}])
+    client = sdk(base_url)
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model=FLASH, contents="Hi")
+    assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+    error = caught.value.details["error"]
+    assert detail(error, "RetryInfo") == {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": "2.5s",
+    }
+    violation = (detail(error, "QuotaFailure") or {})["violations"][0]
+    assert violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    assert violation["quotaDimensions"] == {"location": "global", "model": FLASH}
+    assert detail(error, "Help") is not None
+
+    response = http.post(GENERATE, json=HELLO)
+    assert response.status_code == 429 and "retry-after" not in response.headers
+    sim.set_faults(
+        FLASH,
+        [{"kind": "rate_limited", "per": "day", "retry_info": False, "retry_after_header": True}],
+    )
+    response = http.post(GENERATE, json=HELLO)
+    error = error_of(response)
+    assert response.headers["retry-after"] == "15" and detail(error, "RetryInfo") is None
+    quota_id = (detail(error, "QuotaFailure") or {})["violations"][0]["quotaId"]
+    assert quota_id == "GenerateRequestsPerDayPerProjectPerModel"
+
+
+def test_input_too_long_fault_and_natural_limit(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "input_too_long"}])
+    response = http.post(GENERATE, json=HELLO)
+    assert response.status_code == 400
+    assert error_of(response)["message"] == (
+        "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
+    )
+    config = build_simulator_config({"models": {"tiny": {"input_token_limit": 5}}})
+    with serve(create_simulator_app(config)) as url:
+        path = f"{url}/v1beta/models/tiny:generateContent"
+        long = {"contents": [{"parts": [{"text": "x" * 40}]}]}
+        response = httpx.post(path, headers={"x-goog-api-key": KEY}, json=long)
+        assert response.status_code == 400
+        assert error_of(response)["message"] == (
+            "The input token count (10) exceeds the maximum number of tokens allowed (5)."
+        )
+        short = {"contents": [{"parts": [{"text": "x" * 20}]}]}
+        assert httpx.post(path, headers={"x-goog-api-key": KEY}, json=short).status_code == 200
+
+
+def test_latency_stacks_with_an_error(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "latency", "seconds": 0.3}, {"kind": "error", "status": 500}])
+    started = time.monotonic()
+    response = http.post(GENERATE, json=HELLO)
+    assert time.monotonic() - started >= 0.3
+    assert response.status_code == 500
+    attempt = sim.attempts()[-1]
+    assert attempt["fault"] == "error" and attempt["faults"] == ["latency", "error"]
+
+
+def test_slow_first_chunk(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "slow_first_chunk", "seconds": 0.6}])
+    started = time.monotonic()
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+    assert time.monotonic() - started >= 0.6
+    # A stream sends its headers at once; only the first chunk waits.
+    with http.stream("POST", SSE, json=HELLO) as response:
+        headers_at = time.monotonic()
+        assert response.status_code == 200
+        first = next(response.iter_raw())
+        assert time.monotonic() - headers_at >= 0.3
+        assert first.startswith(b"data: ")
+
+
+def test_reset_gives_a_transport_error(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "reset", "times": 1}])
+    with httpx.Client(base_url=base_url, headers={"x-goog-api-key": KEY}) as client:
+        with pytest.raises(httpx.TransportError):
+            client.post(GENERATE, json=HELLO)
+        assert client.post(GENERATE, json=HELLO).status_code == 200
+    attempts = sim.attempts()
+    assert [(a["fault"], a["status"]) for a in attempts] == [("reset", None), (None, 200)]
+
+
+def test_hang_never_answers(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "hang"}])
+    with (
+        httpx.Client(base_url=base_url, headers={"x-goog-api-key": KEY}, timeout=0.4) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post(GENERATE, json=HELLO)
+    # The simulator notices the client leaving and records it.
+    wait_until(lambda: sim.attempts()[-1]["client_disconnected"])
+    assert sim.attempts()[-1]["status"] is None and sim.attempts()[-1]["fault"] == "hang"
+
+
+def test_stall_goes_silent_after_chunks(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "stall", "after_chunks": 2}])
+    received = b""
+    with (
+        httpx.Client(base_url=base_url, headers={"x-goog-api-key": KEY}, timeout=0.8) as client,
+        client.stream("POST", SSE, json=HELLO) as response,
+    ):
+        assert response.status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            for chunk in response.iter_raw():
+                received += chunk
+    assert len(sse_events(received)) == 2
+    assert b"finishReason" not in received
+
+
+def test_cut_ends_stream_without_finish_reason(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "cut", "after_chunks": 2}])
+    response = http.post(SSE, json=HELLO)
+    assert response.status_code == 200
+    events = sse_events(response.content)
+    assert len(events) == 2 and b"finishReason" not in response.content
+    # after_chunks beyond the stream's length still stops before the last chunk.
+    sim.set_faults(FLASH, [{"kind": "cut", "after_chunks": 99}])
+    assert b"finishReason" not in http.post(SSE, json=HELLO).content
+
+
+def test_abrupt_cut_aborts_mid_body(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "cut", "after_chunks": 1, "abrupt": True}])
+    received = b""
+    with (
+        httpx.Client(base_url=base_url, headers={"x-goog-api-key": KEY}) as client,
+        client.stream("POST", SSE, json=HELLO) as response,
+    ):
+        assert response.status_code == 200
+        with pytest.raises(httpx.TransportError):
+            for chunk in response.iter_raw():
+                received += chunk
+    assert len(sse_events(received)) == 1
+
+
+def test_malformed_stream_chunk(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "malformed", "after_chunks": 1}])
+    events = sse_events(http.post(SSE, json=HELLO).content)
+    assert len(events) == 2
+    json.loads(events[0])
+    with pytest.raises(ValueError):
+        json.loads(events[1])
+    client = sdk(base_url)
+    stream = client.models.generate_content_stream(model=FLASH, contents="Hi")
+    assert next(stream).text
+    with pytest.raises(errors.UnknownApiResponseError):
+        next(stream)
+
+
+def test_error_mid_stream(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": 503, "after_chunks": 1}])
+    response = http.post(SSE, json=HELLO)
+    assert response.status_code == 200
+    events = sse_events(response.content)
+    assert len(events) == 2
+    assert json.loads(events[1]) == {
+        "error": {
+            "code": 503,
+            "message": "The model is overloaded. Please try again later.",
+            "status": "UNAVAILABLE",
+        }
+    }
+    client = sdk(base_url)
+    stream = client.models.generate_content_stream(model=FLASH, contents="Hi")
+    assert next(stream).text
+    with pytest.raises(errors.ServerError):
+        next(stream)
+    # A unary call gets the error up front.
+    assert http.post(GENERATE, json=HELLO).status_code == 503
+
+
+def test_blocked_prompt(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "blocked"}])
+    client = sdk(base_url)
+    reply = client.models.generate_content(model=FLASH, contents="Hi")
+    assert reply.candidates is None
+    assert reply.prompt_feedback is not None
+    assert reply.prompt_feedback.block_reason == types.BlockedReason.SAFETY
+    events = sse_events(http.post(SSE, json=HELLO).content)
+    assert len(events) == 1
+    chunk = json.loads(events[0])
+    assert chunk["promptFeedback"] == {"blockReason": "SAFETY"} and "candidates" not in chunk
+    assert chunk["usageMetadata"]["promptTokenCount"] > 0
+    # Not a generate call: blocked does not apply.
+    count = http.post(f"/v1beta/models/{FLASH}:countTokens", json=HELLO)
+    assert count.status_code == 200
+
+
+def test_times_schedule_expires(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(
+        FLASH, [{"kind": "error", "status": 500, "times": 1}, {"kind": "error", "times": 2}]
+    )
+    assert sim.faults(FLASH)[FLASH][0]["remaining"] == 1
+    statuses = [http.post(GENERATE, json=HELLO).status_code for _ in range(4)]
+    assert statuses == [500, 503, 503, 200]
+    assert [a["fault"] for a in sim.attempts()] == ["error", "error", "error", None]
+    assert sim.faults() == {}
+
+
+def test_for_seconds_then_healthy(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": 503, "for_seconds": 0.6}])
+    assert http.post(GENERATE, json=HELLO).status_code == 503
+    wait_until(lambda: http.post(GENERATE, json=HELLO).status_code == 200)
+
+
+def test_after_seconds_starts_later(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": 503, "after_seconds": 0.6}])
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+    wait_until(lambda: http.post(GENERATE, json=HELLO).status_code == 503)
+
+
+def test_methods_filter_and_stream_only_kinds(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "methods": ["streamGenerateContent"]}])
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+    assert http.post(SSE, json=HELLO).status_code == 503
+    sim.set_faults(FLASH, [{"kind": "cut"}])
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+    assert http.post(f"/v1beta/models/{FLASH}:countTokens", json=HELLO).status_code == 200
+
+
+def test_chunking_settings() -> None:
+    config = build_simulator_config({"chunk_words": 1, "chunk_interval": 0.1})
+    with serve(create_simulator_app(config)) as url:
+        started = time.monotonic()
+        response = httpx.post(url + SSE, headers={"x-goog-api-key": KEY}, json=HELLO)
+        elapsed = time.monotonic() - started
+    chunks = [json.loads(event) for event in sse_events(response.content)]
+    texts = [c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks]
+    assert len(texts) == len("".join(texts).split()) > 5
+    assert elapsed >= 0.1 * (len(chunks) - 1)
+
+
+def test_probability_is_reproducible_with_a_seed() -> None:
+    def pattern() -> list[int]:
+        config = build_simulator_config(
+            {"seed": 7, "faults": {FLASH: [{"kind": "error", "probability": 0.5}]}}
+        )
+        with serve(create_simulator_app(config)) as url, httpx.Client(base_url=url) as client:
+            headers = {"x-goog-api-key": KEY}
+            return [
+                client.post(GENERATE, headers=headers, json=HELLO).status_code for _ in range(16)
+            ]
+
+    first = pattern()
+    assert set(first) == {200, 503}
+    assert pattern() == first
+
+
+def test_reset_without_reachable_transport_fails_loudly() -> None:
+    config = build_simulator_config({"faults": {FLASH: [{"kind": "reset"}]}})
+    app = create_simulator_app(config)
+
+    async def call() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            await client.post(GENERATE, headers={"x-goog-api-key": KEY}, json=HELLO)
+
+    with pytest.raises(TransportUnavailableError):
+        anyio.run(call)
+
+
+# Quotas ---------------------------------------------------------------------------------------
+
+
+def test_quota_admits_exactly_the_limit(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_quota(FLASH, requests_per_minute=3)
+    statuses = [http.post(GENERATE, json=HELLO).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    rejected = http.post(GENERATE, json=HELLO)
+    error = error_of(rejected)
+    violation = (detail(error, "QuotaFailure") or {})["violations"][0]
+    assert violation["quotaValue"] == "3"
+    assert violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    delay = (detail(error, "RetryInfo") or {})["retryDelay"]
+    assert delay.endswith("s") and 0 < float(delay[:-1]) <= 60
+    # Per API key and per model, like Google's per-project quota.
+    assert http.post(GENERATE, headers={"x-goog-api-key": "other"}, json=HELLO).status_code == 200
+    assert http.post(f"/v1beta/models/{PRO}:generateContent", json=HELLO).status_code == 200
+    # countTokens is not a generate request, so the quota does not count it.
+    assert http.post(f"/v1beta/models/{FLASH}:countTokens", json=HELLO).status_code == 200
+    assert [a["fault"] for a in sim.attempts(model=FLASH)][:6] == [None] * 3 + ["quota"] * 3
+
+
+def test_quota_retry_delay_is_enough(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_quota(FLASH, requests_per_second=2)
+    assert [http.post(GENERATE, json=HELLO).status_code for _ in range(2)] == [200, 200]
+    rejected = http.post(GENERATE, json=HELLO)
+    if rejected.status_code == 200:  # the machine was slow enough for the window to move
+        return
+    delay = float((detail(error_of(rejected), "RetryInfo") or {})["retryDelay"][:-1])
+    assert 0 < delay <= 1
+    time.sleep(delay)  # waiting what the server said is exactly the behaviour under test
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+
+
+def test_sliding_window_is_exact() -> None:
+    book = QuotaBook()
+    book.set("m", QuotaSpec(requests_per_second=2))
+    assert book.admit("k", "m", "generateContent", 10.0) is None
+    assert book.admit("k", "m", "generateContent", 10.4) is None
+    rejection = book.admit("k", "m", "generateContent", 10.9)
+    assert rejection is not None and math.isclose(rejection.retry_delay, 0.1)
+    assert book.admit("k", "m", "generateContent", 10.999) is not None
+    assert book.admit("k", "m", "generateContent", 11.0) is None  # the 10.0 slot is free
+    assert book.admit("k", "m", "generateContent", 11.3) is not None
+    assert book.admit("k", "m", "generateContent", 11.4) is None
+    assert book.admit("k", "m", "countTokens", 11.4) is None  # not a counted method
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (15, 2.5, 0.1, 0.001, 53.016342224)] == [
+        "15s",
+        "2.5s",
+        "0.1s",
+        "0.001s",
+        "53.016342224s",
+    ]
+
+
+# Attempt log and control API ------------------------------------------------------------------
+
+
+def test_attempts_record_bodies_byte_identical(http: httpx.Client, sim: SimulatorControl) -> None:
+    raw = b'{ "contents" : [ {"parts": [{"text": "h\xc3\xa9llo"}]} ] }  \n'
+    http.post(GENERATE, content=raw, params={"key": "in-query"})
+    http.post(SSE, json=HELLO)
+    attempts = sim.attempts(include_body=True)
+    assert len(attempts) == 2
+    first = attempts[0]
+    assert base64.b64decode(first["body"]) == raw and first["body_size"] == len(raw)
+    assert first["method"] == "POST" and first["path"] == GENERATE
+    assert first["api_method"] == "generateContent" and first["api_version"] == "v1beta"
+    assert first["query"] == "key=REDACTED"
+    assert first["key_digest"] and KEY not in json.dumps(attempts)
+    assert attempts[1]["stream"] and attempts[1]["seq"] > first["seq"]
+    assert first["mono"] <= attempts[1]["mono"]
+    assert "body" not in sim.attempts()[0]
+    assert [a["seq"] for a in sim.attempts(since=first["seq"])] == [attempts[1]["seq"]]
+    assert sim.attempts(model=PRO) == []
+    sim.clear_attempts()
+    assert sim.attempts() == []
+
+
+def test_control_api_validates_fault_specs(sim: SimulatorControl) -> None:
+    bad_specs: list[tuple[dict[str, Any], str]] = [
+        ({"kind": "boom"}, "faults[0].kind"),
+        ({"kind": "error", "status": 200}, "faults[0].status: must be at least 400"),
+        ({"kind": "latency"}, "faults[0].seconds"),
+        ({"kind": "latency", "seconds": 1, "status": 500}, "faults[0].status: not a field"),
+        ({"kind": "hang", "probability": 2}, "faults[0].probability: must be at most 1"),
+        ({"kind": "hang", "methods": ["explode"]}, "faults[0].methods"),
+        ({"kind": "cut", "after_chunks": "2"}, "faults[0].after_chunks: expected int"),
+    ]
+    for spec, message in bad_specs:
+        with pytest.raises(SimulatorControlError) as caught:
+            sim.set_faults(FLASH, [spec])
+        assert caught.value.status == 400 and message in caught.value.message, spec
+    with pytest.raises(SimulatorControlError):
+        sim.add_fault(FLASH, kind="error", status="503")
+    with pytest.raises(SimulatorControlError):
+        sim.set_quota(FLASH, requests_per_second=1, requests_per_minute=1)
+    assert sim.faults() == {}
+    sim.add_fault(FLASH, kind="error", status=500, times=2)
+    sim.add_fault(FLASH, {"kind": "latency", "seconds": 0.1})
+    installed = sim.faults()[FLASH]
+    assert [f["spec"]["kind"] for f in installed] == ["error", "latency"]
+    assert installed[0]["spec"] == {"kind": "error", "status": 500, "times": 2}
+    sim.clear_faults(FLASH)
+    assert sim.faults() == {} and sim.healthz()
+
+
+# Configuration --------------------------------------------------------------------------------
+
+
+def test_yaml_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text(
+        "models:\n"
+        "  my-model: {input_token_limit: 1000, output_token_limit: 100}\n"
+        "  gemini-2.5-pro: {display_name: Renamed}\n"
+        "faults:\n"
+        "  gemini-2.5-pro:\n"
+        "    - {kind: error, status: 503, for_seconds: 30}\n"
+        "quotas:\n"
+        "  gemini-2.5-flash: {requests_per_second: 5}\n"
+        "api_keys: [good-key]\n"
+        "seed: 1\n"
+    )
+    config = load_simulator_config(str(path))
+    assert config.models["my-model"].input_token_limit == 1000
+    assert config.models["gemini-2.5-pro"].input_token_limit == 1_048_576
+    assert config.faults["gemini-2.5-pro"][0].for_seconds == 30
+    assert config.quotas[FLASH].requests_per_second == 5
+    with serve(create_simulator_app(config)) as url, httpx.Client(base_url=url) as client:
+        good = {"x-goog-api-key": "good-key"}
+        model = client.get("/v1beta/models/my-model", headers=good).json()
+        assert model["inputTokenLimit"] == 1000 and model["outputTokenLimit"] == 100
+        renamed = client.get(f"/v1beta/models/{PRO}", headers=good).json()
+        assert renamed["displayName"] == "Renamed"
+        assert (
+            client.post(f"/v1/models/{PRO}:generateContent", headers=good, json=HELLO).status_code
+            == 503
+        )
+        assert client.post(GENERATE, headers=good, json=HELLO).status_code == 200
+        invalid = client.post(GENERATE, headers={"x-goog-api-key": "bad"}, json=HELLO)
+        assert invalid.status_code == 400
+        assert error_of(invalid)["message"] == "API key not valid. Please pass a valid API key."
+    assert load_simulator_config(None) == SimulatorConfig()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"fautls": {}}, "fautls: unknown key"),
+        ({"faults": {FLASH: {"kind": "hang"}}}, f"faults.{FLASH}: expected a list"),
+        ({"faults": {FLASH: [{"kind": "error", "status": 99}]}}, f"faults.{FLASH}[0].status"),
+        ({"quotas": {FLASH: {}}}, f"quotas.{FLASH}: set exactly one"),
+        ({"quotas": {FLASH: {"requests_per_second": 0}}}, "requests_per_second: must be at least"),
+        ({"models": {"m": {"input_token_limit": "big"}}}, "models.m.input_token_limit"),
+        ({"models": {"bad/name": {}}}, "models: 'bad/name' is not a model name"),
+        ({"seed": "x"}, "seed: expected int"),
+        ({"api_keys": "k"}, "api_keys"),
+    ],
+)
+def test_invalid_config_names_the_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_simulator_config(raw)
+    assert message in str(caught.value)
+
+
+def test_invalid_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("faults: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_simulator_config(str(path))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_simulator_config(str(tmp_path / "missing.yaml"))
