@@ -206,3 +206,19 @@ def test_mixed_key_spellings_and_urlsafe_base64_arrive_byte_identical(
     for spelling in (b'"mime_type"', b'"file_uri"', b'"thinking_budget"', b'"property_ordering"'):
         assert spelling in via_proxy
     assert b'"-__-' in via_proxy  # URL-safe base64 of fb ff fe, untouched
+
+
+def test_other_resources_pass_through(proxy_url: str, simulator: SimulatorControl) -> None:
+    client = sdk(proxy_url)
+    cache = client.caches.create(
+        model="gemini-2.5-flash",
+        config=types.CreateCachedContentConfig(
+            contents=["a long document " * 50], ttl="300s", display_name="doc"
+        ),
+    )
+    assert cache.name is not None
+    assert client.caches.get(name=cache.name).display_name == "doc"
+    client.caches.delete(name=cache.name)
+    assert list(client.models.list(config={"query_base": False})) == []  # tunedModels
+    paths = [a["path"] for a in simulator.attempts()]
+    assert paths[0] == "/v1beta/cachedContents" and paths[-1] == "/v1beta/tunedModels"
