@@ -2,54 +2,115 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import fakeredis
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .config import Settings
+from .admin import AdminAuth, state_document
+from .cluster.coordinator import Coordinator
+from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
 from .upstream import Upstream
 
 log = logging.getLogger("gemini_breaker")
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The proxy as an ASGI app. The upstream client lives for the app's lifespan."""
+def create_app(settings: Settings, replica: str | None = None) -> Starlette:
+    """The proxy as an ASGI app. The upstream client and the cluster coordinator live for
+    the app's lifespan; nothing is connected before it starts."""
     forwarder = Forwarder(settings)
+    replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+    auth = AdminAuth(settings.admin.token)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = _store_client(settings)
+        coordinator = Coordinator(
+            settings, redis, embedded=settings.redis.url is None, replica=replica
+        )
+        if coordinator.embedded:
+            log.warning(
+                "no redis.url: breaker state lives in this process only and is NOT shared "
+                "with other replicas (embedded single-replica store)"
+            )
+        await coordinator.start()
         async with Upstream.create_client(settings.upstream) as client:
             forwarder.upstream = Upstream(settings.upstream, client)
+            forwarder.coordinator = coordinator
             log.info(
-                "forwarding to %s; %d route(s): %s",
+                "replica %s forwarding to %s; routes: %s",
+                replica,
                 settings.upstream.base_url,
-                len(settings.routes),
                 ", ".join(f"{k} -> {' > '.join(v)}" for k, v in settings.routes.items()) or "none",
             )
             try:
                 yield
             finally:
                 forwarder.upstream = None
+                forwarder.coordinator = None
+                await coordinator.stop()
+                await redis.aclose()
 
-    async def healthz(request: Request) -> JSONResponse:
+    async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> JSONResponse:
-        if forwarder.upstream is None:
+    async def readyz(request: Request) -> Response:
+        coordinator = forwarder.coordinator
+        if coordinator is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        # A degraded store does not make the replica unready: fail-static keeps serving.
+        return JSONResponse(
+            {"status": "ready", "store": "degraded" if coordinator.degraded else "ok"}
+        )
+
+    async def admin_state(request: Request) -> Response:
+        refusal = auth.check(request)
+        if refusal is not None:
+            return refusal
+        coordinator = forwarder.coordinator
+        if coordinator is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse(state_document(coordinator))
 
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/admin/state", admin_state, methods=["GET"]),
             Route("/{path:path}", forwarder),
         ],
         lifespan=lifespan,
+    )
+
+
+def create_app_from_environment() -> Starlette:
+    """Factory for worker processes: the parent passes its merged configuration along."""
+    return create_app(build_settings(json.loads(os.environ[SETTINGS_JSON_ENV])))
+
+
+def _store_client(settings: Settings) -> Redis:
+    """The Redis client, or the in-process fakeredis that runs the same scripts."""
+    if settings.redis.url is None:
+        client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return client
+    # No client-side retries: every call is bounded by the coordinator, and a retry loop
+    # inside redis-py would hide an outage from the health breaker.
+    return Redis.from_url(
+        settings.redis.url,
+        socket_connect_timeout=1.0,
+        socket_timeout=5.0,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=10,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import uvicorn
 
 from . import __version__
-from .config import ConfigError, load_settings
+from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
 from .logs import configure_logging
 
 
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, help="worker processes (several need redis.url)")
 
     simulate = commands.add_parser("simulate", help="run the Gemini simulator (a fake upstream)")
     simulate.add_argument("--config", help="YAML file with models, faults and quotas")
@@ -54,18 +57,34 @@ def _serve(args: argparse.Namespace) -> int:
 
     server: dict[str, Any] = {
         key: value
-        for key, value in (("host", args.host), ("port", args.port), ("log_level", args.log_level))
+        for key, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("log_level", args.log_level),
+            ("workers", args.workers),
+        )
         if value is not None
     }
-    settings = load_settings(args.config, overrides={"server": server} if server else None)
+    raw = load_raw(args.config, overrides={"server": server} if server else None)
+    settings = build_settings(raw)
     configure_logging(settings.server.log_level)
+    common: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_config": None,
+        "access_log": False,  # uvicorn's access log would print ?key= query strings
+        "server_header": False,
+    }
+    if settings.server.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Each worker process is a replica of the cluster; they share state through Redis.
+    os.environ[SETTINGS_JSON_ENV] = json.dumps(raw)
     uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,  # uvicorn's access log would print ?key= query strings
-        server_header=False,
+        "proxy.app:create_app_from_environment",
+        factory=True,
+        workers=settings.server.workers,
+        **common,
     )
     return 0
 

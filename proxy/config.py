@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .cluster.state import BreakerParams
+
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 CONFIG_ENV = "GEMINI_BREAKER_CONFIG"
 
@@ -28,7 +30,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "GEMINI_BREAKER_UPSTREAM_URL": ("upstream", "base_url"),
     "GEMINI_API_KEY": ("upstream", "api_key"),
     "GEMINI_BREAKER_REDIS_URL": ("redis", "url"),
+    "GEMINI_BREAKER_ADMIN_TOKEN": ("admin", "token"),
 }
+# The parent process hands the merged configuration to its worker processes through this.
+SETTINGS_JSON_ENV = "GEMINI_BREAKER_SETTINGS_JSON"
 
 
 class ConfigError(ValueError):
@@ -44,6 +49,10 @@ class ServerSettings:
     log_level: str = field(
         default="info", metadata={"choices": ("debug", "info", "warning", "error")}
     )
+    workers: int = field(default=1, metadata={"min": 1, "max": 64})
+    """Worker processes; each is a replica of the cluster, so several need ``redis.url``."""
+    request_deadline: float = field(default=300.0, metadata={"min": 0.01})
+    """Longest a request may take, retries and failover included; ``X-Server-Timeout`` caps it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,33 @@ class UpstreamSettings:
 class RedisSettings:
     url: str | None = field(default=None, repr=False)
     """Unset: the embedded single-replica store (state is not shared)."""
+    namespace: str = "default"
+    """Replicas sharing a namespace share breakers; it is the hash tag of every key."""
+    operation_timeout: float = field(default=0.1, metadata={"min": 0.001})
+    """Longest any request waits on Redis (only half-open probe permits ever make it wait)."""
+    failures_to_degrade: int = field(default=3, metadata={"min": 1})
+    """Consecutive Redis errors after which the replica runs fail-static on local breakers."""
+    retry_seconds: float = field(default=2.0, metadata={"min": 0.01})
+    """How often a degraded replica tries Redis again."""
+    flush_interval: float = field(default=0.1, metadata={"min": 0.001})
+    """Outcomes are aggregated and reported this often (at once after a burst of failures)."""
+    reconcile_interval: float = field(default=1.0, metadata={"min": 0.01})
+    """Full state read from Redis this often, in case a published change was missed."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    token: str | None = field(default=None, repr=False)
+    """Bearer token for ``/admin``; unset leaves the admin endpoints open."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetSettings:
+    """Same-model retries allowed per replica: ``ratio`` of recent requests, at least
+    ``min_per_second``, so retries cannot multiply load during an outage."""
+
+    ratio: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    min_per_second: float = field(default=5.0, metadata={"min": 0.0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +107,12 @@ class ModelSettings:
     """Time until the upstream's response headers (for a unary call: the whole answer)."""
     stall_timeout: float = field(default=60.0, metadata={"min": 0.001})
     """Longest silence allowed between two chunks of a response body."""
+    max_attempts: int = field(default=2, metadata={"min": 1, "max": 10})
+    """Tries on this model (the first included) before failing over to the next one."""
+    backoff_initial: float = field(default=0.1, metadata={"min": 0.0})
+    backoff_max: float = field(default=2.0, metadata={"min": 0.0})
+    """Retry n waits a random time up to min(backoff_max, backoff_initial * 2**n)."""
+    breaker: BreakerParams = field(default_factory=BreakerParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +122,8 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    retry_budget: RetryBudgetSettings = field(default_factory=RetryBudgetSettings)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -102,6 +146,15 @@ def load_settings(
 ) -> Settings:
     """Read the YAML file (``path``, else ``$GEMINI_BREAKER_CONFIG``, else none), then apply
     environment variables, then ``overrides`` (the command line), and validate the result."""
+    return build_settings(load_raw(path, env, overrides))
+
+
+def load_raw(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The merged, not yet validated configuration mapping (see ``load_settings``)."""
     env = os.environ if env is None else env
     path = path or env.get(CONFIG_ENV) or None
     raw: dict[str, Any] = {}
@@ -117,13 +170,13 @@ def load_settings(
         raw.setdefault(section, {})
         _require_mapping(raw[section], section)
         raw[section].update(values)
-    return build_settings(raw)
+    return raw
 
 
 def build_settings(raw: Mapping[str, Any]) -> Settings:
     """Validate a parsed configuration mapping into ``Settings``."""
     _require_mapping(raw, "configuration")
-    known = {"server", "upstream", "redis", "model_defaults", "models", "routes"}
+    known = {f.name for f in dataclasses.fields(Settings)}
     _reject_unknown(raw, known, "")
     model_defaults = _build(ModelSettings, raw.get("model_defaults"), "model_defaults")
     models_raw = raw.get("models") or {}
@@ -138,6 +191,8 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         server=_build(ServerSettings, raw.get("server"), "server"),
         upstream=_build(UpstreamSettings, raw.get("upstream"), "upstream"),
         redis=_build(RedisSettings, raw.get("redis"), "redis"),
+        admin=_build(AdminSettings, raw.get("admin"), "admin"),
+        retry_budget=_build(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
         model_defaults=model_defaults,
         models=models,
         routes=_build_routes(raw.get("routes")),
@@ -145,6 +200,13 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
     if settings.redis.url is not None:
         _check_url(settings.redis.url, "redis.url", ("redis", "rediss", "unix"))
+    elif settings.server.workers > 1:
+        raise ConfigError(
+            "server.workers: several workers need a shared store; set redis.url "
+            "(the embedded store lives inside one process)"
+        )
+    if not settings.redis.namespace or any(c in settings.redis.namespace for c in "{}: "):
+        raise ConfigError("redis.namespace: must be non-empty, without braces, colons or spaces")
     return dataclasses.replace(
         settings,
         upstream=dataclasses.replace(
@@ -213,11 +275,16 @@ def _build(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     _reject_unknown(raw, set(fields), where)
     hints = typing.get_type_hints(cls)
-    values = {
-        name: _check_value(value, hints[name], fields[name], f"{where}.{name}")
-        for name, value in raw.items()
-    }
-    return dataclasses.replace(instance, **values)  # type: ignore[type-var]
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], value, f"{where}.{name}", getattr(instance, name))
+        else:
+            values[name] = _check_value(value, hints[name], fields[name], f"{where}.{name}")
+    try:
+        return dataclasses.replace(instance, **values)  # type: ignore[type-var]
+    except ValueError as exc:  # checks that involve several keys (__post_init__)
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_value(value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:

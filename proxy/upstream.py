@@ -20,9 +20,11 @@ class UpstreamError(Exception):
 
     status: int = 502
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -115,17 +117,26 @@ class Upstream:
             ) from None
 
     async def iter_body(
-        self, response: httpx.Response, limits: ModelSettings
+        self, response: httpx.Response, limits: ModelSettings, deadline: float | None = None
     ) -> AsyncIterator[bytes]:
-        """The response body as it arrives (still encoded), failing on a stall or a break."""
+        """The response body as it arrives (still encoded), failing on a stall, a break, or
+        the request's deadline (a ``loop.time()`` value)."""
+        loop = asyncio.get_running_loop()
         chunks = response.aiter_raw()
         while True:
+            timeout = limits.stall_timeout
+            if deadline is not None and deadline - loop.time() < timeout:
+                timeout = max(deadline - loop.time(), 0.0)
             try:
-                async with asyncio.timeout(limits.stall_timeout):
+                async with asyncio.timeout(timeout):
                     chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if timeout < limits.stall_timeout:
+                    raise UpstreamBodyError(
+                        "The request's deadline passed mid-response.", status=504
+                    ) from None
                 raise UpstreamBodyError(
                     f"The upstream ({self.host}) stalled for {limits.stall_timeout:g} s "
                     "mid-response."

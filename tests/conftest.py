@@ -38,8 +38,21 @@ def simulator(simulator_url: str) -> Iterator[SimulatorControl]:
         control.clear_quotas()
 
 
+# For tests of plain forwarding: one attempt per model and breakers that never trip, so what
+# reaches the client is exactly what the upstream said.
+PASS_THROUGH = {
+    "max_attempts": 1,
+    "breaker": {"minimum_calls": 1_000_000, "burst_failures": 1_000_000},
+}
+
+
 def proxy_settings(upstream_url: str, **sections: Any) -> Any:
-    raw: dict[str, Any] = {"upstream": {"base_url": upstream_url}, "routes": ROUTES}
+    """Settings for a proxy in front of ``upstream_url``; ``sections`` are merged in."""
+    raw: dict[str, Any] = {
+        "upstream": {"base_url": upstream_url},
+        "routes": ROUTES,
+        "model_defaults": PASS_THROUGH,
+    }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
     return build_settings(raw)

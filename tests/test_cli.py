@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import selectors
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,41 +11,7 @@ import pytest
 from google import genai
 from google.genai import errors
 
-from .support import free_port
-
-
-@contextmanager
-def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
-    """Start ``python -m proxy ARGS``, wait for uvicorn's start-up line on stderr, and yield
-    the stderr lines (kept being collected, so the pipe never fills and blocks the process)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
-        env={**os.environ, "GEMINI_BREAKER_CONFIG": "", **env},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    seen = []
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                raise AssertionError(f"no start-up line within 60 s: {seen}")
-            line = proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"exited with {proc.wait()}: {''.join(seen)}")
-            seen.append(line)
-            if "Uvicorn running on" in line:
-                break
-        drain = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
-        drain.start()
-        yield seen
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    drain.join(10)
+from .support import free_port, running
 
 
 def test_serve_and_simulate_work_together_as_commands(monkeypatch: pytest.MonkeyPatch) -> None:

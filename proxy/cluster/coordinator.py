@@ -1,0 +1,325 @@
+"""The replica's side of the cluster: admission from the mirror, outcomes reported in the
+background, the events subscription, periodic reconciliation, and fail-static mode.
+
+A request on a closed breaker costs no Redis round trip: ``admit`` reads the mirror, and
+``record`` adds to an in-memory tally that is flushed about every 100 ms (at once after a burst
+of failures). Only an open breaker whose wait is over (or a half-open one with permits left)
+makes a request ask Redis, bounded by ``redis.operation_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import fakeredis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ..config import Settings
+from ..outcomes import Verdict
+from .health import StoreHealth, StoreUnavailable
+from .keys import Keys
+from .mirror import Mirror
+from .state import BreakerParams, Outcome, Snapshot, parse_event
+from .store import BreakerStore
+
+log = logging.getLogger("gemini_breaker.store")
+
+T = TypeVar("T")
+
+ADMITTING = frozenset({"closed", "disabled"})
+# A replica asks Redis about a non-admitting breaker at most this often per model.
+ASK_INTERVAL_MS = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Leave to send one request to ``model``; the epoch fences its reported outcome."""
+
+    model: str
+    epoch: int
+    probe: bool
+
+
+class Coordinator:
+    """Owns the mirror and every conversation with the breaker store."""
+
+    def __init__(self, settings: Settings, redis: Redis, *, embedded: bool, replica: str) -> None:
+        self.settings = settings
+        self.embedded = embedded
+        self.replica = replica
+        self.keys = Keys(settings.redis.namespace)
+        self.mirror = Mirror()
+        self._redis = redis
+        self._shared = BreakerStore(redis, self.keys)
+        self._local: BreakerStore | None = None
+        self._health = StoreHealth(
+            settings.redis.failures_to_degrade, settings.redis.retry_seconds, self._health_changed
+        )
+        self._timeout = settings.redis.operation_timeout
+        self._background_timeout = max(1.0, settings.redis.operation_timeout)
+        self._pending: dict[tuple[str, int], list[int]] = {}
+        self._flush_now = asyncio.Event()
+        self._next_ask_ms: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._digest = _digest(settings.routes)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """Fail-static: Redis is unreachable and this replica runs its own breakers."""
+        return self._local is not None
+
+    async def start(self) -> None:
+        """Register this replica's routes and start the background loops. Redis being down
+        is not an error: the replica starts in fail-static mode and keeps trying."""
+        try:
+            snapshot = await self._health.run(
+                self._register_on(self._shared), self._background_timeout
+            )
+        except StoreUnavailable as exc:
+            log.warning("Redis unreachable at start-up (%s): starting fail-static", exc)
+            self._health.mark_down()
+            await self._enter_fail_static()
+        else:
+            self.mirror.adopt(snapshot)
+        self._spawn(self._flush_forever())
+        self._spawn(self._reconcile_forever())
+        if not self.embedded:
+            self._spawn(self._subscribe_forever())
+
+    async def stop(self) -> None:
+        """Flush what is pending (best effort) and stop the loops."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the request path -------------------------------------------------------------------
+
+    def params(self, model: str) -> BreakerParams:
+        return self.settings.model_settings(model).breaker
+
+    async def admit(self, model: str) -> Admission | None:
+        """Leave to try ``model`` now, or None to skip it. No Redis call while it is closed."""
+        breaker = self.mirror.breaker(model)
+        if breaker.state in ADMITTING:
+            return Admission(model, breaker.epoch, probe=False)
+        if breaker.state == "forced_open":
+            return None
+        params = self.params(model)
+        now = self.mirror.store_now_ms()
+        if breaker.state == "open" and now < breaker.open_until_ms:
+            return None
+        if (
+            breaker.state == "half_open"
+            and breaker.probes_issued >= params.half_open_probes
+            and now < breaker.since_ms + params.half_open_timeout * 1000
+        ):
+            return None
+        if now < self._next_ask_ms.get(model, 0.0):
+            return None
+        self._next_ask_ms[model] = now + ASK_INTERVAL_MS
+        try:
+            acquired = await self._call(lambda store: store.acquire(model, params), self._timeout)
+        except StoreUnavailable:
+            return None
+        self.mirror.apply(acquired.change)
+        if not acquired.permit or acquired.change.breaker is None:
+            return None
+        granted = acquired.change.breaker
+        return Admission(model, granted.epoch, probe=granted.state == "half_open")
+
+    def still_admits(self, admission: Admission) -> bool:
+        """Whether a retry on the same model may go ahead (its breaker has not moved on)."""
+        breaker = self.mirror.breaker(admission.model)
+        return breaker.epoch == admission.epoch and breaker.state in ADMITTING
+
+    def record(self, admission: Admission, verdict: Verdict) -> None:
+        """Count an outcome for the breaker; never waits on Redis."""
+        if not verdict.counts_for_breaker:
+            return
+        failed = verdict.counts_as_failure
+        if admission.probe:
+            self._spawn(self._probe_done(admission, ok=not failed))
+            return
+        tally = self._pending.get((admission.model, admission.epoch))
+        if tally is None:
+            tally = self._pending[(admission.model, admission.epoch)] = [0, 0]
+        tally[0] += 1
+        if failed:
+            tally[1] += 1
+            if tally[1] >= self.params(admission.model).burst_failures:
+                self._flush_now.set()
+
+    async def _probe_done(self, admission: Admission, ok: bool) -> None:
+        params = self.params(admission.model)
+        try:
+            change = await self._call(
+                lambda store: store.probe_done(admission.model, admission.epoch, ok, params),
+                self._background_timeout,
+            )
+        except StoreUnavailable:
+            # The permit is lost; the half-open deadline reopens the breaker in time.
+            return
+        self.mirror.apply(change)
+
+    # -- background ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Report the tallied outcomes in one round trip."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        outcomes = [Outcome(m, e, calls, fails) for (m, e), (calls, fails) in pending.items()]
+        params = {o.model: self.params(o.model) for o in outcomes}
+        try:
+            changes = await self._call(
+                lambda store: store.report(outcomes, params), self._background_timeout
+            )
+        except StoreUnavailable:
+            for key, (calls, fails) in pending.items():  # keep them for the next flush
+                tally = self._pending.setdefault(key, [0, 0])
+                tally[0] += calls
+                tally[1] += fails
+            return
+        for change in changes:
+            self.mirror.apply(change)
+
+    async def _flush_forever(self) -> None:
+        interval = self.settings.redis.flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._flush_now.wait()
+            self._flush_now.clear()
+            await self.flush()
+
+    async def reconcile(self) -> None:
+        """Read the whole state: recover from fail-static, or catch up on missed events."""
+        if self._local is not None:
+            try:
+                snapshot = await self._health.run(
+                    self._register_on(self._shared), self._background_timeout
+                )
+            except StoreUnavailable:
+                return
+            self._local = None
+            self.mirror.adopt(snapshot)
+            log.warning("leaving fail-static mode: adopted the cluster's state from Redis")
+            return
+        try:
+            snapshot = await self._call(lambda store: store.snapshot(), self._background_timeout)
+        except StoreUnavailable:
+            return
+        if snapshot.epoch < self.mirror.highest_epoch:
+            # The store lost state (a restart without persistence): it is still the truth,
+            # and every replica converges on it.
+            log.warning(
+                "the store's epoch went back from %d to %d: adopting its state",
+                self.mirror.highest_epoch,
+                snapshot.epoch,
+            )
+            self.mirror.adopt(snapshot)
+            if set(snapshot.routes) != set(self.settings.routes):
+                with contextlib.suppress(StoreUnavailable):
+                    self.mirror.merge(
+                        await self._call(
+                            lambda store: self._register_on(store)(), self._background_timeout
+                        )
+                    )
+        else:
+            self.mirror.merge(snapshot)
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.redis.reconcile_interval)
+            await self.reconcile()
+
+    async def _subscribe_forever(self) -> None:
+        """Apply every published change; after each (re)subscription, reconcile."""
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.events)
+                await self.reconcile()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self.mirror.apply(parse_event(message["data"]))
+            except (RedisError, OSError) as exc:
+                log.debug("events subscription lost: %s", type(exc).__name__)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self.settings.redis.retry_seconds)
+
+    # -- stores -------------------------------------------------------------------------------
+
+    def _register_on(self, store: BreakerStore) -> Callable[[], Awaitable[Snapshot]]:
+        params = {m: self.params(m) for chain in self.settings.routes.values() for m in chain}
+        return lambda: store.register_routes(
+            self.settings.routes, self.replica, self._digest, params
+        )
+
+    async def _call(self, operation: Callable[[BreakerStore], Awaitable[T]], bound: float) -> T:
+        """Run a script on Redis, or on the local store while fail-static."""
+        local = self._local
+        if local is not None:
+            return await operation(local)
+        try:
+            return await self._health.run(lambda: operation(self._shared), bound)
+        except StoreUnavailable:
+            if not self._health.degraded:
+                raise
+        await self._enter_fail_static()
+        assert self._local is not None
+        return await operation(self._local)
+
+    async def _enter_fail_static(self) -> None:
+        """Run the same scripts on an in-process store, seeded with the last known state."""
+        if self._local is not None:
+            return
+        local = BreakerStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), self.keys)
+        await local.seed(self.mirror_snapshot())
+        self._local = local
+        await self._register_on(local)()
+
+    def mirror_snapshot(self) -> Snapshot:
+        """The mirror as a snapshot (to seed the local store)."""
+        return Snapshot(
+            now_ms=int(self.mirror.store_now_ms()),
+            epoch=self.mirror.highest_epoch,
+            breakers=dict(self.mirror.breakers),
+            active=dict(self.mirror.active),
+            routes={route: tuple(chain) for route, chain in self.settings.routes.items()},
+            digests={},
+        )
+
+    def _health_changed(self, degraded: bool) -> None:
+        if degraded:
+            log.warning(
+                "Redis unavailable: fail-static mode (last known state, per-replica breakers)"
+            )
+        else:
+            log.warning("Redis reachable again")
+
+
+def _digest(routes: Mapping[str, Sequence[str]]) -> str:
+    """Identifies a route configuration, so replicas that disagree can be spotted."""
+    text = json.dumps({k: list(v) for k, v in routes.items()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,185 @@
+-- Shared by every breaker script; the store prepends it (with window.lua) to each script,
+-- since Redis scripts cannot load one another. Everything is local: Redis forbids globals.
+--
+-- Calling convention: KEYS[1] = the epoch counter, ARGV[1] = the key prefix
+-- ("gb:{<namespace>}:"). Every other name is built from the prefix; the hash tag in it keeps
+-- all of them in the epoch key's slot, so the scripts also run on Redis Cluster.
+
+local PREFIX = ARGV[1]
+local EPOCH_KEY = KEYS[1]
+local MODELS_KEY = PREFIX .. 'models'
+local ROUTES_KEY = PREFIX .. 'routes'
+local DIGESTS_KEY = PREFIX .. 'route_digests'
+local ACTIVE_KEY = PREFIX .. 'active'
+local EVENTS_CHANNEL = PREFIX .. 'events'
+
+local function breaker_key(model)
+  return PREFIX .. 'breaker:' .. model
+end
+
+local function window_key(model)
+  return PREFIX .. 'window:' .. model
+end
+
+-- Redis's clock, never a replica's: every replica then sees the same time.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- BreakerParams.script_args(), starting at ARGV[i]; durations are in milliseconds.
+local function read_params(i)
+  return {
+    window_ms = tonumber(ARGV[i]),
+    bucket_ms = tonumber(ARGV[i + 1]),
+    minimum_calls = tonumber(ARGV[i + 2]),
+    failure_rate = tonumber(ARGV[i + 3]),
+    burst_failures = tonumber(ARGV[i + 4]),
+    burst_ms = tonumber(ARGV[i + 5]),
+    open_ms = tonumber(ARGV[i + 6]),
+    open_max_ms = tonumber(ARGV[i + 7]),
+    trip_memory_ms = tonumber(ARGV[i + 8]),
+    probes = tonumber(ARGV[i + 9]),
+    probe_timeout_ms = tonumber(ARGV[i + 10]),
+  }
+end
+
+local BREAKER_FIELDS = {
+  'state', 'epoch', 'since', 'open_until', 'trips', 'probes_issued', 'probes_ok',
+  'probes_failed', 'last_permit', 'reason', 'forced_by',
+}
+
+-- A missing hash (or field) reads as a closed breaker at epoch 0 that has been closed forever.
+local function load_breaker(model)
+  local h = redis.call('HMGET', breaker_key(model), unpack(BREAKER_FIELDS))
+  return {
+    model = model,
+    state = h[1] or 'closed',
+    epoch = tonumber(h[2]) or 0,
+    since = tonumber(h[3]) or 0,
+    open_until = tonumber(h[4]) or 0,
+    trips = tonumber(h[5]) or 0,
+    probes_issued = tonumber(h[6]) or 0,
+    probes_ok = tonumber(h[7]) or 0,
+    probes_failed = tonumber(h[8]) or 0,
+    last_permit = tonumber(h[9]) or 0,
+    reason = h[10] or '',
+    forced_by = h[11] or '',
+  }
+end
+
+local function save_breaker(b)
+  redis.call('HSET', breaker_key(b.model),
+    'state', b.state, 'epoch', b.epoch, 'since', b.since, 'open_until', b.open_until,
+    'trips', b.trips, 'probes_issued', b.probes_issued, 'probes_ok', b.probes_ok,
+    'probes_failed', b.probes_failed, 'last_permit', b.last_permit, 'reason', b.reason,
+    'forced_by', b.forced_by)
+end
+
+local function breaker_json(b, calls, failures)
+  return {
+    model = b.model, state = b.state, epoch = b.epoch, since_ms = b.since,
+    open_until_ms = b.open_until, trips = b.trips, probes_issued = b.probes_issued,
+    probes_ok = b.probes_ok, probes_failed = b.probes_failed, reason = b.reason,
+    forced_by = b.forced_by, calls = calls, failures = failures,
+  }
+end
+
+-- Every transition: a new epoch from the global counter, since = now, fresh window, cleared
+-- operator marks. Probe counters restart unless the caller keeps them (a half-open breaker
+-- reopening keeps them, so the open state shows how its probes went).
+local function transition(b, state, now, keep_probes)
+  b.state = state
+  b.epoch = redis.call('INCR', EPOCH_KEY)
+  b.since = now
+  b.open_until = 0
+  b.reason = ''
+  b.forced_by = ''
+  if not keep_probes then
+    b.probes_issued, b.probes_ok, b.probes_failed, b.last_permit = 0, 0, 0, 0
+  end
+  redis.call('DEL', window_key(b.model))
+end
+
+-- Open with the exponential wait of the given trip count: open * 2^(trips-1), capped.
+local function open_breaker(b, p, now, trips, reason, keep_probes)
+  transition(b, 'open', now, keep_probes)
+  b.trips = trips
+  b.open_until = now + math.floor(math.min(p.open_ms * 2 ^ (trips - 1), p.open_max_ms))
+  b.reason = reason
+end
+
+-- Routes
+
+local function load_routes()
+  local flat = redis.call('HGETALL', ROUTES_KEY)
+  local routes = {}
+  for i = 1, #flat, 2 do
+    routes[flat[i]] = cjson.decode(flat[i + 1])
+  end
+  return routes
+end
+
+local function chain_has(chain, model)
+  for _, m in ipairs(chain) do
+    if m == model then
+      return true
+    end
+  end
+  return false
+end
+
+local function admits(state)
+  return state == 'closed' or state == 'disabled'
+end
+
+-- The first model of the chain whose breaker admits (no hash = closed), else JSON null.
+local function pick_active(route, chain)
+  -- Hook: operator pins (a later issue) take precedence here, before the chain is walked.
+  for _, m in ipairs(chain) do
+    local state = redis.call('HGET', breaker_key(m), 'state')
+    if not state or admits(state) then
+      return m
+    end
+  end
+  return cjson.null
+end
+
+-- Model names compare as strings; null (whose Lua form differs between Redis and fakeredis)
+-- compares as false.
+local function model_name(value)
+  if type(value) == 'string' then
+    return value
+  end
+  return false
+end
+
+local function stored_active(route, chain)
+  local stored = redis.call('HGET', ACTIVE_KEY, route)
+  if stored then
+    return cjson.decode(stored)
+  end
+  return { model = pick_active(route, chain), epoch = 0 }
+end
+
+local function write_active(route, chain, epoch)
+  local entry = { model = pick_active(route, chain), epoch = epoch }
+  redis.call('HSET', ACTIVE_KEY, route, cjson.encode(entry))
+  return entry
+end
+
+-- Active entries of every route whose chain contains the model; recomputed (and stored under
+-- the new epoch) after a transition, read as stored otherwise.
+local function routes_active(model, epoch, recompute)
+  local result = {}
+  for route, chain in pairs(load_routes()) do
+    if chain_has(chain, model) then
+      if recompute then
+        result[route] = write_active(route, chain, epoch)
+      else
+        result[route] = stored_active(route, chain)
+      end
+    end
+  end
+  return result
+end

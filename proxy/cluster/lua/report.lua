@@ -1,0 +1,46 @@
+-- report: ARGV = prefix, model, epoch, calls, failures, params...
+-- Adds one replica's aggregated outcomes to the window and trips the breaker when a
+-- threshold is crossed. Outcomes from another epoch, or for a breaker that is not closed,
+-- change nothing: results admitted before a transition must not act after it.
+
+local model = ARGV[2]
+local epoch = tonumber(ARGV[3])
+local calls = tonumber(ARGV[4])
+local failures = tonumber(ARGV[5])
+local p = read_params(6)
+local now = now_ms()
+redis.call('SADD', MODELS_KEY, model)
+
+local b = load_breaker(model)
+if b.state ~= 'closed' or b.epoch ~= epoch then
+  return unchanged_json(b, now)
+end
+
+local win = window_advance(model, now, p)
+window_add(win, calls, failures)
+
+local reason = nil
+if win.calls >= p.minimum_calls and win.failures > 0
+    and win.failures / win.calls >= p.failure_rate then
+  reason = string.format('failure rate %d%% over %d calls',
+    math.floor(100 * win.failures / win.calls + 0.5), win.calls)
+else
+  local burst_calls, burst_failures = window_burst(win, p)
+  if burst_failures >= p.burst_failures and burst_failures / burst_calls >= p.failure_rate then
+    reason = string.format('burst: %d failures in %s s', burst_failures,
+      string.format('%g', p.burst_ms / 1000))
+  end
+end
+
+if not reason then
+  return change_json(b, now, false, win.calls, win.failures)
+end
+
+-- A breaker that stayed closed longer than the trip memory starts its backoff afresh.
+local trips = b.trips + 1
+if now - b.since > p.trip_memory_ms then
+  trips = 1
+end
+open_breaker(b, p, now, trips, reason, false)
+save_breaker(b)
+return change_json(b, now, true, 0, 0)

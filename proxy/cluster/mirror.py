@@ -1,0 +1,131 @@
+"""This replica's copy of the cluster state, read by every request without touching Redis.
+
+It is fed by what the scripts return, by the events channel, and by periodic snapshots.
+Epochs order the updates: an older view of a breaker never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from .state import ActiveModel, BreakerState, Change, Snapshot
+
+log = logging.getLogger("gemini_breaker.breakers")
+
+CLOSED = "closed"
+
+
+def closed_breaker(model: str) -> BreakerState:
+    """A breaker no script has touched yet: closed, epoch 0."""
+    return BreakerState(
+        model=model,
+        state=CLOSED,
+        epoch=0,
+        since_ms=0,
+        open_until_ms=0,
+        trips=0,
+        probes_issued=0,
+        probes_ok=0,
+        probes_failed=0,
+        reason="",
+        forced_by="",
+        calls=0,
+        failures=0,
+    )
+
+
+class Mirror:
+    """Breakers by model and active models by route, with the store's clock offset."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.breakers: dict[str, BreakerState] = {}
+        self.active: dict[str, ActiveModel] = {}
+        self.routes: dict[str, tuple[str, ...]] = {}
+        self.highest_epoch = 0
+        self._as_of_ms: dict[str, int] = {}
+        self._clock = clock
+        self._offset_ms = 0.0
+
+    def breaker(self, model: str) -> BreakerState:
+        return self.breakers.get(model) or closed_breaker(model)
+
+    def store_now_ms(self) -> float:
+        """The store's clock as this replica estimates it (for deciding when to ask, never
+        for deciding a transition)."""
+        return self._clock() * 1000 + self._offset_ms
+
+    def _observe_clock(self, now_ms: int) -> None:
+        self._offset_ms = now_ms - self._clock() * 1000
+
+    def apply(self, change: Change) -> None:
+        """Take in a script's answer or a published event, unless it is older than ours."""
+        self._observe_clock(change.now_ms)
+        breaker = change.breaker
+        if breaker is not None:
+            self._apply_breaker(breaker, change.now_ms)
+        for route, active in change.active.items():
+            self._apply_active(route, active)
+
+    def _apply_breaker(self, breaker: BreakerState, as_of_ms: int) -> None:
+        current = self.breakers.get(breaker.model)
+        if current is not None:
+            if breaker.epoch < current.epoch:
+                return
+            if breaker.epoch == current.epoch and as_of_ms < self._as_of_ms.get(breaker.model, 0):
+                return
+            if breaker.epoch > current.epoch and breaker.state != current.state:
+                log.info(
+                    "breaker %s: %s -> %s (epoch %d)%s",
+                    breaker.model,
+                    current.state,
+                    breaker.state,
+                    breaker.epoch,
+                    f": {breaker.reason}" if breaker.reason else "",
+                )
+        elif breaker.state != CLOSED:
+            log.info(
+                "breaker %s is %s (epoch %d)%s",
+                breaker.model,
+                breaker.state,
+                breaker.epoch,
+                f": {breaker.reason}" if breaker.reason else "",
+            )
+        self.breakers[breaker.model] = breaker
+        self._as_of_ms[breaker.model] = as_of_ms
+        self.highest_epoch = max(self.highest_epoch, breaker.epoch)
+
+    def _apply_active(self, route: str, active: ActiveModel) -> None:
+        current = self.active.get(route)
+        if current is not None and active.epoch < current.epoch:
+            return
+        if current is None or current.model != active.model:
+            log.info(
+                "route %s: active model %s -> %s",
+                route,
+                current.model if current else "-",
+                active.model or "none (every model of the chain is open)",
+            )
+        self.active[route] = active
+
+    def adopt(self, snapshot: Snapshot) -> None:
+        """Take the store's whole state as the truth (after a reconnect, or when the store
+        lost its state), dropping whatever this replica believed."""
+        self._observe_clock(snapshot.now_ms)
+        self.routes = dict(snapshot.routes)
+        self.breakers = {}
+        self._as_of_ms = {}
+        self.active = {}
+        self.highest_epoch = 0
+        self.merge(snapshot)
+
+    def merge(self, snapshot: Snapshot) -> None:
+        """Take in a periodic snapshot, epoch-fenced like any other update."""
+        self._observe_clock(snapshot.now_ms)
+        self.routes = dict(snapshot.routes)
+        for breaker in snapshot.breakers.values():
+            self._apply_breaker(breaker, snapshot.now_ms)
+        for route, active in snapshot.active.items():
+            self._apply_active(route, active)
+        self.highest_epoch = max(self.highest_epoch, snapshot.epoch)

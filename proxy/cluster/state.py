@@ -1,0 +1,324 @@
+"""Breaker parameters and the values the Lua scripts return, with their JSON form.
+
+The scripts answer (and publish) JSON; the helpers here turn it into frozen dataclasses and
+back. A model with no breaker hash in Redis is ``closed`` with epoch 0 and zero counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+FORCED_OPEN = "forced_open"
+DISABLED = "disabled"
+STATES = frozenset({CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED})
+#: Operator actions accepted by ``BreakerStore.force``.
+ACTIONS = frozenset({"open", "close", "reset", "force_open", "disable"})
+#: A window may not hold more buckets than this: eviction walks the buckets time skipped.
+MAX_BUCKETS = 10_000
+
+
+class PayloadError(ValueError):
+    """A script answer or event payload does not have the expected shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerParams:
+    """Thresholds of one model's breaker; every call sends them, so each replica uses its own."""
+
+    # "min"/"max" metadata is what the configuration loader checks, naming the offending key.
+    window_seconds: float = field(default=30.0, metadata={"min": 0.001})
+    bucket_seconds: float = field(default=1.0, metadata={"min": 0.001})
+    minimum_calls: int = field(default=10, metadata={"min": 1})
+    failure_rate: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    burst_failures: int = field(default=5, metadata={"min": 1})
+    burst_seconds: float = field(default=2.0, metadata={"min": 0.001})
+    open_seconds: float = field(default=5.0, metadata={"min": 0.0})
+    open_max_seconds: float = field(default=300.0, metadata={"min": 0.0})
+    trip_memory_seconds: float = field(default=600.0, metadata={"min": 0.0})
+    half_open_probes: int = field(default=3, metadata={"min": 1})
+    half_open_timeout: float = field(default=30.0, metadata={"min": 0.001})
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{f.name} must be at least {f.metadata['min']}"
+            for f in fields(self)
+            if getattr(self, f.name) < f.metadata["min"]
+        ]
+        if self.failure_rate > 1:
+            problems.append("failure_rate must be at most 1")
+        if self.open_max_seconds < self.open_seconds:
+            problems.append("open_max_seconds must be at least open_seconds")
+        if self.window_seconds < self.bucket_seconds:
+            problems.append("window_seconds must be at least bucket_seconds")
+        elif not problems and self.buckets > MAX_BUCKETS:  # (buckets divides by bucket_seconds)
+            problems.append(f"window_seconds / bucket_seconds must be at most {MAX_BUCKETS}")
+        if problems:
+            raise ValueError("invalid breaker parameters: " + "; ".join(problems))
+
+    @property
+    def buckets(self) -> int:
+        """Number of slots in the window's ring."""
+        return math.ceil(_ms(self.window_seconds) / _ms(self.bucket_seconds))
+
+    def script_args(self) -> list[int | float]:
+        """The parameters as the scripts read them from ARGV: durations in whole milliseconds."""
+        return [
+            _ms(self.window_seconds),
+            _ms(self.bucket_seconds),
+            self.minimum_calls,
+            self.failure_rate,
+            self.burst_failures,
+            _ms(self.burst_seconds),
+            _ms(self.open_seconds),
+            _ms(self.open_max_seconds),
+            _ms(self.trip_memory_seconds),
+            self.half_open_probes,
+            _ms(self.half_open_timeout),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """One model's breaker as Redis holds it, with the window totals when it was read."""
+
+    model: str
+    state: str
+    epoch: int
+    since_ms: int
+    open_until_ms: int
+    trips: int
+    probes_issued: int
+    probes_ok: int
+    probes_failed: int
+    reason: str
+    forced_by: str
+    calls: int
+    failures: int
+
+    @classmethod
+    def initial(cls, model: str) -> BreakerState:
+        """The state of a model Redis has no breaker for."""
+        return cls(model, CLOSED, 0, 0, 0, 0, 0, 0, 0, "", "", 0, 0)
+
+    @property
+    def admits_without_redis(self) -> bool:
+        """Whether a request may go ahead on the local mirror alone (no permit needed)."""
+        return self.state in (CLOSED, DISABLED)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveModel:
+    """The model serving a route; ``None`` when no model of its chain admits."""
+
+    route: str
+    model: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Results aggregated per (model, epoch) by one replica, reported in one call."""
+
+    model: str
+    epoch: int
+    calls: int
+    failures: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.failures <= self.calls:
+            raise ValueError(f"need 0 <= failures <= calls: {self.failures}, {self.calls}")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a state-changing script returns and, when ``changed``, publishes.
+
+    ``active`` holds every route whose chain contains the model, after the change.
+    """
+
+    now_ms: int
+    breaker: BreakerState | None
+    active: dict[str, ActiveModel]
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """Answer of ``acquire``: whether the caller holds a permit, and the breaker after it."""
+
+    permit: bool
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the cluster state holds, read atomically."""
+
+    now_ms: int
+    epoch: int
+    breakers: dict[str, BreakerState]
+    active: dict[str, ActiveModel]
+    routes: dict[str, tuple[str, ...]]
+    digests: dict[str, str]
+
+
+# JSON -> dataclasses. The scripts' cjson writes an empty table as {} on Redis and as [] on
+# fakeredis, so an empty list is accepted wherever an object is expected.
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if value == []:
+        return {}
+    raise PayloadError(f"{what}: expected an object, got {type(value).__name__}")
+
+
+def _int(obj: Mapping[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise PayloadError(f"{key}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise PayloadError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], key: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise PayloadError(f"{key}: expected a boolean, got {value!r}")
+    return value
+
+
+def breaker_from_json(value: object) -> BreakerState:
+    obj = _object(value, "breaker")
+    state = _str(obj, "state")
+    if state not in STATES:
+        raise PayloadError(f"state: unknown breaker state {state!r}")
+    return BreakerState(
+        model=_str(obj, "model"),
+        state=state,
+        epoch=_int(obj, "epoch"),
+        since_ms=_int(obj, "since_ms"),
+        open_until_ms=_int(obj, "open_until_ms"),
+        trips=_int(obj, "trips"),
+        probes_issued=_int(obj, "probes_issued"),
+        probes_ok=_int(obj, "probes_ok"),
+        probes_failed=_int(obj, "probes_failed"),
+        reason=_str(obj, "reason"),
+        forced_by=_str(obj, "forced_by"),
+        calls=_int(obj, "calls"),
+        failures=_int(obj, "failures"),
+    )
+
+
+def _active_from_json(value: object) -> dict[str, ActiveModel]:
+    active = {}
+    for route, entry in _object(value, "active").items():
+        obj = _object(entry, f"active.{route}")
+        model = obj.get("model")
+        if model is not None and not isinstance(model, str):
+            raise PayloadError(f"active.{route}.model: expected a string or null, got {model!r}")
+        active[route] = ActiveModel(route, model, _int(obj, "epoch"))
+    return active
+
+
+def change_from_json(value: object) -> Change:
+    obj = _object(value, "change")
+    breaker = obj.get("breaker")
+    return Change(
+        now_ms=_int(obj, "now_ms"),
+        breaker=None if breaker is None else breaker_from_json(breaker),
+        active=_active_from_json(obj.get("active")),
+        changed=_bool(obj, "changed"),
+    )
+
+
+def acquired_from_json(value: object) -> Acquired:
+    obj = _object(value, "acquired")
+    return Acquired(permit=_bool(obj, "permit"), change=change_from_json(obj.get("change")))
+
+
+def snapshot_from_json(value: object) -> Snapshot:
+    obj = _object(value, "snapshot")
+    routes = {}
+    for route, chain in _object(obj.get("routes"), "routes").items():
+        if not isinstance(chain, list) or not all(isinstance(m, str) for m in chain):
+            raise PayloadError(f"routes.{route}: expected a list of strings, got {chain!r}")
+        routes[route] = tuple(chain)
+    digests = _object(obj.get("digests"), "digests")
+    return Snapshot(
+        now_ms=_int(obj, "now_ms"),
+        epoch=_int(obj, "epoch"),
+        breakers={
+            model: breaker_from_json(b)
+            for model, b in _object(obj.get("breakers"), "breakers").items()
+        },
+        active=_active_from_json(obj.get("active")),
+        routes=routes,
+        digests={replica: _str(digests, replica) for replica in digests},
+    )
+
+
+def loads(payload: bytes | str) -> object:
+    """Parse a script answer; malformed JSON is a ``PayloadError``."""
+    try:
+        return json.loads(payload)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise PayloadError(f"not JSON: {exc}") from exc
+
+
+def parse_event(payload: bytes | str) -> Change:
+    """Decode a message from the events channel (the JSON the publishing script returned)."""
+    return change_from_json(loads(payload))
+
+
+# Dataclasses -> JSON, in the scripts' own shape (for logs, the admin API and tests).
+
+
+def breaker_to_json(breaker: BreakerState) -> dict[str, Any]:
+    return asdict(breaker)
+
+
+def _active_to_json(active: Mapping[str, ActiveModel]) -> dict[str, Any]:
+    return {route: {"model": a.model, "epoch": a.epoch} for route, a in active.items()}
+
+
+def change_to_json(change: Change) -> dict[str, Any]:
+    return {
+        "now_ms": change.now_ms,
+        "breaker": None if change.breaker is None else breaker_to_json(change.breaker),
+        "active": _active_to_json(change.active),
+        "changed": change.changed,
+    }
+
+
+def acquired_to_json(acquired: Acquired) -> dict[str, Any]:
+    return {"permit": acquired.permit, "change": change_to_json(acquired.change)}
+
+
+def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "now_ms": snapshot.now_ms,
+        "epoch": snapshot.epoch,
+        "breakers": {m: breaker_to_json(b) for m, b in snapshot.breakers.items()},
+        "active": _active_to_json(snapshot.active),
+        "routes": {route: list(chain) for route, chain in snapshot.routes.items()},
+        "digests": dict(snapshot.digests),
+    }

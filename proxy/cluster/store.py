@@ -1,0 +1,194 @@
+"""The breaker scripts, called through redis-py: one method per script.
+
+Every state change happens inside Lua (see ``lua/``), atomically and on Redis's clock; this
+module only packs arguments and parses answers. Works with a real ``redis.asyncio.Redis`` or an
+in-process ``fakeredis.FakeAsyncRedis``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.typing import EncodableT
+
+from .keys import Keys
+from .state import (
+    ACTIONS,
+    Acquired,
+    BreakerParams,
+    Change,
+    Outcome,
+    PayloadError,
+    Snapshot,
+    acquired_from_json,
+    change_from_json,
+    loads,
+    snapshot_from_json,
+    snapshot_to_json,
+)
+
+T = TypeVar("T")
+
+#: Helpers every script starts with (Redis scripts cannot load one another).
+_PRELUDE = ("common.lua", "window.lua", "view.lua")
+_DEFAULT_PARAMS = BreakerParams()
+
+
+class StoreError(Exception):
+    """Redis ran a breaker script and answered with an error, or with something unreadable.
+
+    Connection problems are not wrapped: redis-py's own exceptions propagate, and so does
+    ``ReadOnlyError`` (a replica after a failover), which is an availability problem too.
+    """
+
+
+def script_source(name: str) -> str:
+    """The full text of one script (``report``, ``acquire``, ...), prelude included."""
+    folder = resources.files(__package__).joinpath("lua")
+    parts = (*_PRELUDE, f"{name}.lua")
+    return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in parts)
+
+
+class BreakerStore:
+    """Cluster-wide breaker state in Redis, one namespace."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._report = redis.register_script(script_source("report"))
+        self._acquire = redis.register_script(script_source("acquire"))
+        self._probe_done = redis.register_script(script_source("probe_done"))
+        self._force = redis.register_script(script_source("force"))
+        self._register_routes = redis.register_script(script_source("register_routes"))
+        self._snapshot = redis.register_script(script_source("snapshot"))
+        self._seed = redis.register_script(script_source("seed"))
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def register_routes(
+        self,
+        routes: Mapping[str, Sequence[str]],
+        replica: str,
+        digest: str,
+        params: Mapping[str, BreakerParams],
+    ) -> Snapshot:
+        """Publish this replica's chains and digest; answer the whole state afterwards.
+
+        ``params`` names the configured models, so those outside every chain are known too.
+        """
+        args: list[EncodableT] = [replica, digest, len(routes)]
+        for route, chain in routes.items():
+            if not chain or isinstance(chain, str):
+                raise ValueError(f"route {route!r}: the chain must be a non-empty list of models")
+            args += [route, json.dumps(list(chain))]
+        args += list(params)
+        reply = await self._call(self._register_routes, args)
+        return _parse(reply, snapshot_from_json)
+
+    async def report(
+        self, outcomes: Sequence[Outcome], params: Mapping[str, BreakerParams]
+    ) -> list[Change]:
+        """Add aggregated outcomes to the windows, in one round trip; one Change per outcome.
+
+        A model missing from ``params`` uses the default parameters.
+        """
+        if not outcomes:
+            return []
+        calls = [
+            [o.model, o.epoch, o.calls, o.failures, *_params(params.get(o.model))] for o in outcomes
+        ]
+        replies = await self._call_many(self._report, calls)
+        return [_parse(reply, change_from_json) for reply in replies]
+
+    async def acquire(self, model: str, params: BreakerParams) -> Acquired:
+        """Ask for a permit on a breaker that is not closed (half-open probes are counted)."""
+        reply = await self._call(self._acquire, [model, *_params(params)])
+        return _parse(reply, acquired_from_json)
+
+    async def probe_done(self, model: str, epoch: int, ok: bool, params: BreakerParams) -> Change:
+        """Report the result of the probe a permit of ``epoch`` allowed."""
+        reply = await self._call(self._probe_done, [model, epoch, int(ok), *_params(params)])
+        return _parse(reply, change_from_json)
+
+    async def force(
+        self, model: str, action: str, by: str, reason: str, params: BreakerParams
+    ) -> Change:
+        """Operator action: ``open``, ``close``, ``reset``, ``force_open`` or ``disable``."""
+        if action not in ACTIONS:
+            raise ValueError(
+                f"unknown breaker action {action!r}; expected one of {sorted(ACTIONS)}"
+            )
+        reply = await self._call(self._force, [model, action, by, reason, *_params(params)])
+        return _parse(reply, change_from_json)
+
+    async def snapshot(self) -> Snapshot:
+        """Everything, read atomically: breakers, active models, routes, digests."""
+        return _parse(await self._call(self._snapshot, []), snapshot_from_json)
+
+    async def seed(self, snapshot: Snapshot) -> Snapshot:
+        """Load a known state (the last one seen) into this store, e.g. an in-process one.
+
+        Breakers, active models, routes and digests are written as given; windows start empty;
+        the epoch counter only moves forward. Nothing is published.
+        """
+        payload = json.dumps(snapshot_to_json(snapshot))
+        return _parse(await self._call(self._seed, [payload]), snapshot_from_json)
+
+    async def _call(self, script: AsyncScript, args: Sequence[EncodableT]) -> object:
+        try:
+            reply: object = await script(keys=[self._keys.epoch], args=[self._keys.prefix, *args])
+        except ReadOnlyError:
+            raise
+        except ResponseError as exc:
+            raise StoreError(f"breaker script failed: {exc}") from exc
+        return reply
+
+    async def _call_many(
+        self, script: AsyncScript, calls: Sequence[Sequence[EncodableT]]
+    ) -> list[object]:
+        """Run ``script`` once per argument list in a single pipeline (no transaction)."""
+        replies = await self._pipeline(script.sha, calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # The server lost its script cache (restart, failover, SCRIPT FLUSH). Calls that
+            # met NOSCRIPT never ran, so exactly those are sent again.
+            script.sha = await self._redis.script_load(script.script)
+            retried = await self._pipeline(script.sha, [calls[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, ReadOnlyError):
+                raise reply
+            if isinstance(reply, ResponseError):
+                raise StoreError(f"breaker script failed: {reply}") from reply
+        return replies
+
+    async def _pipeline(self, sha: str, calls: Sequence[Sequence[EncodableT]]) -> list[object]:
+        # EVALSHA is queued directly: Script objects in a pipeline would cost an extra
+        # SCRIPT EXISTS round trip on every execute.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for args in calls:
+                pipe.evalsha(sha, 1, self._keys.epoch, self._keys.prefix, *args)
+            replies: list[object] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
+def _params(params: BreakerParams | None) -> list[int | float]:
+    return (params or _DEFAULT_PARAMS).script_args()
+
+
+def _parse(reply: object, parser: Callable[[object], T]) -> T:
+    if not isinstance(reply, bytes | str):
+        raise StoreError(f"breaker script answered {type(reply).__name__}, expected JSON text")
+    try:
+        return parser(loads(reply))
+    except PayloadError as exc:
+        raise StoreError(f"unreadable breaker script answer: {exc}") from exc

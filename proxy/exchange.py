@@ -1,0 +1,377 @@
+"""One request's trip upstream and back: admission, retries, failover along the chain, and
+the relay of the answer.
+
+The outcome table of ``outcomes.py`` decides everything: failures are retried on the same model
+with backoff (bounded by the model's attempts, the retry budget and the request's deadline),
+then the next admitting model of the chain is tried; anything else goes back to the client as
+the upstream sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
+from .cluster.coordinator import Admission, Coordinator
+from .config import ModelSettings, Settings
+from .gemini.errors import sse_error_event
+from .gemini.paths import GeminiPath
+from .headers import (
+    UPLOAD_URL_HEADER,
+    Headers,
+    client_response_headers,
+    request_origin,
+    rewrite_upload_url,
+    upstream_request_headers,
+)
+from .outcomes import Verdict, classify_status
+from .retry_budget import RetryBudget
+from .upstream import Upstream, UpstreamBodyError, UpstreamBusy, UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("gemini_breaker.forwarding")
+
+CLIENT_CLOSED = 499
+# Model calls that a route's chain applies to. Other model calls (batch jobs, metadata) go to
+# the model the client named.
+ROUTED_METHODS = frozenset(
+    {
+        "generateContent",
+        "streamGenerateContent",
+        "countTokens",
+        "embedContent",
+        "batchEmbedContents",
+    }
+)
+# An upstream error body kept to relay later if no other model answers (Google's are < 2 KiB).
+MAX_KEPT_ERROR_BYTES = 64 * 1024
+
+MODEL_HEADER = b"x-gemini-breaker-model"
+FALLBACKS_HEADER = b"x-gemini-breaker-fallbacks"
+ATTEMPTS_HEADER = b"x-gemini-breaker-attempts"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A failed attempt, kept so the last one can be relayed if nothing else answers."""
+
+    model: str
+    error: UpstreamError | None = None
+    status: int = 0
+    headers: Headers = dataclasses.field(default_factory=list)
+    body: bytes = b""
+    final: bool = False
+    """No further attempt may follow (the deadline is spent, or the proxy itself is full)."""
+
+
+class Exchange:
+    """Serves one request. ``status``, ``served_by`` and ``attempts`` describe how it went."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        coordinator: Coordinator,
+        budget: RetryBudget,
+        settings: Settings,
+        scope: Scope,
+        send: Send,
+        path: GeminiPath,
+        body: bytes | AsyncIterable[bytes],
+        deadline: float,
+    ) -> None:
+        self.upstream = upstream
+        self.coordinator = coordinator
+        self.budget = budget
+        self.settings = settings
+        self.scope = scope
+        self.send = send
+        self.path = path
+        self.body = body
+        self.deadline = deadline
+        self.status = CLIENT_CLOSED
+        self.served_by: str | None = None
+        self.attempts = 0
+        self._loop = asyncio.get_running_loop()
+
+    def remaining(self) -> float:
+        return self.deadline - self._loop.time()
+
+    async def run_cancelling_on_disconnect(self, receive: Receive) -> None:
+        """Run, but give up (closing the upstream call) as soon as the client disconnects."""
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                self.status = CLIENT_CLOSED
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            await self.run()
+            group.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        try:
+            if self.path.model is not None and self.path.method in ROUTED_METHODS:
+                await self._route(self.path.model)
+            else:
+                await self._pass_through()
+        except ClientDisconnected:
+            self.status = CLIENT_CLOSED
+
+    # -- calls that are not routed ----------------------------------------------------------
+
+    async def _pass_through(self) -> None:
+        limits = self.settings.model_settings(self.path.model)
+        self.attempts = 1
+        try:
+            response = await self._open(self.path.upstream_path, limits)
+        except BodyTooLarge as exc:
+            await self._send_error(413, exc.args[0])
+            return
+        except UpstreamError as exc:
+            await self._send_error(exc.status, exc.message)
+            return
+        await self._relay(response, limits, [])
+
+    # -- routed calls: admission, retries, failover -------------------------------------------
+
+    async def _route(self, requested: str) -> None:
+        chain = self.settings.chain_for(requested)
+        self.budget.record_request()
+        last: _Failed | None = None
+        skipped: list[str] = []
+        for position, model in enumerate(chain):
+            if self.remaining() <= 0 or (last is not None and last.final):
+                break
+            admission = await self.coordinator.admit(model)
+            if admission is None:
+                skipped.append(model)
+                continue
+            failed = await self._try_model(admission, position)
+            if failed is None:
+                return
+            last = failed
+        if last is not None:
+            await self._send_failure(last)
+        elif self.remaining() <= 0:
+            await self._send_error(504, "The request's deadline passed before any model answered.")
+        else:
+            await self._send_unavailable(requested, skipped)
+
+    async def _try_model(self, admission: Admission, position: int) -> _Failed | None:
+        """Attempts on one model, with backoff between them; None once answered."""
+        limits = self.settings.model_settings(admission.model)
+        tries = 0
+        while True:
+            tries += 1
+            failed = await self._attempt(admission, limits, position)
+            if failed is None or failed.final:
+                return failed
+            if admission.probe or tries >= limits.max_attempts:
+                return failed
+            if not self.coordinator.still_admits(admission) or not self.budget.try_spend():
+                return failed
+            delay = random.uniform(
+                0, min(limits.backoff_max, limits.backoff_initial * 2 ** (tries - 1))
+            )
+            if delay >= self.remaining():
+                return failed
+            await asyncio.sleep(delay)
+            if not self.coordinator.still_admits(admission):
+                return failed
+
+    async def _attempt(
+        self, admission: Admission, limits: ModelSettings, position: int
+    ) -> _Failed | None:
+        model = admission.model
+        remaining = self.remaining()
+        cut_by_deadline = remaining < limits.first_byte_timeout
+        attempt_limits = (
+            dataclasses.replace(limits, first_byte_timeout=max(remaining, 0.001))
+            if cut_by_deadline
+            else limits
+        )
+        self.attempts += 1
+        try:
+            response = await self._open(self.path.path_for(model), attempt_limits)
+        except UpstreamBusy as exc:  # the proxy's own pool, not the model's fault
+            return _Failed(model, error=exc, final=True)
+        except UpstreamTimeout as exc:
+            if cut_by_deadline:  # the client's deadline, not the model, ran out
+                return _Failed(
+                    model,
+                    error=UpstreamTimeout(
+                        f"The request's deadline passed while waiting for {model}."
+                    ),
+                    final=True,
+                )
+            self.coordinator.record(admission, Verdict.FAILURE)
+            return _Failed(model, error=exc)
+        except UpstreamError as exc:
+            self.coordinator.record(admission, Verdict.FAILURE)
+            return _Failed(model, error=exc)
+        verdict = classify_status(response.status_code)
+        if verdict is Verdict.FAILURE:
+            self.coordinator.record(admission, Verdict.FAILURE)
+            return await self._keep_failure(model, response, attempt_limits)
+        if verdict is Verdict.CREDENTIAL:
+            log.warning(
+                "credential alert: %s answered %d for %s; check the API key",
+                self.upstream.host,
+                response.status_code,
+                model,
+            )
+        headers = [
+            (MODEL_HEADER, model.encode()),
+            (FALLBACKS_HEADER, str(position).encode()),
+            (ATTEMPTS_HEADER, str(self.attempts).encode()),
+        ]
+        self.served_by = model
+        completed = await self._relay(response, limits, headers)
+        self.coordinator.record(admission, verdict if completed else Verdict.FAILURE)
+        return None
+
+    async def _keep_failure(
+        self, model: str, response: httpx.Response, limits: ModelSettings
+    ) -> _Failed:
+        """Read a failed attempt's (small) error body and close it."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in self.upstream.iter_body(response, limits, self.deadline):
+                size += len(chunk)
+                if size > MAX_KEPT_ERROR_BYTES:
+                    break
+                parts.append(chunk)
+        except UpstreamBodyError:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        headers = [
+            (name, value)
+            for name, value in client_response_headers(response.headers.raw)
+            if name != b"content-length"
+        ]
+        return _Failed(model, status=response.status_code, headers=headers, body=b"".join(parts))
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _open(self, path: str, limits: ModelSettings) -> httpx.Response:
+        scope = self.scope
+        return await self.upstream.open(
+            scope["method"],
+            path,
+            scope["query_string"],
+            upstream_request_headers(
+                scope["headers"], scope["query_string"], self.settings.upstream.api_key
+            ),
+            self.body,
+            limits,
+        )
+
+    async def _relay(self, response: httpx.Response, limits: ModelSettings, extra: Headers) -> bool:
+        """Stream the response to the client; False if its body broke off."""
+        try:
+            headers = client_response_headers(response.headers.raw)
+            if response.headers.get("x-goog-upload-url"):
+                headers = self._rewrite_upload_url(headers)
+            headers.extend(extra)
+            self.status = response.status_code
+            send = self.send
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            try:
+                async for chunk in self.upstream.iter_body(response, limits, self.deadline):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamBodyError as exc:
+                log.warning("upstream response broke off: %s", exc.message)
+                if _is_plain_sse(response):
+                    # The SDK raises on an in-band error event; a silent close would look whole.
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": sse_error_event(exc.status, exc.message),
+                            "more_body": False,
+                        }
+                    )
+                # Otherwise return without completing the response: the server then closes
+                # the connection mid-body, and the client sees a truncated body as an error.
+                return False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        finally:
+            # Shielded: closing must finish even when the client's disconnect cancelled us.
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _send_failure(self, failed: _Failed) -> None:
+        self.served_by = failed.model
+        extra = [
+            (MODEL_HEADER, failed.model.encode()),
+            (ATTEMPTS_HEADER, str(self.attempts).encode()),
+        ]
+        if failed.error is not None:
+            await self._send_error(failed.error.status, failed.error.message, extra)
+            return
+        self.status = failed.status
+        headers = [*failed.headers, (b"content-length", str(len(failed.body)).encode()), *extra]
+        await self.send(
+            {"type": "http.response.start", "status": failed.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": failed.body})
+
+    async def _send_unavailable(self, requested: str, skipped: list[str]) -> None:
+        """Every model of the chain is open: shed at once, saying when to come back."""
+        now = self.coordinator.mirror.store_now_ms()
+        waits = [
+            breaker.open_until_ms - now
+            for breaker in map(self.coordinator.mirror.breaker, skipped)
+            if breaker.state == "open"
+        ]
+        retry_after = max(1, math.ceil(min(waits) / 1000)) if waits else 1
+        await self._send_error(
+            503,
+            f"No model of the route for {requested} is available right now: "
+            f"{', '.join(skipped)} are not admitting requests (circuit breakers open). "
+            f"Retry in {retry_after} s.",
+            [(b"retry-after", str(retry_after).encode())],
+        )
+
+    async def _send_error(self, code: int, message: str, extra: Headers | None = None) -> None:
+        self.status = code
+        await send_error(self.send, code, message, headers=extra)
+
+    def _rewrite_upload_url(self, headers: Headers) -> Headers:
+        origin = request_origin(
+            self.scope["scheme"], self.scope["headers"], self.scope.get("server")
+        )
+        return [
+            (
+                name,
+                rewrite_upload_url(
+                    value.decode("latin-1"), self.upstream.base_url, origin, self.path.prefix
+                ).encode("latin-1"),
+            )
+            if name == UPLOAD_URL_HEADER
+            else (name, value)
+            for name, value in headers
+        ]
+
+
+def _is_plain_sse(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream") and not response.headers.get(
+        "content-encoding"
+    )
