@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +14,7 @@ from contextlib import asynccontextmanager
 import fakeredis
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -61,7 +64,9 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
                 forwarder.upstream = None
                 forwarder.coordinator = None
                 await coordinator.stop()
-                await redis.aclose()
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await redis.aclose()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

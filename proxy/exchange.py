@@ -100,6 +100,7 @@ class Exchange:
         self.status = CLIENT_CLOSED
         self.served_by: str | None = None
         self.attempts = 0
+        self._finishing = False
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -112,8 +113,10 @@ class Exchange:
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                self.status = CLIENT_CLOSED
-                group.cancel_scope.cancel()
+                # The server reports a disconnect once the response is complete, too.
+                if not self._finishing:
+                    self.status = CLIENT_CLOSED
+                    group.cancel_scope.cancel()
 
             group.start_soon(watch)
             await self.run()
@@ -299,6 +302,7 @@ class Exchange:
                 log.warning("upstream response broke off: %s", exc.message)
                 if _is_plain_sse(response):
                     # The SDK raises on an in-band error event; a silent close would look whole.
+                    self._finishing = True
                     await send(
                         {
                             "type": "http.response.body",
@@ -309,6 +313,7 @@ class Exchange:
                 # Otherwise return without completing the response: the server then closes
                 # the connection mid-body, and the client sees a truncated body as an error.
                 return False
+            self._finishing = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
         finally:
@@ -326,6 +331,7 @@ class Exchange:
             await self._send_error(failed.error.status, failed.error.message, extra)
             return
         self.status = failed.status
+        self._finishing = True
         headers = [*failed.headers, (b"content-length", str(len(failed.body)).encode()), *extra]
         await self.send(
             {"type": "http.response.start", "status": failed.status, "headers": headers}
@@ -351,6 +357,7 @@ class Exchange:
 
     async def _send_error(self, code: int, message: str, extra: Headers | None = None) -> None:
         self.status = code
+        self._finishing = True
         await send_error(self.send, code, message, headers=extra)
 
     def _rewrite_upload_url(self, headers: Headers) -> Headers:

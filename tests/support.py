@@ -75,5 +75,13 @@ def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
         yield seen
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(
+                f"{args[0]} did not stop within 10 s of SIGTERM; its log ends:\n"
+                + "".join(seen[-30:])
+            ) from None
     drain.join(10)

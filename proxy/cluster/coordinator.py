@@ -69,6 +69,9 @@ class Coordinator:
         self._flush_now = asyncio.Event()
         self._next_ask_ms: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Bumped whenever the mirror starts following another store (or a reset one): an
+        # answer from before that is about a different history and must not be applied.
+        self._generation = 0
         self._digest = _digest(settings.routes)
 
     # -- life cycle -------------------------------------------------------------------------
@@ -102,7 +105,10 @@ class Coordinator:
             await self.flush()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a Redis client stuck mid-cancellation must not hold up the shutdown.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -219,6 +225,7 @@ class Coordinator:
             except StoreUnavailable:
                 return
             self._local = None
+            self._generation += 1
             self.mirror.adopt(snapshot)
             log.warning("leaving fail-static mode: adopted the cluster's state from Redis")
             return
@@ -234,6 +241,7 @@ class Coordinator:
                 self.mirror.highest_epoch,
                 snapshot.epoch,
             )
+            self._generation += 1
             self.mirror.adopt(snapshot)
             if set(snapshot.routes) != set(self.settings.routes):
                 with contextlib.suppress(StoreUnavailable):
@@ -259,13 +267,14 @@ class Coordinator:
                 await self.reconcile()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is not None and self._local is None:
                         self.mirror.apply(parse_event(message["data"]))
             except (RedisError, OSError) as exc:
                 log.debug("events subscription lost: %s", type(exc).__name__)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(self.settings.redis.retry_seconds)
 
     # -- stores -------------------------------------------------------------------------------
@@ -277,18 +286,25 @@ class Coordinator:
         )
 
     async def _call(self, operation: Callable[[BreakerStore], Awaitable[T]], bound: float) -> T:
-        """Run a script on Redis, or on the local store while fail-static."""
+        """Run a script on Redis, or on the local store while fail-static. Raises
+        ``StoreUnavailable`` when it failed, or when the store was switched meanwhile."""
+        generation = self._generation
         local = self._local
         if local is not None:
-            return await operation(local)
-        try:
-            return await self._health.run(lambda: operation(self._shared), bound)
-        except StoreUnavailable:
-            if not self._health.degraded:
-                raise
-        await self._enter_fail_static()
-        assert self._local is not None
-        return await operation(self._local)
+            result = await operation(local)
+        else:
+            try:
+                result = await self._health.run(lambda: operation(self._shared), bound)
+            except StoreUnavailable:
+                if not self._health.degraded or generation != self._generation:
+                    raise
+                await self._enter_fail_static()
+                assert self._local is not None
+                generation = self._generation
+                result = await operation(self._local)
+        if generation != self._generation:
+            raise StoreUnavailable("the store was switched while the call was under way")
+        return result
 
     async def _enter_fail_static(self) -> None:
         """Run the same scripts on an in-process store, seeded with the last known state."""
@@ -297,6 +313,7 @@ class Coordinator:
         local = BreakerStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), self.keys)
         await local.seed(self.mirror_snapshot())
         self._local = local
+        self._generation += 1
         await self._register_on(local)()
 
     def mirror_snapshot(self) -> Snapshot:

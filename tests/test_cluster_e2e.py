@@ -1,0 +1,248 @@
+"""The cluster as users run it: three proxy processes sharing one real redis-server, the
+simulator upstream, and the real SDK spreading requests over the replicas."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from google.genai import errors
+
+from proxy.cluster.keys import Keys
+from proxy.cluster.state import parse_event
+from proxy.simulator.client import SimulatorControl
+
+from .redis_support import RedisServer
+from .redis_support import redis_server as redis_server  # the fixture
+from .support import free_port, running
+from .test_sdk_e2e import sdk
+
+PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
+BREAKER = {
+    "minimum_calls": 4,
+    "failure_rate": 0.5,
+    "burst_failures": 3,
+    "burst_seconds": 5,
+    "open_seconds": 60,
+    "half_open_probes": 2,
+    "half_open_timeout": 10,
+}
+Cluster = Callable[..., list[str]]
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, simulator_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Starts replicas of the proxy as separate processes; ``breaker`` overrides BREAKER."""
+    with contextlib.ExitStack() as stack:
+
+        def start(count: int = 3, **breaker: Any) -> list[str]:
+            config = {
+                "upstream": {"base_url": simulator_url},
+                "redis": {
+                    "url": redis_server.url,
+                    "flush_interval": 0.02,
+                    "reconcile_interval": 0.2,
+                    "retry_seconds": 0.3,
+                    "operation_timeout": 0.2,
+                },
+                "model_defaults": {
+                    "max_attempts": 2,
+                    "backoff_initial": 0.01,
+                    "backoff_max": 0.02,
+                    "first_byte_timeout": 5,
+                    "breaker": {**BREAKER, **breaker},
+                },
+                "routes": {PRO: [PRO, FLASH]},
+            }
+            path = tmp_path / "cluster.yaml"
+            path.write_text(yaml.safe_dump(config))
+            urls = []
+            for _ in range(count):
+                port = free_port()
+                stack.enter_context(
+                    running(["serve", "--config", str(path), "--port", str(port)], {})
+                )
+                urls.append(f"http://127.0.0.1:{port}")
+            return urls
+
+        yield start
+
+
+def state(url: str) -> dict[str, Any]:
+    document: dict[str, Any] = httpx.get(url + "/admin/state", timeout=5).json()
+    return document
+
+
+def wait_all(
+    replicas: list[str], condition: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+) -> list[dict[str, Any]]:
+    """Poll every replica's /admin/state until ``condition`` holds on all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [state(url) for url in replicas]
+        if all(condition(s) for s in states):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"replicas never agreed: {states}")
+        time.sleep(0.05)
+
+
+def ask(replica: str, text: str = "hello") -> tuple[str, str, str]:
+    """One SDK call; (model that answered, model header, fallbacks header)."""
+    response = sdk(replica).models.generate_content(model=PRO, contents=text)
+    headers = response.sdk_http_response.headers  # type: ignore[union-attr]
+    assert headers is not None
+    return (
+        response.model_version or "",
+        headers["x-gemini-breaker-model"],
+        headers["x-gemini-breaker-fallbacks"],
+    )
+
+
+def spread(replicas: list[str], count: int) -> list[tuple[str, str, str]]:
+    return [ask(url, f"request {i}") for i, url in zip(range(count), itertools.cycle(replicas))]
+
+
+def test_outage_moves_every_replica_to_the_fallback(
+    cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    replicas = cluster()
+    assert {served for served, _, _ in spread(replicas, 6)} == {PRO}
+
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    # Every request still succeeds: retried, then failed over within the request.
+    assert {served for served, _, _ in spread(replicas, 6)} == {FLASH}
+    states = wait_all(
+        replicas,
+        lambda s: s["breakers"][PRO]["state"] == "open" and s["routes"][PRO]["active"] == FLASH,
+    )
+    assert len({s["breakers"][PRO]["epoch"] for s in states}) == 1  # one truth, one epoch
+
+    simulator.clear_attempts()
+    assert set(spread(replicas, 30)) == {(FLASH, FLASH, "1")}
+    assert [a["model"] for a in simulator.attempts()] == [FLASH] * 30  # primary left alone
+
+
+def test_primary_serves_again_after_the_half_open_probes(
+    cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    replicas = cluster(open_seconds=1.0, open_max_seconds=2.0)
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    spread(replicas, 6)
+    wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
+    simulator.clear_faults()
+    simulator.clear_attempts()
+
+    deadline = time.monotonic() + 20
+    while not all(s["routes"][PRO]["active"] == PRO for s in map(state, replicas)):
+        assert time.monotonic() < deadline, "the primary never came back"
+        spread(replicas, 3)
+    closed = wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "closed")
+    closed_at = closed[0]["breakers"][PRO]["since_ms"] / 1000
+    trips = closed[0]["breakers"][PRO]["trips"]
+    before_close = [a for a in simulator.attempts(model=PRO) if a["wall"] < closed_at - 0.001]
+    # Only probe permits reached the primary while it was not closed: at most N per half-open.
+    assert len(before_close) <= BREAKER["half_open_probes"] * max(trips, 1)
+    assert {served for served, _, _ in spread(replicas, 9)} == {PRO}
+
+
+def test_a_flapping_primary_does_not_make_the_cluster_thrash(
+    cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
+) -> None:
+    replicas = cluster(open_seconds=0.2, open_max_seconds=30.0, trip_memory_seconds=600.0)
+    trips: list[int] = []
+    listener = redis.Redis.from_url(redis_server.url).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(Keys().events)
+    stop = threading.Event()
+
+    def count_trips() -> None:
+        while not stop.is_set():
+            message = listener.get_message(timeout=0.1)
+            if message is None:
+                continue
+            change = parse_event(message["data"])
+            breaker = change.breaker
+            if change.changed and breaker and breaker.model == PRO and breaker.state == "open":
+                trips.append(breaker.epoch)
+
+    watcher = threading.Thread(target=count_trips, daemon=True)
+    watcher.start()
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503, "probability": 0.5}])
+    started = time.monotonic()
+    served = []
+    while time.monotonic() - started < 5.0:
+        served.extend(model for model, _, _ in spread(replicas, 3))
+    elapsed = time.monotonic() - started
+    stop.set()
+    watcher.join(5)
+    listener.close()
+    # Waits double on every trip (0.2, 0.4, 0.8 s ...), so trips grow with log(time): a
+    # fixed 0.2 s wait would allow elapsed / 0.2 = 25 of them.
+    bound = 2 + int(math.log2(elapsed / 0.2 + 1))
+    assert 1 <= len(trips) <= bound, (trips, elapsed)
+    assert set(served) <= {PRO, FLASH}  # and every request was answered
+
+
+def test_redis_killed_during_traffic(
+    cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
+) -> None:
+    replicas = cluster(open_seconds=30.0)
+    failures: list[BaseException] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        for url in itertools.cycle(replicas):
+            if stop.is_set():
+                return
+            try:
+                served.append(ask(url)[0])
+            except (errors.APIError, httpx.HTTPError) as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(served) >= 20)
+        redis_server.kill()
+        for url in replicas:
+            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded")
+        # Fail-static: the per-replica breakers still fail over and trip, with no Redis.
+        simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+        wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
+        count = len(served)
+        wait_for(lambda: len(served) >= count + 20)
+
+        simulator.clear_faults()
+        redis_server.start()
+        for url in replicas:
+            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+        # Redis came back empty: every replica adopts its state, and they agree again.
+        states = wait_all(
+            replicas,
+            lambda s: s["breakers"][PRO]["state"] == "closed" and s["routes"][PRO]["active"] == PRO,
+        )
+        assert len({s["breakers"][PRO]["epoch"] for s in states}) == 1
+        count = len(served)
+        wait_for(lambda: len(served) >= count + 10)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert failures == []
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
