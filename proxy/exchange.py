@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
 from .cluster.coordinator import Admission, Coordinator
+from .cluster.state import OPEN
 from .config import ModelSettings, Settings
 from .gemini.errors import sse_error_event
 from .gemini.paths import GeminiPath
@@ -344,7 +345,7 @@ class Exchange:
         waits = [
             breaker.open_until_ms - now
             for breaker in map(self.coordinator.mirror.breaker, skipped)
-            if breaker.state == "open"
+            if breaker.state == OPEN
         ]
         retry_after = max(1, math.ceil(min(waits) / 1000)) if waits else 1
         await self._send_error(

@@ -91,6 +91,15 @@ class RedisServer:
         """Crash it (SIGKILL), waiting for the process to be gone."""
         self._end(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Hang it (SIGSTOP): connections stay open but nothing answers."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def _spawn(self) -> None:
         args = [
             self.binary,
@@ -122,6 +131,7 @@ class RedisServer:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        process.send_signal(signal.SIGCONT)  # a paused server would ignore SIGTERM
         process.send_signal(sig)
         try:
             process.wait(10)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from google import genai
 from google.genai import errors
 
+from proxy.cluster.keys import Keys
+
+from .redis_support import RedisServer
+from .redis_support import redis_server as redis_server  # the fixture
 from .support import free_port, running
 
 
@@ -75,3 +82,39 @@ def test_api_keys_never_reach_the_logs_even_at_debug_level() -> None:
     assert "key=REDACTED" in text  # requests were logged, with the key blanked
     assert client_key not in text
     assert proxy_key not in text
+
+
+def test_several_workers_need_redis() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "GEMINI_BREAKER_CONFIG": "", "GEMINI_BREAKER_REDIS_URL": ""},
+    )
+    assert result.returncode == 2
+    assert "server.workers" in result.stderr and "redis.url" in result.stderr
+
+
+def test_workers_are_replicas_of_one_cluster(redis_server: RedisServer) -> None:
+    sim_port, proxy_port = free_port(), free_port()
+    env = {
+        "GEMINI_BREAKER_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}",
+        "GEMINI_BREAKER_REDIS_URL": redis_server.url,
+    }
+    with (
+        running(["simulate", "--port", str(sim_port)], {}),
+        running(["serve", "--port", str(proxy_port), "--workers", "2"], env),
+    ):
+        url = f"http://127.0.0.1:{proxy_port}/v1beta/models/gemini-2.5-flash:generateContent"
+        body = b'{"contents": [{"parts": [{"text": "hi"}]}]}'
+        client = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 30
+        # Each worker registers itself with the cluster as it starts.
+        while client.hlen(Keys().route_digests) < 2:
+            assert time.monotonic() < deadline, "the second worker never joined"
+            time.sleep(0.05)
+        for _ in range(5):
+            assert httpx.post(url, content=body, headers={"x-goog-api-key": "k"}).is_success
+        client.close()

@@ -246,3 +246,27 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never held"
         time.sleep(0.05)
+
+
+def test_hung_redis_does_not_hold_up_requests(
+    cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
+) -> None:
+    replicas = cluster(count=2, open_seconds=30.0)
+    assert {served for served, _, _ in spread(replicas, 4)} == {PRO}
+    redis_server.pause()
+    try:
+        # Requests keep being answered while every Redis call hangs until its time bound.
+        assert {served for served, _, _ in spread(replicas, 10)} == {PRO}
+        for url in replicas:
+            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded")
+        simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+        assert {served for served, _, _ in spread(replicas, 10)} == {FLASH}
+        wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
+    finally:
+        redis_server.resume()
+    simulator.clear_faults()
+    for url in replicas:
+        wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+    # Redis kept its state (closed, the fail-static trips were local): replicas adopt it.
+    wait_all(replicas, lambda s: s["routes"][PRO]["active"] == PRO)
+    assert {served for served, _, _ in spread(replicas, 4)} == {PRO}

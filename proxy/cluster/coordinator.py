@@ -27,14 +27,13 @@ from ..outcomes import Verdict
 from .health import StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
-from .state import BreakerParams, Outcome, Snapshot, parse_event
+from .state import FORCED_OPEN, HALF_OPEN, OPEN, BreakerParams, Outcome, Snapshot, parse_event
 from .store import BreakerStore
 
 log = logging.getLogger("gemini_breaker.store")
 
 T = TypeVar("T")
 
-ADMITTING = frozenset({"closed", "disabled"})
 # A replica asks Redis about a non-admitting breaker at most this often per model.
 ASK_INTERVAL_MS = 100.0
 
@@ -123,16 +122,16 @@ class Coordinator:
     async def admit(self, model: str) -> Admission | None:
         """Leave to try ``model`` now, or None to skip it. No Redis call while it is closed."""
         breaker = self.mirror.breaker(model)
-        if breaker.state in ADMITTING:
+        if breaker.admits_without_redis:
             return Admission(model, breaker.epoch, probe=False)
-        if breaker.state == "forced_open":
+        if breaker.state == FORCED_OPEN:
             return None
         params = self.params(model)
         now = self.mirror.store_now_ms()
-        if breaker.state == "open" and now < breaker.open_until_ms:
+        if breaker.state == OPEN and now < breaker.open_until_ms:
             return None
         if (
-            breaker.state == "half_open"
+            breaker.state == HALF_OPEN
             and breaker.probes_issued >= params.half_open_probes
             and now < breaker.since_ms + params.half_open_timeout * 1000
         ):
@@ -148,12 +147,12 @@ class Coordinator:
         if not acquired.permit or acquired.change.breaker is None:
             return None
         granted = acquired.change.breaker
-        return Admission(model, granted.epoch, probe=granted.state == "half_open")
+        return Admission(model, granted.epoch, probe=granted.state == HALF_OPEN)
 
     def still_admits(self, admission: Admission) -> bool:
         """Whether a retry on the same model may go ahead (its breaker has not moved on)."""
         breaker = self.mirror.breaker(admission.model)
-        return breaker.epoch == admission.epoch and breaker.state in ADMITTING
+        return breaker.epoch == admission.epoch and breaker.admits_without_redis
 
     def record(self, admission: Admission, verdict: Verdict) -> None:
         """Count an outcome for the breaker; never waits on Redis."""

@@ -10,30 +10,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .state import ActiveModel, BreakerState, Change, Snapshot
+from .state import CLOSED, ActiveModel, BreakerState, Change, Snapshot
 
 log = logging.getLogger("gemini_breaker.breakers")
-
-CLOSED = "closed"
-
-
-def closed_breaker(model: str) -> BreakerState:
-    """A breaker no script has touched yet: closed, epoch 0."""
-    return BreakerState(
-        model=model,
-        state=CLOSED,
-        epoch=0,
-        since_ms=0,
-        open_until_ms=0,
-        trips=0,
-        probes_issued=0,
-        probes_ok=0,
-        probes_failed=0,
-        reason="",
-        forced_by="",
-        calls=0,
-        failures=0,
-    )
 
 
 class Mirror:
@@ -49,7 +28,7 @@ class Mirror:
         self._offset_ms = 0.0
 
     def breaker(self, model: str) -> BreakerState:
-        return self.breakers.get(model) or closed_breaker(model)
+        return self.breakers.get(model) or BreakerState.initial(model)
 
     def store_now_ms(self) -> float:
         """The store's clock as this replica estimates it (for deciding when to ask, never
