@@ -50,6 +50,7 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
             "degraded": coordinator.degraded,
             "namespace": coordinator.keys.prefix,
         },
+        "credential_alerts": dict(coordinator.credential_alerts),
         "routes": {
             route: {
                 "chain": list(chain),

@@ -229,6 +229,7 @@ class Exchange:
             self.coordinator.record(admission, Verdict.FAILURE)
             return await self._keep_failure(model, response, attempt_limits)
         if verdict is Verdict.CREDENTIAL:
+            self.coordinator.credential_alerts[model] += 1
             log.warning(
                 "credential alert: %s answered %d for %s; check the API key",
                 self.upstream.host,

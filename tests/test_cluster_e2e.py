@@ -270,3 +270,16 @@ def test_hung_redis_does_not_hold_up_requests(
     # Redis kept its state (closed, the fail-static trips were local): replicas adopt it.
     wait_all(replicas, lambda s: s["routes"][PRO]["active"] == PRO)
     assert {served for served, _, _ in spread(replicas, 4)} == {PRO}
+
+
+def test_starting_with_redis_down_works(
+    cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    (replica,) = cluster(count=1)
+    assert httpx.get(replica + "/readyz").json() == {"status": "ready", "store": "degraded"}
+    assert {served for served, _, _ in spread([replica], 3)} == {PRO}
+    redis_server.start()
+    wait_for(lambda: httpx.get(replica + "/readyz").json()["store"] == "ok")
+    assert state(replica)["store"]["degraded"] is False
+    assert {served for served, _, _ in spread([replica], 3)} == {PRO}

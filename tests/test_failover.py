@@ -114,6 +114,7 @@ def test_credential_errors_raise_an_alert(
     with pytest.raises(errors.ClientError):
         sdk(proxy).models.generate_content(model=PRO, contents="hello")
     assert any("credential alert" in r.getMessage() for r in caplog.records)
+    assert httpx.get(proxy + "/admin/state").json()["credential_alerts"] == {PRO: 1}
 
 
 def test_streams_fail_over_before_the_first_byte(proxy: str, simulator: SimulatorControl) -> None:

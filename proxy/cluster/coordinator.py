@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -71,6 +72,8 @@ class Coordinator:
         # Bumped whenever the mirror starts following another store (or a reset one): an
         # answer from before that is about a different history and must not be applied.
         self._generation = 0
+        self.credential_alerts: Counter[str] = Counter()
+        """401/403 answers per model, since start (a credential problem, not a model one)."""
         self._digest = _digest(settings.routes)
 
     # -- life cycle -------------------------------------------------------------------------
