@@ -108,9 +108,14 @@ class Coordinator:
         for task in list(self._tasks):
             task.cancel()
         # Bounded: a Redis client stuck mid-cancellation must not hold up the shutdown.
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(2.0):
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            log.warning(
+                "background tasks still running at shutdown: %s",
+                ", ".join(sorted(t.get_coro().__qualname__ for t in self._tasks)),  # type: ignore[union-attr]
+            )
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
