@@ -51,6 +51,21 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
             "namespace": coordinator.keys.prefix,
         },
         "credential_alerts": dict(coordinator.credential_alerts),
+        "quota_alerts": dict(coordinator.quota_alerts),
+        "quotas": [
+            {
+                "key_digest": quota.scope,
+                "model": quota.model,
+                "cooling_until_ms": quota.until_ms,
+                "rate_scale": round(
+                    quota.scale_at(mirror.store_now_ms(), coordinator.quota.recovery_per_second), 3
+                ),
+                "per_day": quota.per_day,
+                "quota_id": quota.quota_id,
+                "epoch": quota.epoch,
+            }
+            for quota in mirror.quotas.values()
+        ],
         "routes": {
             route: {
                 "chain": list(chain),

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .cluster.state import BreakerParams
+from .cluster.state import BreakerParams, QuotaParams
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 CONFIG_ENV = "GEMINI_BREAKER_CONFIG"
@@ -124,6 +124,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     retry_budget: RetryBudgetSettings = field(default_factory=RetryBudgetSettings)
+    quota: QuotaParams = field(default_factory=QuotaParams)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -193,6 +194,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         redis=_build(RedisSettings, raw.get("redis"), "redis"),
         admin=_build(AdminSettings, raw.get("admin"), "admin"),
         retry_budget=_build(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
+        quota=_build(QuotaParams, raw.get("quota"), "quota"),
         model_defaults=model_defaults,
         models=models,
         routes=_build_routes(raw.get("routes")),

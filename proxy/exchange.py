@@ -22,15 +22,17 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
-from .cluster.coordinator import Admission, Coordinator
+from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
 from .config import ModelSettings, Settings
-from .gemini.errors import sse_error_event
+from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
 from .gemini.paths import GeminiPath
+from .gemini.quota import RateLimit, parse_rate_limit, shed_body
 from .headers import (
     UPLOAD_URL_HEADER,
     Headers,
     client_response_headers,
+    credential_scope,
     request_origin,
     rewrite_upload_url,
     upstream_request_headers,
@@ -59,6 +61,7 @@ MAX_KEPT_ERROR_BYTES = 64 * 1024
 MODEL_HEADER = b"x-gemini-breaker-model"
 FALLBACKS_HEADER = b"x-gemini-breaker-fallbacks"
 ATTEMPTS_HEADER = b"x-gemini-breaker-attempts"
+SHED_HEADER = b"x-gemini-breaker-shed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,10 @@ class _Failed:
     body: bytes = b""
     final: bool = False
     """No further attempt may follow (the deadline is spent, or the proxy itself is full)."""
+    rate_limit: RateLimit | None = None
+    """Set for a 429: the request is answered with it (or waits it out), never failed over."""
+    retry_after: float = 0.0
+    """For a 429: seconds until the scope may be tried again."""
 
 
 class Exchange:
@@ -101,6 +108,10 @@ class Exchange:
         self.status = CLIENT_CLOSED
         self.served_by: str | None = None
         self.attempts = 0
+        self.credential = credential_scope(
+            scope["headers"], scope["query_string"], settings.upstream.api_key
+        )
+        """Digest of the credential this request uses: its 429 conditions are its own."""
         self._finishing = False
         self._loop = asyncio.get_running_loop()
 
@@ -157,6 +168,11 @@ class Exchange:
         for position, model in enumerate(chain):
             if self.remaining() <= 0 or (last is not None and last.final):
                 break
+            shed = self.coordinator.quota_gate(self.credential, model)
+            if shed is not None:
+                # A quota condition is backpressure: answer 429, never move to another model.
+                await self._send_shed(model, shed)
+                return
             admission = await self.coordinator.admit(model)
             if admission is None:
                 skipped.append(model)
@@ -176,9 +192,21 @@ class Exchange:
         """Attempts on one model, with backoff between them; None once answered."""
         limits = self.settings.model_settings(admission.model)
         tries = 0
+        waited_out_429 = False
         while True:
             tries += 1
             failed = await self._attempt(admission, limits, position)
+            if failed is not None and failed.rate_limit is not None:
+                if waited_out_429 or not await self._wait_out(failed):
+                    await self._send_failure(failed)
+                    return None
+                waited_out_429 = True
+                shed = self.coordinator.quota_gate(self.credential, admission.model, waited=True)
+                if shed is not None:
+                    await self._send_shed(admission.model, shed)
+                    return None
+                tries -= 1  # a 429 is not a failed try of the model
+                continue
             if failed is None or failed.final:
                 return failed
             if admission.probe or tries >= limits.max_attempts:
@@ -206,6 +234,7 @@ class Exchange:
             else limits
         )
         self.attempts += 1
+        self.coordinator.quota_requested(self.credential, model)
         try:
             response = await self._open(self.path.path_for(model), attempt_limits)
         except UpstreamBusy as exc:  # the proxy's own pool, not the model's fault
@@ -225,6 +254,11 @@ class Exchange:
             self.coordinator.record(admission, Verdict.FAILURE)
             return _Failed(model, error=exc)
         verdict = classify_status(response.status_code)
+        if verdict is Verdict.RATE_LIMITED:
+            failed = await self._keep_failure(model, response, attempt_limits)
+            limit = parse_rate_limit(failed.body, response.headers.get("retry-after"))
+            delay = self.coordinator.rate_limited(self.credential, model, limit)
+            return dataclasses.replace(failed, rate_limit=limit, retry_after=delay)
         if verdict is Verdict.FAILURE:
             self.coordinator.record(admission, Verdict.FAILURE)
             return await self._keep_failure(model, response, attempt_limits)
@@ -334,11 +368,62 @@ class Exchange:
             return
         self.status = failed.status
         self._finishing = True
-        headers = [*failed.headers, (b"content-length", str(len(failed.body)).encode()), *extra]
+        if failed.rate_limit is not None:
+            # Gemini sends no Retry-After; clients and SDK retry helpers understand one.
+            extra.append((b"retry-after", str(max(1, math.ceil(failed.retry_after))).encode()))
+        headers = [
+            *(h for h in failed.headers if h[0] != b"retry-after"),
+            (b"content-length", str(len(failed.body)).encode()),
+            *extra,
+        ]
         await self.send(
             {"type": "http.response.start", "status": failed.status, "headers": headers}
         )
         await self.send({"type": "http.response.body", "body": failed.body})
+
+    async def _wait_out(self, failed: _Failed) -> bool:
+        """Wait out a 429's delay before the one retry, when the deadline, the configured
+        longest wait and the retry budget all allow it; False to answer the 429 now."""
+        limit = failed.rate_limit
+        if limit is None or limit.per_day or limit.retry_delay is None:
+            return False
+        longest = min(self.settings.quota.max_retry_wait, self.remaining() - 0.05)
+        left = max(limit.retry_delay, self.coordinator.cooldown_left(self.credential, failed.model))
+        if left > longest or not self.budget.try_spend():
+            return False
+        waited = 0.0
+        for _ in range(3):
+            await asyncio.sleep(left)
+            waited += left
+            # The cluster's cooldown can end a little after this 429's own delay (its clock
+            # started when the script ran), or be extended by other 429s meanwhile.
+            left = self.coordinator.cooldown_left(self.credential, failed.model)
+            if left <= CLOCK_TOLERANCE:
+                return True
+            if waited + left > longest:
+                return False
+        return False
+
+    async def _send_shed(self, model: str, shed: Shed) -> None:
+        self.served_by = model
+        self.status = 429
+        self._finishing = True
+        body = shed_body(model, shed.retry_after, shed.message, shed.quota_id)
+        seconds = str(max(1, math.ceil(shed.retry_after))).encode()
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", JSON_CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", seconds),
+                    (MODEL_HEADER, model.encode()),
+                    (SHED_HEADER, shed.reason.encode()),
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": body})
 
     async def _send_unavailable(self, requested: str, skipped: list[str]) -> None:
         """Every model of the chain is open: shed at once, saying when to come back."""

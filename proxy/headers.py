@@ -5,6 +5,7 @@ Headers are ASGI-style ``(name, value)`` byte pairs with lowercase names.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -48,6 +49,28 @@ def client_sent_key(headers: Headers, query_string: bytes) -> bool:
     return b"key=" in query_string and any(
         name == "key" and value for name, value in parse_qsl(query_string.decode("latin-1"))
     )
+
+
+def credential_scope(headers: Headers, query_string: bytes, api_key: str | None) -> str:
+    """A short digest of the credential the upstream will see (the client's key, else the
+    configured one, else its Authorization header): quotas are per credential, and only the
+    digest is ever stored or logged."""
+    credential = b""
+    for name, value in headers:
+        if name == API_KEY_HEADER and value.strip():
+            credential = value.strip()
+            break
+    else:
+        if b"key=" in query_string:
+            for param, text in parse_qsl(query_string.decode("latin-1")):
+                if param == "key" and text:
+                    credential = text.encode("latin-1")
+                    break
+        if not credential and api_key:
+            credential = api_key.encode("latin-1")
+        if not credential:
+            credential = next((v for n, v in headers if n == b"authorization"), b"")
+    return hashlib.sha256(credential).hexdigest()[:16]
 
 
 def upstream_request_headers(headers: Headers, query_string: bytes, api_key: str | None) -> Headers:

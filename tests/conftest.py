@@ -52,6 +52,7 @@ def proxy_settings(upstream_url: str, **sections: Any) -> Any:
         "upstream": {"base_url": upstream_url},
         "routes": ROUTES,
         "model_defaults": PASS_THROUGH,
+        "quota": {"max_retry_wait": 0},  # a 429 goes straight back to the client
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

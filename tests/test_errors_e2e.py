@@ -56,8 +56,9 @@ def test_upstream_errors_reach_the_sdk_unchanged(
     status: str,
 ) -> None:
     simulator.set_faults(MODEL, [{**fault, "times": 2}])
+    # Its own key: a 429 makes the proxy hold that credential's quota for a while.
     with pytest.raises(exception) as via_proxy:
-        sdk(proxy_url).models.generate_content(model=MODEL, contents="hi")
+        sdk(proxy_url, key=f"key-{code}").models.generate_content(model=MODEL, contents="hi")
     with pytest.raises(exception) as direct:
         sdk(simulator_url).models.generate_content(model=MODEL, contents="hi")
     assert (via_proxy.value.code, via_proxy.value.status) == (code, status)
@@ -68,7 +69,7 @@ def test_upstream_errors_reach_the_sdk_unchanged(
 def test_rate_limit_details_survive(proxy_url: str, simulator: SimulatorControl) -> None:
     simulator.set_faults(MODEL, [{"kind": "rate_limited", "retry_delay": 2.5, "times": 1}])
     with pytest.raises(errors.ClientError) as caught:
-        sdk(proxy_url).models.generate_content(model=MODEL, contents="hi")
+        sdk(proxy_url, key="key-details").models.generate_content(model=MODEL, contents="hi")
     details = caught.value.details["error"]["details"]
     retry = [d for d in details if d["@type"].endswith("RetryInfo")]
     assert retry == [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.5s"}]

@@ -85,7 +85,6 @@ def test_failures_are_retried_then_fail_over(
 @pytest.mark.parametrize(
     ("fault", "code"),
     [
-        ({"kind": "rate_limited", "retry_delay": 5}, 429),
         ({"kind": "error", "status": 401}, 401),
         ({"kind": "error", "status": 403}, 403),
         ({"kind": "input_too_long"}, 400),

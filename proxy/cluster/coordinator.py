@@ -14,29 +14,60 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fakeredis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..config import Settings
+from ..gemini.quota import RateLimit
 from ..outcomes import Verdict
+from ..throttle import AdaptiveThrottle
 from .health import StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
-from .state import FORCED_OPEN, HALF_OPEN, OPEN, BreakerParams, Outcome, Snapshot, parse_event
+from .state import (
+    FORCED_OPEN,
+    HALF_OPEN,
+    OPEN,
+    BreakerParams,
+    Change,
+    Outcome,
+    QuotaChange,
+    QuotaState,
+    Snapshot,
+    parse_any_event,
+)
 from .store import BreakerStore
 
 log = logging.getLogger("gemini_breaker.store")
 
 T = TypeVar("T")
 
+# Seconds of disagreement between this replica's estimate of the store's clock and the store
+# itself that are not worth waiting for.
+CLOCK_TOLERANCE = 0.05
 # A replica asks Redis about a non-admitting breaker at most this often per model.
 ASK_INTERVAL_MS = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """A request answered 429 by the proxy itself, without going upstream."""
+
+    reason: str
+    """``cooldown`` (the upstream said 429 lately), ``pacing`` (resuming slowly after one), or
+    ``throttle`` (this replica's adaptive throttle)."""
+    retry_after: float
+    quota_id: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +103,10 @@ class Coordinator:
         # Bumped whenever the mirror starts following another store (or a reset one): an
         # answer from before that is about a different history and must not be applied.
         self._generation = 0
+        self.quota = settings.quota
+        self.throttle = AdaptiveThrottle(settings.quota.throttle_k, settings.quota.throttle_window)
+        self.quota_alerts: Counter[str] = Counter()
+        """Per-day quota 429s per model, since start."""
         self.credential_alerts: Counter[str] = Counter()
         """401/403 answers per model, since start (a credential problem, not a model one)."""
         self._digest = _digest(settings.routes)
@@ -179,6 +214,98 @@ class Coordinator:
             if tally[1] >= self.params(admission.model).burst_failures:
                 self._flush_now.set()
 
+    # -- quotas (429) ---------------------------------------------------------------------
+
+    def quota_gate(self, scope: str, model: str, waited: bool = False) -> Shed | None:
+        """Whether a request of this credential may go to ``model`` now; no Redis call.
+
+        ``waited``: the request already waited out its own 429's delay, so it is not paced
+        again (a new cooldown still stops it)."""
+        now = self.mirror.store_now_ms()
+        quota = self.mirror.quotas.get((scope, model))
+        if quota is not None:
+            if now < quota.until_ms - (CLOCK_TOLERANCE * 1000 if waited else 0):
+                kind = "per-day quota exhausted" if quota.per_day else "cooling down after a 429"
+                return Shed(
+                    "cooldown",
+                    (quota.until_ms - now) / 1000,
+                    quota.quota_id,
+                    f"{kind} from the upstream",
+                )
+            if not waited:
+                scale = quota.scale_at(now, self.quota.recovery_per_second)
+                if scale < 1 and random.random() >= scale:
+                    return Shed(
+                        "pacing",
+                        1.0,
+                        quota.quota_id,
+                        f"resuming at {scale:.0%} of the rate after a 429",
+                    )
+        if not waited and self.throttle.rejects((scope, model)):
+            return Shed(
+                "throttle",
+                1.0,
+                quota.quota_id if quota else "",
+                "most recent requests were rejected upstream; throttling locally",
+            )
+        return None
+
+    def cooldown_left(self, scope: str, model: str) -> float:
+        """Seconds until the scope's cooldown on ``model`` ends (0 when there is none)."""
+        quota = self.mirror.quotas.get((scope, model))
+        if quota is None:
+            return 0.0
+        return max(0.0, (quota.until_ms - self.mirror.store_now_ms()) / 1000)
+
+    def quota_requested(self, scope: str, model: str) -> None:
+        """A request of this scope is being sent to ``model``."""
+        self.throttle.requested((scope, model))
+
+    def rate_limited(self, scope: str, model: str, limit: RateLimit) -> float:
+        """A 429 from the upstream: hold the scope here at once, tell the cluster in the
+        background. Returns the seconds until the scope may be tried again."""
+        self.throttle.rejected((scope, model))
+        delay = limit.retry_delay
+        if delay is None:
+            delay = seconds_to_daily_reset() if limit.per_day else self.quota.default_cooldown
+        if limit.per_day:
+            self.quota_alerts[model] += 1
+            log.warning(
+                "quota alert: per-day quota %s exhausted for %s (key %s); holding for %.0f s",
+                limit.quota_id or "?",
+                model,
+                scope,
+                delay,
+            )
+        now = int(self.mirror.store_now_ms())
+        current = self.mirror.quotas.get((scope, model))
+        self.mirror.hold_quota(
+            QuotaState(
+                scope=scope,
+                model=model,
+                until_ms=now + round(delay * 1000),
+                scale=current.scale if current else 1.0,
+                scale_from_ms=now + round(delay * 1000),
+                per_day=limit.per_day,
+                quota_id=limit.quota_id,
+                epoch=0,
+            )
+        )
+        self._spawn(self._quota_feedback(scope, model, delay, limit))
+        return delay
+
+    async def _quota_feedback(self, scope: str, model: str, delay: float, limit: RateLimit) -> None:
+        try:
+            change = await self._call(
+                lambda store: store.quota_feedback(
+                    scope, model, delay, limit.per_day, limit.quota_id, self.quota
+                ),
+                self._background_timeout,
+            )
+        except StoreUnavailable:
+            return  # the provisional hold still sheds on this replica
+        self.mirror.apply_quota(change)
+
     async def _probe_done(self, admission: Admission, ok: bool) -> None:
         params = self.params(admission.model)
         try:
@@ -238,6 +365,9 @@ class Coordinator:
             return
         try:
             snapshot = await self._call(lambda store: store.snapshot(), self._background_timeout)
+            quotas = await self._call(
+                lambda store: store.quota_snapshot(), self._background_timeout
+            )
         except StoreUnavailable:
             return
         if snapshot.epoch < self.mirror.highest_epoch:
@@ -259,6 +389,7 @@ class Coordinator:
                     )
         else:
             self.mirror.merge(snapshot)
+        self.mirror.replace_quotas(*quotas)
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -275,7 +406,7 @@ class Coordinator:
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and self._local is None:
-                        self.mirror.apply(parse_event(message["data"]))
+                        self._apply_event(parse_any_event(message["data"]))
             except (RedisError, OSError) as exc:
                 log.debug("events subscription lost: %s", type(exc).__name__)
             finally:
@@ -283,6 +414,12 @@ class Coordinator:
                     async with asyncio.timeout(1.0):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(self.settings.redis.retry_seconds)
+
+    def _apply_event(self, event: Change | QuotaChange) -> None:
+        if isinstance(event, QuotaChange):
+            self.mirror.apply_quota(event)
+        else:
+            self.mirror.apply(event)
 
     # -- stores -------------------------------------------------------------------------------
 
@@ -341,6 +478,17 @@ class Coordinator:
             )
         else:
             log.warning("Redis reachable again")
+
+
+def seconds_to_daily_reset(now: datetime | None = None) -> float:
+    """Seconds until Gemini's daily quotas reset: midnight, Pacific time."""
+    try:
+        pacific: tzinfo = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:  # no time zone database: standard time is close enough
+        pacific = timezone(timedelta(hours=-8))
+    local = (now or datetime.now(UTC)).astimezone(pacific)
+    midnight = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - local).total_seconds()
 
 
 def _digest(routes: Mapping[str, Sequence[str]]) -> str:

@@ -59,6 +59,15 @@ class Keys:
         """Hash route -> JSON ``{"model": str | null, "epoch": int}``."""
         return self._prefix + "active"
 
+    def quota(self, scope: str, model: str) -> str:
+        """Hash with the 429 cooldown and rate scale of one (credential digest, model)."""
+        return self._prefix + "quota:" + scope + ":" + model
+
+    @property
+    def quotas(self) -> str:
+        """Set of ``scope|model`` members that have (or recently had) a quota condition."""
+        return self._prefix + "quotas"
+
     @property
     def events(self) -> str:
         """Pub/sub channel carrying every change, as the JSON the scripts return."""

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .state import CLOSED, ActiveModel, BreakerState, Change, Snapshot
+from .state import CLOSED, ActiveModel, BreakerState, Change, QuotaChange, QuotaState, Snapshot
 
 log = logging.getLogger("gemini_breaker.breakers")
 
@@ -22,6 +22,8 @@ class Mirror:
         self.breakers: dict[str, BreakerState] = {}
         self.active: dict[str, ActiveModel] = {}
         self.routes: dict[str, tuple[str, ...]] = {}
+        self.quotas: dict[tuple[str, str], QuotaState] = {}
+        """429 conditions by (credential digest, model)."""
         self.highest_epoch = 0
         self._as_of_ms: dict[str, int] = {}
         self._clock = clock
@@ -88,6 +90,45 @@ class Mirror:
             )
         self.active[route] = active
 
+    def apply_quota(self, change: QuotaChange) -> None:
+        """Take in a quota condition, unless an answer with a newer epoch came first."""
+        self._observe_clock(change.now_ms)
+        quota = change.quota
+        key = (quota.scope, quota.model)
+        current = self.quotas.get(key)
+        if current is not None and quota.epoch < current.epoch:
+            return
+        if current is None or quota.until_ms > current.until_ms:
+            log.info(
+                "quota %s for key %s: cooling down for %.1f s%s",
+                quota.model,
+                quota.scope,
+                max(0.0, quota.until_ms - change.now_ms) / 1000,
+                " (per-day quota)" if quota.per_day else "",
+            )
+        self.quotas[key] = quota
+        self.highest_epoch = max(self.highest_epoch, quota.epoch)
+
+    def hold_quota(self, quota: QuotaState) -> None:
+        """A provisional condition set the moment a 429 arrives, before the store answers;
+        any answer from the store (epoch > 0) replaces it."""
+        current = self.quotas.get((quota.scope, quota.model))
+        if current is None or current.until_ms < quota.until_ms:
+            self.quotas[(quota.scope, quota.model)] = quota
+
+    def replace_quotas(self, now_ms: int, epoch: int, quotas: list[QuotaState]) -> None:
+        """The store's full list of quota conditions (as of ``epoch``): the ones it no longer
+        has are over, unless they are newer than the list or provisional and still running."""
+        self._observe_clock(now_ms)
+        fresh = {(q.scope, q.model): q for q in quotas}
+        for key, current in self.quotas.items():
+            if key in fresh:
+                if current.epoch > fresh[key].epoch:
+                    fresh[key] = current
+            elif current.epoch > epoch or (current.epoch == 0 and current.until_ms > now_ms):
+                fresh[key] = current
+        self.quotas = fresh
+
     def adopt(self, snapshot: Snapshot) -> None:
         """Take the store's whole state as the truth (after a reconnect, or when the store
         lost its state), dropping whatever this replica believed."""
@@ -96,6 +137,7 @@ class Mirror:
         self.breakers = {}
         self._as_of_ms = {}
         self.active = {}
+        self.quotas = {}
         self.highest_epoch = 0
         self.merge(snapshot)
 

@@ -285,8 +285,102 @@ def loads(payload: bytes | str) -> object:
 
 
 def parse_event(payload: bytes | str) -> Change:
-    """Decode a message from the events channel (the JSON the publishing script returned)."""
+    """Decode a breaker message from the events channel (the JSON the script returned)."""
     return change_from_json(loads(payload))
+
+
+def parse_any_event(payload: bytes | str) -> Change | QuotaChange:
+    """Decode any message from the events channel: a breaker change or a quota change."""
+    value = loads(payload)
+    if isinstance(value, dict) and "quota" in value:
+        return quota_change_from_json(value)
+    return change_from_json(value)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaParams:
+    """How the proxy reacts to 429s; the same for every model."""
+
+    max_retry_wait: float = field(default=10.0, metadata={"min": 0.0})
+    """A request that met a 429 waits out its retryDelay and tries again (once) only when the
+    delay is at most this, its deadline allows it and the retry budget has room."""
+    default_cooldown: float = field(default=1.0, metadata={"min": 0.001})
+    """Cooldown when a 429 carries neither RetryInfo nor Retry-After."""
+    decrease: float = field(default=0.5, metadata={"min": 0.01, "max": 1.0})
+    """After a cooldown, the share of requests let through is multiplied by this ..."""
+    recovery_per_second: float = field(default=0.1, metadata={"min": 0.001, "max": 1.0})
+    """... and grows back by this much per second."""
+    min_scale: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
+    throttle_k: float = field(default=2.0, metadata={"min": 1.0})
+    """Adaptive throttling per replica: reject with probability
+    max(0, (requests - k * accepts) / (requests + 1))."""
+    throttle_window: int = field(default=30, metadata={"min": 1, "max": 600})
+    """Seconds of history the throttle looks at."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """The cluster-wide 429 condition of one (credential digest, model)."""
+
+    scope: str
+    model: str
+    until_ms: int
+    """No request for this scope goes upstream before this (Redis clock)."""
+    scale: float
+    """Share of requests let through once the cooldown is over ..."""
+    scale_from_ms: int
+    """... recovering additively from this time on."""
+    per_day: bool
+    quota_id: str
+    epoch: int
+
+    def scale_at(self, now_ms: float, recovery_per_second: float) -> float:
+        if now_ms <= self.scale_from_ms:
+            return self.scale
+        return min(1.0, self.scale + recovery_per_second * (now_ms - self.scale_from_ms) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaChange:
+    now_ms: int
+    quota: QuotaState
+
+
+def _float(obj: Mapping[str, Any], key: str) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(f"{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def quota_from_json(value: object) -> QuotaState:
+    obj = _object(value, "quota")
+    return QuotaState(
+        scope=_str(obj, "scope"),
+        model=_str(obj, "model"),
+        until_ms=_int(obj, "until_ms"),
+        scale=_float(obj, "scale"),
+        scale_from_ms=_int(obj, "scale_from_ms"),
+        per_day=_bool(obj, "per_day"),
+        quota_id=_str(obj, "quota_id"),
+        epoch=_int(obj, "epoch"),
+    )
+
+
+def quota_change_from_json(value: object) -> QuotaChange:
+    obj = _object(value, "quota change")
+    return QuotaChange(now_ms=_int(obj, "now_ms"), quota=quota_from_json(obj.get("quota")))
+
+
+def quotas_from_json(value: object) -> tuple[int, int, list[QuotaState]]:
+    """The quota snapshot: (now_ms, the store's epoch, every live quota condition)."""
+    obj = _object(value, "quota snapshot")
+    items = obj.get("quotas")
+    if items == {}:
+        items = []
+    if not isinstance(items, list):
+        raise PayloadError("quotas: expected a list")
+    return _int(obj, "now_ms"), _int(obj, "epoch"), [quota_from_json(item) for item in items]
 
 
 # Dataclasses -> JSON, in the scripts' own shape (for logs, the admin API and tests).

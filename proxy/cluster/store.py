@@ -25,10 +25,15 @@ from .state import (
     Change,
     Outcome,
     PayloadError,
+    QuotaChange,
+    QuotaParams,
+    QuotaState,
     Snapshot,
     acquired_from_json,
     change_from_json,
     loads,
+    quota_change_from_json,
+    quotas_from_json,
     snapshot_from_json,
     snapshot_to_json,
 )
@@ -48,10 +53,10 @@ class StoreError(Exception):
     """
 
 
-def script_source(name: str) -> str:
+def script_source(name: str, prelude: Sequence[str] = _PRELUDE) -> str:
     """The full text of one script (``report``, ``acquire``, ...), prelude included."""
     folder = resources.files(__package__).joinpath("lua")
-    parts = (*_PRELUDE, f"{name}.lua")
+    parts = (*prelude, f"{name}.lua")
     return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in parts)
 
 
@@ -68,6 +73,9 @@ class BreakerStore:
         self._register_routes = redis.register_script(script_source("register_routes"))
         self._snapshot = redis.register_script(script_source("snapshot"))
         self._seed = redis.register_script(script_source("seed"))
+        quota_prelude = ("common.lua", "quota.lua")
+        self._quota_feedback = redis.register_script(script_source("quota_feedback", quota_prelude))
+        self._quota_snapshot = redis.register_script(script_source("quota_snapshot", quota_prelude))
 
     @property
     def keys(self) -> Keys:
@@ -141,6 +149,35 @@ class BreakerStore:
         """
         payload = json.dumps(snapshot_to_json(snapshot))
         return _parse(await self._call(self._seed, [payload]), snapshot_from_json)
+
+    async def quota_feedback(
+        self,
+        scope: str,
+        model: str,
+        delay_seconds: float,
+        per_day: bool,
+        quota_id: str,
+        quota: QuotaParams,
+    ) -> QuotaChange:
+        """A 429 met ``model`` for the credential ``scope``: cool down, slow down, publish."""
+        reply = await self._call(
+            self._quota_feedback,
+            [
+                scope,
+                model,
+                max(1, round(delay_seconds * 1000)),
+                int(per_day),
+                quota_id,
+                quota.decrease,
+                quota.min_scale,
+                quota.recovery_per_second,
+            ],
+        )
+        return _parse(reply, quota_change_from_json)
+
+    async def quota_snapshot(self) -> tuple[int, int, list[QuotaState]]:
+        """Every live quota condition, with the store's time and epoch."""
+        return _parse(await self._call(self._quota_snapshot, []), quotas_from_json)
 
     async def _call(self, script: AsyncScript, args: Sequence[EncodableT]) -> object:
         try:
