@@ -113,6 +113,10 @@ class ModelSettings:
     backoff_max: float = field(default=2.0, metadata={"min": 0.0})
     """Retry n waits a random time up to min(backoff_max, backoff_initial * 2**n)."""
     breaker: BreakerParams = field(default_factory=BreakerParams)
+    requests_per_minute: int | None = field(default=None, metadata={"min": 1})
+    tokens_per_minute: int | None = field(default=None, metadata={"min": 1})
+    """Optional cluster-wide budget, enforced before the provider's own quota (one Redis round
+    trip per request for this model). Tokens are estimated from the request's size."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,14 +165,25 @@ class Exchange:
         self.budget.record_request()
         last: _Failed | None = None
         skipped: list[str] = []
+        spill_to: str | None = None
         for position, model in enumerate(chain):
             if self.remaining() <= 0 or (last is not None and last.final):
                 break
-            shed = self.coordinator.quota_gate(self.credential, model)
-            if shed is not None:
-                # A quota condition is backpressure: answer 429, never move to another model.
-                await self._send_shed(model, shed)
-                return
+            if model != spill_to:
+                shed = await self._gate(model)
+                if shed is not None:
+                    # A quota condition is backpressure: answer 429, and move to another model
+                    # only as opt-in spillover that the next model's own budget admits.
+                    following = chain[position + 1] if position + 1 < len(chain) else None
+                    if (
+                        following is None
+                        or not self.coordinator.may_spill(following)
+                        or await self._gate(following) is not None
+                    ):
+                        await self._send_shed(model, shed)
+                        return
+                    spill_to = following
+                    continue
             admission = await self.coordinator.admit(model)
             if admission is None:
                 skipped.append(model)
@@ -187,6 +198,15 @@ class Exchange:
             await self._send_error(504, "The request's deadline passed before any model answered.")
         else:
             await self._send_unavailable(requested, skipped)
+
+    async def _gate(self, model: str) -> Shed | None:
+        """The quota checks before a model is tried: cooldown, pacing, throttle (no Redis
+        call), then the model's cluster budget when it has one."""
+        shed = self.coordinator.quota_gate(self.credential, model)
+        if shed is None and self.coordinator.has_budget(model):
+            size = len(self.body) if isinstance(self.body, bytes) else 0
+            shed = await self.coordinator.budget_gate(model, tokens=max(1, size // 4))
+        return shed
 
     async def _try_model(self, admission: Admission, position: int) -> _Failed | None:
         """Attempts on one model, with backoff between them; None once answered."""

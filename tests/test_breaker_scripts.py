@@ -44,7 +44,13 @@ from proxy.cluster import (
     StoreError,
     parse_event,
 )
-from proxy.cluster.state import change_to_json, snapshot_from_json, snapshot_to_json
+from proxy.cluster.state import (
+    QuotaParams,
+    change_to_json,
+    parse_any_event,
+    snapshot_from_json,
+    snapshot_to_json,
+)
 
 from .redis_support import RedisServer, require_redis, start_redis
 from .redis_support import redis_server as redis_server  # the fixture
@@ -713,3 +719,61 @@ def test_redis_support_restarts_on_the_same_port(tmp_path: Path) -> None:
         server.start()
         assert (server.port, server.running) == (port, True) and server.pid != pid
     assert not server.running
+
+
+# Quota scripts (429 cooldowns) and the cluster budget (GCRA)
+
+
+async def test_quota_feedback_cools_down_and_halves_once_per_cooldown(store: BreakerStore) -> None:
+    quota = QuotaParams(decrease=0.5, recovery_per_second=0.1, min_scale=0.1)
+    first = await store.quota_feedback("k1", "m", 5.0, False, "PerMinute", quota)
+    assert first.quota.until_ms - first.now_ms == 5000
+    assert first.quota.scale == 0.5
+    # Another 429 from a request already in flight: the cooldown extends, no second halving.
+    second = await store.quota_feedback("k1", "m", 8.0, False, "", quota)
+    assert second.quota.scale == 0.5
+    assert second.quota.until_ms == second.now_ms + 8000
+    assert second.quota.quota_id == "PerMinute"  # kept from the first
+    assert second.quota.epoch > first.quota.epoch
+    # The scale recovers additively from the cooldown's end, computed, not stored.
+    assert second.quota.scale_at(second.quota.scale_from_ms + 2000, 0.1) == pytest.approx(0.7)
+    _, epoch, quotas = await store.quota_snapshot()
+    assert [(q.scope, q.model, q.until_ms) for q in quotas] == [("k1", "m", second.quota.until_ms)]
+    assert epoch >= second.quota.epoch
+    other = await store.quota_feedback("k2", "m", 1.0, True, "PerDay", quota)
+    assert other.quota.per_day and other.quota.scale == 0.5  # scopes are independent
+
+
+async def test_quota_feedback_is_published(backend: Backend) -> None:
+    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(backend.keys.events)
+    change = await backend.store.quota_feedback("k", "m", 1.0, False, "", QuotaParams())
+    deadline = time.monotonic() + DEADLINE
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = await listener.get_message(timeout=1.0)
+    await listener.aclose()
+    assert message is not None
+    assert parse_any_event(message["data"]) == change
+
+
+async def test_expired_quota_conditions_are_forgotten(store: BreakerStore) -> None:
+    quota = QuotaParams(decrease=1.0, recovery_per_second=1.0)  # nothing to recover
+    await store.quota_feedback("k", "m", 0.001, False, "", quota)
+    deadline = time.monotonic() + DEADLINE
+    while (await store.quota_snapshot())[2]:
+        assert time.monotonic() < deadline, "the condition never expired"
+        await anyio.sleep(0.05)
+
+
+async def test_budget_admits_a_burst_then_says_when(store: BreakerStore) -> None:
+    admitted = [await store.spend_budget("m", 120, 0, 1) for _ in range(4)]
+    # 120 per minute with a one-second burst allowance: two at once, then a wait of ~0.5 s.
+    assert admitted[:2] == [0.0, 0.0]
+    assert all(0 < wait <= 0.5 for wait in admitted[2:])
+
+
+async def test_token_budget_counts_tokens(store: BreakerStore) -> None:
+    assert await store.spend_budget("t", 0, 6000, 100) == 0.0  # 100 tokens/s: a burst of 100
+    wait = await store.spend_budget("t", 0, 6000, 50)
+    assert wait == pytest.approx(0.5, abs=0.1)  # 50 more tokens come back in half a second

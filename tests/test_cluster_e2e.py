@@ -3,6 +3,7 @@ simulator upstream, and the real SDK spreading requests over the replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import math
@@ -45,7 +46,9 @@ def cluster(redis_server: RedisServer, simulator_url: str, tmp_path: Path) -> It
     """Starts replicas of the proxy as separate processes; ``breaker`` overrides BREAKER."""
     with contextlib.ExitStack() as stack:
 
-        def start(count: int = 3, **breaker: Any) -> list[str]:
+        def start(
+            count: int = 3, models: dict[str, Any] | None = None, **breaker: Any
+        ) -> list[str]:
             config = {
                 "upstream": {"base_url": simulator_url},
                 "redis": {
@@ -62,6 +65,7 @@ def cluster(redis_server: RedisServer, simulator_url: str, tmp_path: Path) -> It
                     "first_byte_timeout": 5,
                     "breaker": {**BREAKER, **breaker},
                 },
+                "models": models or {},
                 "routes": {PRO: [PRO, FLASH]},
             }
             path = tmp_path / "cluster.yaml"
@@ -283,3 +287,80 @@ def test_starting_with_redis_down_works(
     wait_for(lambda: httpx.get(replica + "/readyz").json()["store"] == "ok")
     assert state(replica)["store"]["degraded"] is False
     assert {served for served, _, _ in spread([replica], 3)} == {PRO}
+
+
+def test_a_rate_limit_storm_is_shed_not_failed_over(
+    cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    """The seed's thundering herd: load at 3x the primary's quota must not move to the
+    fallback, and after the first 429 the primary sees about its quota, no more."""
+    quota, seconds = 5, 4.0
+    replicas = cluster()
+    simulator.set_quota(PRO, requests_per_second=quota)
+    outcomes: list[httpx.Response | BaseException] = []
+    storm = threading.Thread(
+        target=lambda: outcomes.extend(asyncio.run(open_loop(replicas, 3 * quota, seconds)))
+    )
+    storm.start()
+    raised = None
+    while storm.is_alive() and raised is None:  # the SDK's view, during the storm
+        try:
+            sdk(replicas[0], key="storm-key").models.generate_content(model=PRO, contents="x")
+        except errors.ClientError as exc:
+            raised = exc
+    storm.join(60)
+
+    assert raised is not None and raised.code == 429 and raised.status == "RESOURCE_EXHAUSTED"
+    seen = simulator.attempts()
+    assert not [a for a in seen if a["model"] == FLASH]  # no failover stampede
+    limited = [a["wall"] for a in seen if a["status"] == 429]
+    assert limited, "the storm never reached the quota"
+    after = [a for a in seen if a["wall"] >= limited[0]]
+    span = max(a["wall"] for a in seen) - limited[0]
+    assert len(after) <= 1.5 * quota * span + quota  # about the quota, not 3x
+    responses = [o for o in outcomes if isinstance(o, httpx.Response)]
+    assert len(responses) == len(outcomes)  # every request was answered
+    shed = [r for r in responses if r.status_code == 429]
+    assert shed and all(int(r.headers["retry-after"]) >= 1 for r in shed)
+    assert all(r.json()["error"]["status"] == "RESOURCE_EXHAUSTED" for r in shed)
+    assert {r.status_code for r in responses} <= {200, 429}
+
+
+async def open_loop(replicas: list[str], rate: float, seconds: float) -> list[Any]:
+    """Send at a fixed rate whatever the answers, round-robin over the replicas."""
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(timeout=30) as client:
+        start, tasks = loop.time(), []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))  # pacing the load
+            tasks.append(
+                asyncio.ensure_future(
+                    client.post(
+                        f"{replicas[i % len(replicas)]}/v1beta/models/{PRO}:generateContent",
+                        json={"contents": [{"parts": [{"text": f"storm {i}"}]}]},
+                        headers={"x-goog-api-key": "storm-key"},
+                    )
+                )
+            )
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_a_model_budget_is_shared_by_the_whole_cluster(
+    cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    replicas = cluster(models={PRO: {"requests_per_minute": 60}})
+    answers = [
+        httpx.post(
+            f"{url}/v1beta/models/{PRO}:generateContent",
+            json={"contents": [{"parts": [{"text": "budget"}]}]},
+            headers={"x-goog-api-key": "budget-key"},
+        )
+        for url in replicas * 3
+    ]
+    served = [r for r in answers if r.status_code == 200]
+    # One a second for the cluster, not per replica: a quick round of 9 gets one or two.
+    assert 1 <= len(served) <= 2
+    assert {r.headers.get("x-gemini-breaker-shed") for r in answers if r.status_code == 429} == {
+        "budget"
+    }
+    assert len(simulator.attempts(model=PRO)) == len(served)

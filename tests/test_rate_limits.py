@@ -132,3 +132,34 @@ def test_shedding_works_with_redis_down(simulator_url: str, simulator: Simulator
         shed = post(proxy, "key-local")
         assert shed.headers["x-gemini-breaker-shed"] == "cooldown"
         assert attempts(simulator) == [(PRO, 429)]
+
+
+def test_a_cluster_budget_sheds_before_the_provider_does(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    settings = proxy_settings(simulator_url, models={PRO: {"requests_per_minute": 60}})
+    with serve(create_app(settings)) as proxy:
+        answers = [post(proxy, "key-budget") for _ in range(6)]
+    served = [r for r in answers if r.status_code == 200]
+    shed = [r for r in answers if r.status_code == 429]
+    assert 1 <= len(served) <= 2  # 60 per minute: one a second, a burst of one
+    assert shed and {r.headers["x-gemini-breaker-shed"] for r in shed} == {"budget"}
+    assert len(simulator.attempts()) == len(served)  # the shed ones never went upstream
+
+
+def test_spillover_is_opt_in_and_bounded_by_the_next_models_budget(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    settings = proxy_settings(
+        simulator_url,
+        quota={"max_retry_wait": 0, "spillover_share": 1.0},
+        models={FLASH: {"requests_per_minute": 120}},  # two a second, a burst of two
+    )
+    simulator.set_faults(PRO, [{"kind": "rate_limited", "retry_delay": 30, "times": 1}])
+    with serve(create_app(settings)) as proxy:
+        assert post(proxy, "key-spill").status_code == 429  # the upstream's own 429
+        spilled = [post(proxy, "key-spill") for _ in range(3)]
+    assert [r.status_code for r in spilled[:2]] == [200, 200]
+    assert {r.headers["x-gemini-breaker-model"] for r in spilled[:2]} == {FLASH}
+    assert spilled[2].status_code == 429  # the fallback's budget is spent: shed, not spilled
+    assert attempts(simulator) == [(PRO, 429), (FLASH, 200), (FLASH, 200)]

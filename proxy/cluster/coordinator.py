@@ -250,6 +250,34 @@ class Coordinator:
             )
         return None
 
+    def has_budget(self, model: str) -> bool:
+        limits = self.settings.model_settings(model)
+        return bool(limits.requests_per_minute or limits.tokens_per_minute)
+
+    async def budget_gate(self, model: str, tokens: int) -> Shed | None:
+        """Spend from the model's cluster-wide budget, when it has one (one Redis call)."""
+        limits = self.settings.model_settings(model)
+        rpm, tpm = limits.requests_per_minute or 0, limits.tokens_per_minute or 0
+        if not rpm and not tpm:
+            return None
+        try:
+            wait = await self._call(
+                lambda store: store.spend_budget(model, rpm, tpm, tokens), self._timeout
+            )
+        except StoreUnavailable:
+            return None  # the provider's own quota still stands behind this one
+        if wait <= 0:
+            return None
+        return Shed(
+            "budget", wait, "gemini-breaker/budget", f"the cluster's budget for {model} is spent"
+        )
+
+    def may_spill(self, model: str) -> bool:
+        """Whether this shed request may try ``model`` instead (opt-in, bounded share, and only
+        onto a model whose own budget will decide)."""
+        share = self.quota.spillover_share
+        return share > 0 and self.has_budget(model) and random.random() < share
+
     def cooldown_left(self, scope: str, model: str) -> float:
         """Seconds until the scope's cooldown on ``model`` ends (0 when there is none)."""
         quota = self.mirror.quotas.get((scope, model))

@@ -316,6 +316,10 @@ class QuotaParams:
     max(0, (requests - k * accepts) / (requests + 1))."""
     throttle_window: int = field(default=30, metadata={"min": 1, "max": 600})
     """Seconds of history the throttle looks at."""
+    spillover_share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    """Off by default: the share of shed requests that may use the next model of the chain,
+    and only when that model has a budget (``requests_per_minute``/``tokens_per_minute``)
+    that admits them."""
 
 
 @dataclass(frozen=True, slots=True)

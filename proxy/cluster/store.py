@@ -74,6 +74,7 @@ class BreakerStore:
         self._snapshot = redis.register_script(script_source("snapshot"))
         self._seed = redis.register_script(script_source("seed"))
         quota_prelude = ("common.lua", "quota.lua")
+        self._budget = redis.register_script(script_source("budget", ("common.lua",)))
         self._quota_feedback = redis.register_script(script_source("quota_feedback", quota_prelude))
         self._quota_snapshot = redis.register_script(script_source("quota_snapshot", quota_prelude))
 
@@ -175,6 +176,18 @@ class BreakerStore:
         )
         return _parse(reply, quota_change_from_json)
 
+    async def spend_budget(self, model: str, rpm: int, tpm: int, tokens: int) -> float:
+        """Take one request and ``tokens`` tokens from the model's cluster-wide budget; 0 when
+        admitted, else the seconds until it would be."""
+        reply = await self._call(self._budget, [model, rpm, tpm, max(1, tokens)])
+        answer = _parse(reply, _object_of)
+        if answer.get("allowed") is True:
+            return 0.0
+        wait = answer.get("retry_after_ms")
+        if not isinstance(wait, int | float):
+            raise StoreError("unreadable budget answer")
+        return max(0.001, wait / 1000)
+
     async def quota_snapshot(self) -> tuple[int, int, list[QuotaState]]:
         """Every live quota condition, with the store's time and epoch."""
         return _parse(await self._call(self._quota_snapshot, []), quotas_from_json)
@@ -220,6 +233,12 @@ class BreakerStore:
 
 def _params(params: BreakerParams | None) -> list[int | float]:
     return (params or _DEFAULT_PARAMS).script_args()
+
+
+def _object_of(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise PayloadError("expected a JSON object")
+    return value
 
 
 def _parse(reply: object, parser: Callable[[object], T]) -> T:
