@@ -309,6 +309,9 @@ async def execute(
                 await open_loop(load, replicas, [warm_phase], warm, {}, drain=10)
                 run.warmup.update(r.outcome for r in warm)
                 await asyncio.to_thread(sim.set_quota, PRO, requests_per_second=args.rate)
+                if args.upstream_latency > 0:  # answers (not 429s: those come first) take time
+                    latency = [{"kind": "latency", "seconds": args.upstream_latency}]
+                    await asyncio.to_thread(sim.set_faults, PRO, latency)
                 await asyncio.to_thread(sim.clear_attempts)
 
                 tasks.append(
@@ -346,6 +349,7 @@ async def execute(
                 run.pro_attempts = await asyncio.to_thread(sim.attempts, PRO)
                 run.flash_attempts = await asyncio.to_thread(sim.attempts, FLASH)
                 await asyncio.to_thread(sim.clear_quotas)
+                await asyncio.to_thread(sim.clear_faults)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -492,6 +496,10 @@ def figure_upstream(run: Run, args: argparse.Namespace) -> None:
             (
                 "  mean accepted/s as a share of R",
                 sum(accepted[s] for s in seconds) / n / args.rate,
+            ),
+            (
+                "  unused quota: sum of (R - accepted) over those seconds",
+                sum(max(0, args.rate - accepted[s]) for s in seconds),
             ),
             (
                 "max attempts in any sliding 1-s window after the first 429",
@@ -669,6 +677,7 @@ def figure_recovery(run: Run, args: argparse.Namespace) -> None:
                 "never" if stays is None else f"s {stays}",
             ),
             ("upstream 429s in the recovery phase", sum(up_429.values())),
+            ("requests shed in the recovery phase", sum(shed.values())),
         ],
     )
 
@@ -755,6 +764,12 @@ def main() -> None:
     parser.add_argument("--recovery-seconds", type=float, default=15.0)
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="at 5 req/s, no quota")
     parser.add_argument("--drain", type=float, default=15.0, help="seconds to wait for stragglers")
+    parser.add_argument(
+        "--upstream-latency",
+        type=float,
+        default=0.0,
+        help=f"seconds the simulator takes to answer {PRO} (a latency fault; default 0)",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.25, help="/admin/state polls")
     parser.add_argument(
         "--quota",
@@ -822,6 +837,7 @@ def main() -> None:
             f"{budget.min_per_second:g}/s per replica\n"
             f"simulator quota: {PRO} {args.rate} requests/s (sliding 1-s window) for key "
             f"'{API_KEY}'; {FLASH} unlimited\n"
+            f"upstream latency for {PRO}: {args.upstream_latency:g} s\n"
             f"load: warm-up {args.warmup_seconds:g} s at 5/s (no quota, not counted); storm "
             f"{args.storm_factor * args.rate:g} req/s for {args.storm_seconds:g} s, then "
             f"recovery {args.recovery_factor * args.rate:g} req/s for {args.recovery_seconds:g} s;"

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from .cluster.state import BreakerParams, QuotaParams
+from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
+
+__all__ = ["ConfigError", "Settings", "build_settings", "load_raw", "load_settings"]
 
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 CONFIG_ENV = "GEMINI_BREAKER_CONFIG"
@@ -34,10 +35,6 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 # The parent process hands the merged configuration to its worker processes through this.
 SETTINGS_JSON_ENV = "GEMINI_BREAKER_SETTINGS_JSON"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,36 +166,36 @@ def load_raw(
         value = env.get(var)
         if value:
             raw.setdefault(section, {})
-            _require_mapping(raw[section], section)
+            require_mapping(raw[section], section)
             raw[section][key] = _from_env(var, value, section, key)
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {})
-        _require_mapping(raw[section], section)
+        require_mapping(raw[section], section)
         raw[section].update(values)
     return raw
 
 
 def build_settings(raw: Mapping[str, Any]) -> Settings:
     """Validate a parsed configuration mapping into ``Settings``."""
-    _require_mapping(raw, "configuration")
+    require_mapping(raw, "configuration")
     known = {f.name for f in dataclasses.fields(Settings)}
-    _reject_unknown(raw, known, "")
-    model_defaults = _build(ModelSettings, raw.get("model_defaults"), "model_defaults")
+    reject_unknown(raw, known, "")
+    model_defaults = build_dataclass(ModelSettings, raw.get("model_defaults"), "model_defaults")
     models_raw = raw.get("models") or {}
-    _require_mapping(models_raw, "models")
+    require_mapping(models_raw, "models")
     models = {
-        _model_name(name, "models"): _build(
+        model_name(name, "models"): build_dataclass(
             ModelSettings, spec, f"models.{name}", base=model_defaults
         )
         for name, spec in models_raw.items()
     }
     settings = Settings(
-        server=_build(ServerSettings, raw.get("server"), "server"),
-        upstream=_build(UpstreamSettings, raw.get("upstream"), "upstream"),
-        redis=_build(RedisSettings, raw.get("redis"), "redis"),
-        admin=_build(AdminSettings, raw.get("admin"), "admin"),
-        retry_budget=_build(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
-        quota=_build(QuotaParams, raw.get("quota"), "quota"),
+        server=build_dataclass(ServerSettings, raw.get("server"), "server"),
+        upstream=build_dataclass(UpstreamSettings, raw.get("upstream"), "upstream"),
+        redis=build_dataclass(RedisSettings, raw.get("redis"), "redis"),
+        admin=build_dataclass(AdminSettings, raw.get("admin"), "admin"),
+        retry_budget=build_dataclass(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
+        quota=build_dataclass(QuotaParams, raw.get("quota"), "quota"),
         model_defaults=model_defaults,
         models=models,
         routes=_build_routes(raw.get("routes")),
@@ -232,7 +229,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
         return {}
-    _require_mapping(data, f"{path}: the top level")
+    require_mapping(data, f"{path}: the top level")
     return dict(data)
 
 
@@ -248,81 +245,19 @@ def _from_env(var: str, value: str, section: str, key: str) -> Any:
 def _build_routes(raw: Any) -> dict[str, tuple[str, ...]]:
     if raw is None:
         return {}
-    _require_mapping(raw, "routes")
+    require_mapping(raw, "routes")
     routes: dict[str, tuple[str, ...]] = {}
     for name, chain in raw.items():
         where = f"routes.{name}"
-        _model_name(name, "routes")
+        model_name(name, "routes")
         if not isinstance(chain, list) or not chain:
             raise ConfigError(f"{where}: expected a non-empty list of model names")
         for index, model in enumerate(chain):
-            _model_name(model, f"{where}[{index}]")
+            model_name(model, f"{where}[{index}]")
         if len(set(chain)) != len(chain):
             raise ConfigError(f"{where}: a model appears twice in the chain")
         routes[name] = tuple(chain)
     return routes
-
-
-def _model_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not name or any(c in name for c in "/:?&# "):
-        raise ConfigError(f"{where}: {name!r} is not a model name (like gemini-2.5-flash)")
-    return name
-
-
-T = TypeVar("T")
-
-
-def _build(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:
-    """Build a settings dataclass from a mapping, checking names, types and ranges."""
-    instance = base if base is not None else cls()
-    if raw is None:
-        return instance
-    _require_mapping(raw, where)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    _reject_unknown(raw, set(fields), where)
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if dataclasses.is_dataclass(hints[name]):
-            values[name] = _build(hints[name], value, f"{where}.{name}", getattr(instance, name))
-        else:
-            values[name] = _check_value(value, hints[name], fields[name], f"{where}.{name}")
-    try:
-        return dataclasses.replace(instance, **values)  # type: ignore[type-var]
-    except ValueError as exc:  # checks that involve several keys (__post_init__)
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _check_value(value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:
-    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: must be set")
-    kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
-    if "min" in spec.metadata and value < spec.metadata["min"]:
-        raise ConfigError(f"{where}: must be at least {spec.metadata['min']}, got {value!r}")
-    if "max" in spec.metadata and value > spec.metadata["max"]:
-        raise ConfigError(f"{where}: must be at most {spec.metadata['max']}, got {value!r}")
-    if "choices" in spec.metadata and value not in spec.metadata["choices"]:
-        raise ConfigError(f"{where}: must be one of {', '.join(spec.metadata['choices'])}")
-    return value
-
-
-def _require_mapping(value: Any, where: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values")
-
-
-def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
-    for key in raw:
-        if key not in known:
-            name = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(known))})")
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

@@ -49,19 +49,23 @@ calls) and ``retry_after_header``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from proxy.config import ConfigError
 from proxy.simulator.catalogue import ModelSpec, default_catalogue
+from proxy.validation import (
+    ConfigError,
+    build_dataclass,
+    model_name,
+    reject_unknown,
+    require_mapping,
+)
 
 FAULT_KINDS = (
     "latency",
@@ -206,17 +210,21 @@ def load_simulator_config(path: str | os.PathLike[str] | None) -> SimulatorConfi
 
 def build_simulator_config(raw: Any) -> SimulatorConfig:
     """Validate a parsed configuration mapping; errors name the offending key."""
-    _require_mapping(raw, "simulator configuration")
+    require_mapping(raw, "simulator configuration")
     scalar_keys = ("seed", "chunk_words", "chunk_interval", "max_attempts")
-    _reject_unknown(raw, {"models", "faults", "quotas", "api_keys", *scalar_keys}, "")
-    base = _build(SimulatorConfig, {key: raw[key] for key in scalar_keys if key in raw}, "")
+    reject_unknown(raw, {"models", "faults", "quotas", "api_keys", *scalar_keys}, "")
+    base = build_dataclass(
+        SimulatorConfig, {key: raw[key] for key in scalar_keys if key in raw}, ""
+    )
     catalogue = default_catalogue()
     for name, spec in _mapping(raw.get("models"), "models").items():
         where = f"models.{model_name(name, 'models')}"
         current = catalogue.get(name, ModelSpec(name=name))
         if isinstance(spec, Mapping) and "name" in spec:
             raise ConfigError(f"{where}.name: the model name is the key, not a field")
-        catalogue[name] = _build(ModelSpec, {} if spec is None else spec, where, base=current)
+        catalogue[name] = build_dataclass(
+            ModelSpec, {} if spec is None else spec, where, base=current
+        )
     faults: dict[str, tuple[FaultSpec, ...]] = {}
     for name, specs in _mapping(raw.get("faults"), "faults").items():
         where = f"faults.{model_name(name, 'faults')}"
@@ -245,7 +253,7 @@ def build_simulator_config(raw: Any) -> SimulatorConfig:
 
 def parse_fault(raw: Any, where: str = "fault") -> FaultSpec:
     """Validate one fault spec (a mapping with ``kind``)."""
-    _require_mapping(raw, where)
+    require_mapping(raw, where)
     kind = raw.get("kind")
     if kind not in KIND_FIELDS:
         raise ConfigError(f"{where}.kind: expected one of {', '.join(FAULT_KINDS)}, got {kind!r}")
@@ -256,7 +264,7 @@ def parse_fault(raw: Any, where: str = "fault") -> FaultSpec:
                 f"{where}.{key}: not a field of a {kind} fault "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
-    spec = _build(FaultSpec, raw, where, base=FaultSpec(kind=kind))
+    spec = build_dataclass(FaultSpec, raw, where, base=FaultSpec(kind=kind))
     if kind in MODIFIER_KINDS and spec.seconds is None:
         raise ConfigError(f"{where}.seconds: a {kind} fault needs the delay in seconds")
     return spec
@@ -264,82 +272,14 @@ def parse_fault(raw: Any, where: str = "fault") -> FaultSpec:
 
 def parse_quota(raw: Any, where: str = "quota") -> QuotaSpec:
     """Validate one quota spec."""
-    spec = _build(QuotaSpec, raw, where)
+    spec = build_dataclass(QuotaSpec, raw, where)
     if (spec.requests_per_second is None) == (spec.requests_per_minute is None):
         raise ConfigError(f"{where}: set exactly one of requests_per_second, requests_per_minute")
     return spec
 
 
-def model_name(name: Any, where: str) -> str:
-    """Check a model name as it appears in a path segment (``gemini-2.5-flash``)."""
-    if not isinstance(name, str) or not name or any(c in name for c in "/:?&#% "):
-        raise ConfigError(f"{where}: {name!r} is not a model name (like gemini-2.5-flash)")
-    return name
-
-
-T = TypeVar("T")
-
-
-def _build(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:
-    """Build a frozen dataclass from a mapping, checking names, types, ranges and choices."""
-    _require_mapping(raw, where or "configuration")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    _reject_unknown(raw, set(fields), where)
-    hints = typing.get_type_hints(cls)
-    values = {
-        name: _check(value, hints[name], fields[name], f"{where}.{name}" if where else name)
-        for name, value in raw.items()
-    }
-    if base is None:
-        return cls(**values)
-    return dataclasses.replace(base, **values)  # type: ignore[type-var]
-
-
-def _check(value: Any, hint: Any, spec: dataclasses.Field[Any], where: str) -> Any:
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where}: must be set")
-    kind = next(a for a in args if a is not type(None)) if optional else hint
-    if typing.get_origin(kind) is tuple:
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        items = spec.metadata.get("items")
-        for item in value:
-            if items is not None and item not in items:
-                raise ConfigError(f"{where}: {item!r} is not one of {', '.join(items)}")
-        return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-    if "min" in spec.metadata and value < spec.metadata["min"]:
-        raise ConfigError(f"{where}: must be at least {spec.metadata['min']}, got {value!r}")
-    if "max" in spec.metadata and value > spec.metadata["max"]:
-        raise ConfigError(f"{where}: must be at most {spec.metadata['max']}, got {value!r}")
-    if "choices" in spec.metadata and value not in spec.metadata["choices"]:
-        raise ConfigError(f"{where}: expected one of {', '.join(spec.metadata['choices'])}")
-    return value
-
-
 def _mapping(value: Any, where: str) -> Mapping[Any, Any]:
     if value is None:
         return {}
-    _require_mapping(value, where)
+    require_mapping(value, where)
     return typing.cast(Mapping[Any, Any], value)
-
-
-def _require_mapping(value: Any, where: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of keys to values")
-
-
-def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
-    for key in raw:
-        if key not in known:
-            name = f"{where}.{key}" if where else str(key)
-            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(known))})")
