@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -59,7 +60,7 @@ from bench.cluster import (  # noqa: E402
     table,
 )
 from proxy.cluster.keys import Keys  # noqa: E402
-from proxy.cluster.state import QuotaChange, QuotaParams, parse_any_event  # noqa: E402
+from proxy.cluster.state import QuotaChange, QuotaParams, QuotaState, parse_any_event  # noqa: E402
 from proxy.config import RetryBudgetSettings  # noqa: E402
 from proxy.simulator.client import SimulatorControl  # noqa: E402
 
@@ -68,7 +69,7 @@ ROUTE = {PRO: [PRO, FLASH]}
 API_KEY = "storm-key"
 HEADERS = {"x-goog-api-key": API_KEY, "content-type": "application/json"}
 SHED_HEADER = "x-gemini-breaker-shed"
-SHED_REASONS = ("cooldown", "pacing", "throttle")
+SHED_REASONS = ("cooldown", "pacing", "throttle", "budget")
 MAX_EVENTS = 100_000
 MAX_REQUESTS = 20_000
 SUCCESS_TARGET = 0.9
@@ -337,7 +338,7 @@ async def execute(
                     "recovery": now + storm.seconds + recovery.seconds,
                 }
                 snapshot_tasks = {
-                    name: asyncio.create_task(snapshot_at(admin, replicas, wall - 0.02))
+                    name: asyncio.create_task(snapshot_at(admin, replicas, wall - 0.1))
                     for name, wall in ends.items()
                 }
                 run.lag, run.abandoned = await open_loop(
@@ -682,39 +683,51 @@ def figure_recovery(run: Run, args: argparse.Namespace) -> None:
     )
 
 
-def figure_quota_events(run: Run) -> None:
+def figure_quota_events(run: Run, recovery_per_second: float) -> None:
     heading("Quota changes published by the store (one per quota_feedback, i.e. upstream 429)")
     origin = run.phase_starts["storm"]
     rows = []
-    halvings = 0
-    previous_scale = 1.0
+    lowered_at: list[float] = []
+    previous: QuotaState | None = None
     for event in run.events:
         q = event.change.quota
         if q.model != PRO:
             continue
-        halved = q.scale < previous_scale - 1e-9
-        halvings += halved
-        previous_scale = q.scale
+        now_ms = event.change.now_ms
+        before = 1.0 if previous is None else previous.scale_at(now_ms, recovery_per_second)
+        lowered = q.scale < before - 1e-9
+        gap = (now_ms - lowered_at[-1]) if lowered and lowered_at else math.nan
+        if lowered:
+            lowered_at.append(now_ms)
+        previous = q
         rows.append(
             (
-                event.wall - origin,
+                f"{now_ms / 1000 - origin:.3f}",
                 q.epoch,
-                (q.until_ms - event.change.now_ms) / 1000,
-                q.scale,
-                halved,
+                f"{(q.until_ms - now_ms) / 1000:.3f}",
+                f"{before:.4f}",
+                f"{q.scale:.4f}",
+                "yes" if lowered else "",
+                gap,
             )
         )
-    print(f"  {len(rows)} quota changes for {PRO}; the stored scale went down {halvings} times.")
+    gaps = [b - a for a, b in itertools.pairwise(lowered_at)]
+    print(
+        f"  {len(rows)} quota changes for {PRO}; the scale was lowered {len(lowered_at)} times"
+        f" (gaps between lowerings: p50 {pct(gaps, 50):.0f} ms, min "
+        f"{min(gaps, default=math.nan):.0f} ms; {sum(1 for g in gaps if g < 1000)} under 1 s)."
+    )
     if rows:
         shown = rows if len(rows) <= 40 else rows[:25] + rows[-15:]
-        print("  (s after storm start; 'cooldown' = until_ms - the script's now; first 25 and")
-        print("  last 15 when there are more than 40)")
+        print(
+            "  's' = the script's Redis time after the storm's start; 'cooldown' = until_ms\n"
+            "  - that time; 'before' = the scale at that moment (recovered additively since the\n"
+            "  previous change); 'gap ms' = since the previous lowering. First 25 and last 15\n"
+            "  rows when there are more than 40."
+        )
         table(
-            ("s", "epoch", "cooldown s", "stored scale", "lowered"),
-            [
-                (f"{t:.3f}", e, f"{c:.3f}", f"{s:.4f}", "yes" if h else "")
-                for t, e, c, s, h in shown
-            ],
+            ("s", "epoch", "cooldown s", "scale before", "stored scale", "lowered", "gap ms"),
+            shown,
         )
 
 
@@ -856,7 +869,7 @@ def main() -> None:
             figure_upstream(run, args)
             figure_latency(run)
             figure_recovery(run, args)
-            figure_quota_events(run)
+            figure_quota_events(run, effective.recovery_per_second)
             print_snapshots(run)
         finally:
             report_logs(logs)

@@ -777,3 +777,14 @@ async def test_token_budget_counts_tokens(store: BreakerStore) -> None:
     assert await store.spend_budget("t", 0, 6000, 100) == 0.0  # 100 tokens/s: a burst of 100
     wait = await store.spend_budget("t", 0, 6000, 50)
     assert wait == pytest.approx(0.5, abs=0.1)  # 50 more tokens come back in half a second
+
+
+async def test_the_share_is_cut_at_most_once_per_interval(store: BreakerStore) -> None:
+    eager = QuotaParams(decrease=0.5, decrease_interval=0.0, recovery_per_second=0.001)
+    patient = QuotaParams(decrease=0.5, decrease_interval=60.0, recovery_per_second=0.001)
+    await store.quota_feedback("e", "m", 0.001, False, "", eager)
+    await anyio.sleep(0.01)  # the first cooldown is over
+    assert (await store.quota_feedback("e", "m", 0.001, False, "", eager)).quota.scale < 0.3
+    await store.quota_feedback("p", "m", 0.001, False, "", patient)
+    await anyio.sleep(0.01)
+    assert (await store.quota_feedback("p", "m", 0.001, False, "", patient)).quota.scale > 0.49

@@ -312,7 +312,7 @@ class Coordinator:
                 scope=scope,
                 model=model,
                 until_ms=now + round(delay * 1000),
-                scale=current.scale if current else 1.0,
+                scale=current.scale_at(now, self.quota.recovery_per_second) if current else 1.0,
                 scale_from_ms=now + round(delay * 1000),
                 per_day=limit.per_day,
                 quota_id=limit.quota_id,

@@ -308,8 +308,11 @@ class QuotaParams:
     """Cooldown when a 429 carries neither RetryInfo nor Retry-After."""
     decrease: float = field(default=0.5, metadata={"min": 0.01, "max": 1.0})
     """After a cooldown, the share of requests let through is multiplied by this ..."""
-    recovery_per_second: float = field(default=0.1, metadata={"min": 0.001, "max": 1.0})
+    recovery_per_second: float = field(default=0.2, metadata={"min": 0.001, "max": 1.0})
     """... and grows back by this much per second."""
+    decrease_interval: float = field(default=1.0, metadata={"min": 0.0})
+    """The share is cut at most once per this many seconds: 429s that follow a cut sooner
+    answer requests sent before it could take effect."""
     min_scale: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     throttle_k: float = field(default=2.0, metadata={"min": 1.0})
     """Adaptive throttling per replica: reject with probability

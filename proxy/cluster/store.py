@@ -172,6 +172,7 @@ class BreakerStore:
                 quota.decrease,
                 quota.min_scale,
                 quota.recovery_per_second,
+                round(quota.decrease_interval * 1000),
             ],
         )
         return _parse(reply, quota_change_from_json)

@@ -8,7 +8,7 @@ end
 
 local function load_quota(key)
   local h = redis.call('HMGET', key, 'until_ms', 'scale', 'scale_from_ms', 'per_day',
-    'quota_id', 'epoch')
+    'quota_id', 'epoch', 'decreased_ms')
   return {
     until_ms = tonumber(h[1]) or 0,
     scale = tonumber(h[2]) or 1,
@@ -16,6 +16,7 @@ local function load_quota(key)
     per_day = h[4] == '1',
     quota_id = h[5] or '',
     epoch = tonumber(h[6]) or 0,
+    decreased_ms = tonumber(h[7]) or 0,
   }
 end
 

@@ -1,9 +1,10 @@
 -- quota_feedback: ARGV = prefix, scope, model, delay_ms, per_day (0/1), quota_id,
---                 decrease, min_scale, recovery_per_s
--- A 429 for (credential scope, model): start or extend the cluster-wide cooldown, and halve
--- the rate scale (at most once per cooldown, so a burst of 429s from requests that were
--- already in flight counts once). The scale recovers additively from the cooldown's end;
--- replicas compute the recovery from the stored numbers, so it needs no further writes.
+--                 decrease, min_scale, recovery_per_s, decrease_interval_ms
+-- A 429 for (credential scope, model): start or extend the cluster-wide cooldown, and cut
+-- the rate scale, at most once per decrease interval: 429s from requests already in flight,
+-- or arriving before the last cut could take effect, belong to the same overload. The scale
+-- recovers additively from the cooldown's end; replicas compute the recovery from the stored
+-- numbers, so it needs no further writes.
 -- Returns (and publishes) {"now_ms", "quota": QuotaState}.
 
 local scope, model = ARGV[2], ARGV[3]
@@ -11,13 +12,15 @@ local delay = tonumber(ARGV[4])
 local per_day = ARGV[5] == '1'
 local quota_id = ARGV[6]
 local decrease, min_scale, recovery = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local interval = tonumber(ARGV[10])
 local now = now_ms()
 local key = quota_key(scope, model)
 
 local q = load_quota(key)
 local scale = quota_scale(q, now, recovery)
-if now >= q.until_ms then
+if now >= q.until_ms and now - q.decreased_ms >= interval then
   scale = math.max(min_scale, scale * decrease)
+  q.decreased_ms = now
 end
 q.until_ms = math.max(q.until_ms, now + delay)
 q.scale = scale
@@ -28,7 +31,8 @@ if quota_id ~= '' then
 end
 q.epoch = redis.call('INCR', EPOCH_KEY)
 redis.call('HSET', key, 'until_ms', q.until_ms, 'scale', q.scale, 'scale_from_ms',
-  q.scale_from_ms, 'per_day', q.per_day and 1 or 0, 'quota_id', q.quota_id, 'epoch', q.epoch)
+  q.scale_from_ms, 'per_day', q.per_day and 1 or 0, 'quota_id', q.quota_id, 'epoch', q.epoch,
+  'decreased_ms', q.decreased_ms)
 -- Gone once the cooldown is over and the scale has fully recovered.
 local recover_ms = math.ceil((1 - q.scale) / math.max(recovery, 1e-6) * 1000)
 redis.call('PEXPIREAT', key, q.scale_from_ms + recover_ms + 1000)
