@@ -129,11 +129,17 @@ class Settings:
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    stream_break: Mapping[str, str] = field(default_factory=dict)
+    """Route -> what to do when a stream breaks after bytes reached the client: ``continue``
+    on the next model (the default) or end with an in-band ``error``."""
     """Requested model -> ordered chain of models to serve it."""
 
     def chain_for(self, model: str) -> tuple[str, ...]:
         """The failover chain for a requested model; a model with no route serves itself."""
         return self.routes.get(model) or (model,)
+
+    def on_stream_break(self, route: str) -> str:
+        return self.stream_break.get(route, "continue")
 
     def model_settings(self, model: str | None) -> ModelSettings:
         if model is None:
@@ -189,6 +195,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         )
         for name, spec in models_raw.items()
     }
+    routes, stream_break = _build_routes(raw.get("routes"))
     settings = Settings(
         server=build_dataclass(ServerSettings, raw.get("server"), "server"),
         upstream=build_dataclass(UpstreamSettings, raw.get("upstream"), "upstream"),
@@ -198,7 +205,8 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         quota=build_dataclass(QuotaParams, raw.get("quota"), "quota"),
         model_defaults=model_defaults,
         models=models,
-        routes=_build_routes(raw.get("routes")),
+        routes=routes,
+        stream_break=stream_break,
     )
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
     if settings.redis.url is not None:
@@ -242,14 +250,31 @@ def _from_env(var: str, value: str, section: str, key: str) -> Any:
     return value
 
 
-def _build_routes(raw: Any) -> dict[str, tuple[str, ...]]:
+STREAM_BREAK_POLICIES = ("continue", "error")
+
+
+def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """Routes as ``name: [chain]`` or ``name: {chain: [...], on_stream_break: ...}``."""
     if raw is None:
-        return {}
+        return {}, {}
     require_mapping(raw, "routes")
     routes: dict[str, tuple[str, ...]] = {}
-    for name, chain in raw.items():
+    policies: dict[str, str] = {}
+    for name, spec in raw.items():
         where = f"routes.{name}"
         model_name(name, "routes")
+        chain = spec
+        if isinstance(spec, Mapping):
+            reject_unknown(spec, {"chain", "on_stream_break"}, where)
+            chain = spec.get("chain")
+            where = f"{where}.chain"
+            policy = spec.get("on_stream_break", "continue")
+            if policy not in STREAM_BREAK_POLICIES:
+                raise ConfigError(
+                    f"routes.{name}.on_stream_break: must be one of "
+                    + ", ".join(STREAM_BREAK_POLICIES)
+                )
+            policies[name] = policy
         if not isinstance(chain, list) or not chain:
             raise ConfigError(f"{where}: expected a non-empty list of model names")
         for index, model in enumerate(chain):
@@ -257,7 +282,7 @@ def _build_routes(raw: Any) -> dict[str, tuple[str, ...]]:
         if len(set(chain)) != len(chain):
             raise ConfigError(f"{where}: a model appears twice in the chain")
         routes[name] = tuple(chain)
-    return routes
+    return routes, policies
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

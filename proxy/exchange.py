@@ -26,6 +26,7 @@ from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
 from .config import ModelSettings, Settings
 from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
+from .gemini.features import continuation_body
 from .gemini.paths import GeminiPath
 from .gemini.quota import RateLimit, parse_rate_limit, shed_body
 from .headers import (
@@ -39,6 +40,7 @@ from .headers import (
 )
 from .outcomes import Verdict, classify_status
 from .retry_budget import RetryBudget
+from .stream_relay import Continuation, SseRelay
 from .upstream import Upstream, UpstreamBodyError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("gemini_breaker.forwarding")
@@ -113,6 +115,7 @@ class Exchange:
         )
         """Digest of the credential this request uses: its 429 conditions are its own."""
         self._finishing = False
+        self._sse = path.method == "streamGenerateContent" and b"alt=sse" in scope["query_string"]
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -295,10 +298,73 @@ class Exchange:
             (FALLBACKS_HEADER, str(position).encode()),
             (ATTEMPTS_HEADER, str(self.attempts).encode()),
         ]
+        if self._sse and response.status_code == 200:
+            return await self._relay_sse(response, admission, limits, position, headers)
         self.served_by = model
         completed = await self._relay(response, limits, headers)
         self.coordinator.record(admission, verdict if completed else Verdict.FAILURE)
         return None
+
+    async def _relay_sse(
+        self,
+        response: httpx.Response,
+        admission: Admission,
+        limits: ModelSettings,
+        position: int,
+        headers: Headers,
+    ) -> _Failed | None:
+        """A stream, checked event by event; continued on the next model if it breaks."""
+        model = admission.model
+        relay = SseRelay(self.upstream, self.coordinator, self.send, self.deadline, self._count)
+        before_first_byte = await relay.first(response, limits, headers)
+        if before_first_byte is not None:
+            self.coordinator.record(admission, Verdict.FAILURE)
+            return _Failed(
+                model, error=UpstreamBodyError(before_first_byte.message, before_first_byte.status)
+            )
+        self.status, self.served_by = 200, model
+        if relay.broken is None:
+            self.coordinator.record(admission, Verdict.SUCCESS)
+            self._finishing = True
+            await relay.finish()
+            return None
+        self.coordinator.record(admission, Verdict.FAILURE)
+        log.warning("stream from %s broke after it started: %s", model, relay.broken.message)
+        requested = self.path.model or model
+        if self.settings.on_stream_break(requested) == "continue" and isinstance(self.body, bytes):
+            chain = self.settings.chain_for(requested)
+            continuation = Continuation(
+                models=list(chain[position + 1 :]),
+                build_body=lambda text: continuation_body(self._body_bytes, text),
+                open=self._open_continuation,
+                admit=self._admit_continuation,
+                limits=self.settings.model_settings,
+            )
+            if await relay.continue_on(continuation, relay.broken):
+                self.served_by = relay.served_by
+                self._finishing = True
+                await relay.finish()
+                return None
+        self._finishing = True
+        await relay.fail(relay.broken)
+        return None
+
+    def _count(self) -> None:
+        self.attempts += 1
+
+    @property
+    def _body_bytes(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else b""
+
+    async def _open_continuation(
+        self, model: str, limits: ModelSettings, body: bytes
+    ) -> httpx.Response:
+        return await self._open(self.path.path_for(model), limits, body)
+
+    async def _admit_continuation(self, model: str) -> Admission | None:
+        if self.coordinator.quota_gate(self.credential, model) is not None:
+            return None
+        return await self.coordinator.admit(model)
 
     async def _keep_failure(
         self, model: str, response: httpx.Response, limits: ModelSettings
@@ -326,16 +392,23 @@ class Exchange:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _open(self, path: str, limits: ModelSettings) -> httpx.Response:
+    async def _open(
+        self, path: str, limits: ModelSettings, body: bytes | None = None
+    ) -> httpx.Response:
         scope = self.scope
+        headers = upstream_request_headers(
+            scope["headers"], scope["query_string"], self.settings.upstream.api_key
+        )
+        if self._sse:
+            # Events are checked as they pass, so the stream must arrive uncompressed.
+            headers = [h for h in headers if h[0] != b"accept-encoding"]
+            headers.append((b"accept-encoding", b"identity"))
         return await self.upstream.open(
             scope["method"],
             path,
             scope["query_string"],
-            upstream_request_headers(
-                scope["headers"], scope["query_string"], self.settings.upstream.api_key
-            ),
-            self.body,
+            headers,
+            self.body if body is None else body,
             limits,
         )
 

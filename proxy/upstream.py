@@ -117,14 +117,20 @@ class Upstream:
             ) from None
 
     async def iter_body(
-        self, response: httpx.Response, limits: ModelSettings, deadline: float | None = None
+        self,
+        response: httpx.Response,
+        limits: ModelSettings,
+        deadline: float | None = None,
+        first_chunk_timeout: float | None = None,
     ) -> AsyncIterator[bytes]:
         """The response body as it arrives (still encoded), failing on a stall, a break, or
-        the request's deadline (a ``loop.time()`` value)."""
+        the request's deadline (a ``loop.time()`` value). ``first_chunk_timeout`` replaces the
+        stall timeout until the first chunk (a stream's first token may take a while)."""
         loop = asyncio.get_running_loop()
         chunks = response.aiter_raw()
+        stall = first_chunk_timeout or limits.stall_timeout
         while True:
-            timeout = limits.stall_timeout
+            timeout = stall
             if deadline is not None and deadline - loop.time() < timeout:
                 timeout = max(deadline - loop.time(), 0.0)
             try:
@@ -133,16 +139,16 @@ class Upstream:
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                if timeout < limits.stall_timeout:
+                if timeout < stall:
                     raise UpstreamBodyError(
                         "The request's deadline passed mid-response.", status=504
                     ) from None
                 raise UpstreamBodyError(
-                    f"The upstream ({self.host}) stalled for {limits.stall_timeout:g} s "
-                    "mid-response."
+                    f"The upstream ({self.host}) stalled for {stall:g} s mid-response."
                 ) from None
             except httpx.TransportError as exc:
                 raise UpstreamBodyError(
                     f"The upstream ({self.host}) broke off the response: {type(exc).__name__}."
                 ) from None
+            stall = limits.stall_timeout
             yield chunk

@@ -37,6 +37,7 @@ PRO = "gemini-2.5-pro"
 HELLO = {"contents": [{"role": "user", "parts": [{"text": "Tell me about circuit breakers"}]}]}
 GENERATE = f"/v1beta/models/{FLASH}:generateContent"
 SSE = f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+ANSWER_START = "The simulator says: "
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_generate_content_wire_format_and_determinism(http: httpx.Client) -> Non
     assert candidate["content"]["role"] == "model"
     assert candidate["finishReason"] == "STOP" and candidate["index"] == 0
     text = candidate["content"]["parts"][0]["text"]
-    assert text.startswith(f"{FLASH} says: ") and "circuit breakers" in text
+    assert text.startswith(ANSWER_START) and "circuit breakers" in text
     usage = body["usageMetadata"]
     assert usage["promptTokenCount"] == math.ceil(len("Tell me about circuit breakers") / 4)
     assert usage["candidatesTokenCount"] == math.ceil(len(text) / 4)
@@ -161,7 +162,7 @@ def test_sdk_sync_generate_stream_and_count_on_v1_and_v1beta(base_url: str) -> N
     for version in ("v1", "v1beta"):
         client = sdk(base_url, version)
         reply = client.models.generate_content(model=FLASH, contents="Hello SDK")
-        assert reply.text is not None and reply.text.startswith(f"{FLASH} says:")
+        assert reply.text is not None and reply.text.startswith(ANSWER_START)
         assert reply.response_id and reply.model_version == FLASH
         assert reply.usage_metadata is not None
         prompt_tokens = reply.usage_metadata.prompt_token_count
@@ -178,7 +179,7 @@ def test_sdk_sync_generate_stream_and_count_on_v1_and_v1beta(base_url: str) -> N
 def test_sdk_behind_a_path_prefix(base_url: str) -> None:
     client = sdk(base_url + "/some/prefix/")
     reply = client.models.generate_content(model=PRO, contents="Hi")
-    assert reply.text is not None and reply.text.startswith(f"{PRO} says:")
+    assert reply.text is not None and reply.text.startswith(ANSWER_START)
 
 
 @pytest.mark.anyio
@@ -772,6 +773,9 @@ def test_control_api_validates_fault_specs(sim: SimulatorControl) -> None:
         ({"kind": "hang", "probability": 2}, "faults[0].probability: must be at most 1"),
         ({"kind": "hang", "methods": ["explode"]}, "faults[0].methods"),
         ({"kind": "cut", "after_chunks": "2"}, "faults[0].after_chunks: expected int"),
+        ({"kind": "json_drift", "mode": "subtle"}, "faults[0].mode: must be one of"),
+        ({"kind": "empty_final_chunk", "after_chunks": 1}, "faults[0].after_chunks: not a"),
+        ({"kind": "reject_continuation", "status": 400}, "faults[0].status: not a field"),
     ]
     for spec, message in bad_specs:
         with pytest.raises(SimulatorControlError) as caught:
@@ -839,6 +843,7 @@ def test_yaml_config_file(tmp_path: Path) -> None:
         ({"quotas": {FLASH: {}}}, f"quotas.{FLASH}: set exactly one"),
         ({"quotas": {FLASH: {"requests_per_second": 0}}}, "requests_per_second: must be at least"),
         ({"models": {"m": {"input_token_limit": "big"}}}, "models.m.input_token_limit"),
+        ({"models": {"m": {"supports_prefill": "no"}}}, "models.m.supports_prefill: expected"),
         ({"models": {"bad/name": {}}}, "models: 'bad/name' is not a model name"),
         ({"seed": "x"}, "seed: expected int"),
         ({"api_keys": "k"}, "api_keys"),

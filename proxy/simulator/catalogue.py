@@ -37,6 +37,8 @@ class ModelSpec:
     top_p: float | None = 0.95
     top_k: int | None = field(default=64, metadata={"min": 1})
     thinking: bool | None = None
+    supports_prefill: bool = True
+    """Whether the model continues a request that ends with a ``model`` turn (else 400)."""
 
     @property
     def methods(self) -> tuple[str, ...]:

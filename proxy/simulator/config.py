@@ -8,7 +8,7 @@ The YAML file (every section optional)::
     chunk_interval: 0.0      # seconds between two stream chunks (default 0)
     max_attempts: 10000      # requests kept in the attempt log (default 10000)
     models:                  # catalogue additions (a built-in model: only the given fields change)
-      my-model: {input_token_limit: 1000, output_token_limit: 100}
+      my-model: {input_token_limit: 1000, output_token_limit: 100, supports_prefill: false}
     faults:                  # model -> list of fault specs, checked in order
       gemini-2.5-pro:
         - {kind: error, status: 503, for_seconds: 30}
@@ -17,7 +17,19 @@ The YAML file (every section optional)::
 
 Model keys: ``display_name``, ``description``, ``version``, ``input_token_limit``,
 ``output_token_limit``, ``supported_generation_methods``, ``temperature``, ``max_temperature``,
-``top_p``, ``top_k``, ``thinking``.
+``top_p``, ``top_k``, ``thinking``, ``supports_prefill`` (default true; false: a generate request
+whose ``contents`` end with a ``model`` turn gets 400 INVALID_ARGUMENT "Please ensure that
+multiturn requests end with a user role or a function response."; not shown by ``models.get``).
+A prompt counted over ``input_token_limit`` gets 400 INVALID_ARGUMENT "The input token count (N)
+exceeds the maximum number of tokens allowed (M)." before any quota or fault.
+
+Answers (``content.py``) are deterministic and their text is the same whichever model serves
+the request; only ``modelVersion`` and ``responseId`` name the model. A request ending with a
+``model`` turn (prefill) is continued: the answer is the rest of the answer to the request
+without that turn, so prefill + answer is the whole answer (prompt tokens include the prefill).
+With ``generationConfig.responseMimeType: application/json`` the text is JSON that conforms to
+``responseJsonSchema`` or ``responseSchema`` (``jsonmode.py``), or ``{"answer": ...}`` without a
+schema; streams split it into chunks like any text.
 
 A fault spec has a ``kind``, that kind's fields, and any schedule fields: ``after_seconds``
 (starts that long after it was installed), ``for_seconds`` (then lasts that long), ``times``
@@ -38,6 +50,16 @@ Faults from the file count as installed when the server starts. Kinds:
   ``cut {abrupt=false}`` ends the body cleanly (or aborts the connection), ``stall`` goes
   silent until the client leaves, ``malformed`` sends one event that is not JSON and ends.
 - ``blocked {block_reason=SAFETY}``: generate calls get 200 with ``promptFeedback`` only.
+- ``empty_final_chunk``: streams only; the stream sends every text chunk, then ends with an
+  event that has ``finishReason`` and the usage but no ``content`` (``{"candidates":
+  [{"finishReason": "STOP", "index": 0}], "usageMetadata": ...}``), as Gemini sometimes does.
+- ``reject_continuation {message}``: generate requests that end with a ``model`` turn get the
+  400 INVALID_ARGUMENT a model without ``supports_prefill`` gives; other requests are served
+  (and do not use up ``times``).
+- ``json_drift {mode=invalid}``: JSON-mode generate requests get a 200 answer whose JSON is
+  broken: ``invalid`` cuts it short (not valid JSON), ``schema`` makes it valid JSON that
+  breaks the schema (the first required property missing, else a property or the whole value
+  of the wrong type). Requests not in JSON mode are served (and do not use up ``times``).
 
 For each request the first active, matching fault other than the two delays applies.
 
@@ -59,6 +81,7 @@ from typing import Any
 import yaml
 
 from proxy.simulator.catalogue import ModelSpec, default_catalogue
+from proxy.simulator.jsonmode import DRIFT_MODES
 from proxy.validation import (
     ConfigError,
     build_dataclass,
@@ -79,12 +102,21 @@ FAULT_KINDS = (
     "stall",
     "malformed",
     "blocked",
+    "empty_final_chunk",
+    "reject_continuation",
+    "json_drift",
 )
 
 # Kinds that shape the timing of an answer rather than replace it; they stack.
 MODIFIER_KINDS = frozenset({"latency", "slow_first_chunk"})
 # Kinds that only make sense once a stream has started.
-STREAM_ONLY_KINDS = frozenset({"cut", "stall", "malformed"})
+STREAM_ONLY_KINDS = frozenset({"cut", "stall", "malformed", "empty_final_chunk"})
+# Kinds for generate calls only; the last two also only for requests of one sort.
+GENERATE_ONLY_KINDS = frozenset(
+    {"blocked", "empty_final_chunk", "reject_continuation", "json_drift"}
+)
+CONTINUATION_ONLY_KINDS = frozenset({"reject_continuation"})
+JSON_ONLY_KINDS = frozenset({"json_drift"})
 
 GENERATE_METHODS = ("generateContent", "streamGenerateContent")
 API_METHODS = (*GENERATE_METHODS, "countTokens", "embedContent", "batchEmbedContents")
@@ -104,6 +136,9 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     "stall": frozenset({"after_chunks"}),
     "malformed": frozenset({"after_chunks"}),
     "blocked": frozenset({"block_reason"}),
+    "empty_final_chunk": frozenset(),
+    "reject_continuation": frozenset({"message"}),
+    "json_drift": frozenset({"mode"}),
 }
 BLOCK_REASONS = ("SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY")
 
@@ -118,7 +153,7 @@ class FaultSpec:
     status: int = field(default=503, metadata={"min": 400, "max": 599})
     """error: the HTTP status; Google's canonical status name and message go with it."""
     message: str | None = None
-    """error, rate_limited: replaces Google's default message."""
+    """error, rate_limited, reject_continuation: replaces Google's default message."""
     after_chunks: int | None = field(default=None, metadata={"min": 0})
     """cut, stall, malformed (default 1); error: fail a stream mid-way instead of up front."""
     abrupt: bool = False
@@ -128,6 +163,8 @@ class FaultSpec:
     retry_info: bool = True
     retry_after_header: bool = False
     block_reason: str = field(default="SAFETY", metadata={"choices": BLOCK_REASONS})
+    mode: str = field(default="invalid", metadata={"choices": DRIFT_MODES})
+    """json_drift: ``invalid`` (not JSON) or ``schema`` (JSON that breaks the schema)."""
     after_seconds: float = field(default=0.0, metadata={"min": 0})
     for_seconds: float | None = field(default=None, metadata={"min": 0})
     times: int | None = field(default=None, metadata={"min": 1})

@@ -1,7 +1,13 @@
 """Deterministic model behaviour: request checks, token counts, answers, stream chunks, vectors.
 
 Nothing here is random: the same request to the same model always gets the same bytes back,
-so tests can compare answers across retries, failover and replicas.
+so tests can compare answers across retries, failover and replicas. The answer's text does not
+depend on the model either (only ``modelVersion`` and ``responseId`` do), so a fallback model
+says exactly what the primary would have said.
+
+A request whose ``contents`` end with a ``model`` turn is a continuation (prefill): the text of
+that turn is the start of the answer, already delivered, and the model answers with the rest of
+the answer it would give without that turn.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from proxy.simulator import jsonmode
 
 # Google bills an image (inline or by file URI) as a fixed 258 tokens.
 MEDIA_PART_TOKENS = 258
@@ -98,10 +106,34 @@ def last_user_text(contents: Sequence[Any]) -> str:
     return ""
 
 
+def prefill(contents: Sequence[Any]) -> str | None:
+    """The text of a trailing ``model`` turn (the answer so far, thoughts left out); None when
+    the request does not end with one."""
+    last = contents[-1] if contents else None
+    if not isinstance(last, dict) or last.get("role") != "model":
+        return None
+    return "".join(
+        part["text"]
+        for part in _parts([last])
+        if isinstance(part.get("text"), str) and not part.get("thought")
+    )
+
+
+def generation_config(body: dict[str, Any]) -> Any:
+    return body.get("generationConfig", body.get("generation_config"))
+
+
+def system_instruction(body: dict[str, Any]) -> Any:
+    return body.get("systemInstruction", body.get("system_instruction"))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_digest(model: str, body: Any) -> bytes:
     """A hash of the request's meaning (key order and whitespace do not matter)."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{model}\n{canonical}".encode()).digest()
+    return hashlib.sha256(f"{model}\n{_canonical(body)}".encode()).digest()
 
 
 def response_id(digest: bytes) -> str:
@@ -118,6 +150,9 @@ class Answer:
     prompt_tokens: int
     response_id: str
     finish_reason: str = "STOP"
+    continuation: bool = False
+    """The request ended with a model turn: ``text`` is the rest of the answer."""
+    json_mode: bool = False
 
     @property
     def candidate_tokens(self) -> int:
@@ -141,8 +176,14 @@ class Answer:
         }
         return self._envelope([candidate], self.usage())
 
-    def chunks(self, words_per_chunk: int) -> list[dict[str, Any]]:
-        """The stream: text in groups of words, cumulative usage, finishReason on the last."""
+    def chunks(
+        self, words_per_chunk: int, *, final_without_parts: bool = False
+    ) -> list[dict[str, Any]]:
+        """The stream: text in groups of words, cumulative usage, finishReason on the last.
+
+        With ``final_without_parts`` every chunk carries text only, and one more event ends the
+        stream with ``finishReason`` and the usage but no ``content``, as Gemini sometimes does.
+        """
         words = _WORD.findall(self.text) or [self.text]
         pieces = [
             "".join(words[i : i + words_per_chunk]) for i in range(0, len(words), words_per_chunk)
@@ -152,10 +193,13 @@ class Answer:
         for index, piece in enumerate(pieces):
             sent += piece
             candidate: dict[str, Any] = {"content": {"parts": [{"text": piece}], "role": "model"}}
-            if index == len(pieces) - 1:
+            if index == len(pieces) - 1 and not final_without_parts:
                 candidate["finishReason"] = self.finish_reason
             candidate["index"] = 0
             chunks.append(self._envelope([candidate], self.usage(text_tokens(sent))))
+        if final_without_parts:
+            final = {"finishReason": self.finish_reason, "index": 0}
+            chunks.append(self._envelope([final], self.usage()))
         return chunks
 
     def blocked(self, reason: str) -> dict[str, Any]:
@@ -176,15 +220,52 @@ class Answer:
         }
 
 
-def answer(model: str, body: dict[str, Any], output_limit: int) -> Answer:
-    """The deterministic answer to a checked ``GenerateContentRequest``."""
+def answer(model: str, body: dict[str, Any], output_limit: int, drift: str | None = None) -> Answer:
+    """The deterministic answer to a checked ``GenerateContentRequest``.
+
+    ``drift`` (``invalid`` or ``schema``) breaks a JSON-mode answer on purpose. A continuation
+    answers what the whole answer has beyond its common prefix with the delivered text.
+    """
     contents = body["contents"]
+    done = prefill(contents)
+    base = contents if done is None else contents[:-1]
+    text, finish = whole_answer(base, body, output_limit, drift)
+    if done is not None:
+        text = text[_common_prefix(text, done) :]
+    return Answer(
+        model,
+        text,
+        count_tokens(contents, system_instruction(body)),
+        response_id(request_digest(model, body)),
+        finish,
+        continuation=done is not None,
+        json_mode=jsonmode.json_request(generation_config(body)) is not None,
+    )
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
+
+
+def whole_answer(
+    contents: Sequence[Any], body: dict[str, Any], output_limit: int, drift: str | None = None
+) -> tuple[str, str]:
+    """The text answering ``contents`` (under the body's settings) and its finish reason."""
     echo_words = " ".join(last_user_text(contents).split()).split(" ")
     echo = " ".join(echo_words[:_ECHO_WORDS]) + (" ..." if len(echo_words) > _ECHO_WORDS else "")
-    text = f'{model} says: you wrote "{echo}", and this is a simulated answer.'
+    text = f'The simulator says: you wrote "{echo}", and this is a simulated answer.'
+    config = generation_config(body)
+    wanted = jsonmode.json_request(config)
+    if wanted is not None:
+        # The prompt alone seeds the values, so settings a fallback may change do not matter.
+        seed = hashlib.sha256(_canonical([contents, system_instruction(body)]).encode()).digest()
+        text = jsonmode.render(wanted, seed, text, drift)
     finish = "STOP"
     limit = output_limit
-    config = body.get("generationConfig") or body.get("generation_config")
     if isinstance(config, dict):
         requested = config.get("maxOutputTokens", config.get("max_output_tokens"))
         if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
@@ -192,8 +273,7 @@ def answer(model: str, body: dict[str, Any], output_limit: int) -> Answer:
     if text_tokens(text) > limit:
         text = text[: limit * 4]
         finish = "MAX_TOKENS"
-    prompt = count_tokens(contents, body.get("systemInstruction", body.get("system_instruction")))
-    return Answer(model, text, prompt, response_id(request_digest(model, body)), finish)
+    return text, finish
 
 
 def embed_text(content: Any, field: str) -> str:

@@ -7,7 +7,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.simulator.config import GENERATE_METHODS, STREAM_ONLY_KINDS, FaultSpec
+from proxy.simulator.config import (
+    CONTINUATION_ONLY_KINDS,
+    GENERATE_METHODS,
+    GENERATE_ONLY_KINDS,
+    JSON_ONLY_KINDS,
+    STREAM_ONLY_KINDS,
+    FaultSpec,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTraits:
+    """What about a request decides which faults can apply to it."""
+
+    stream: bool = False
+    continuation: bool = False
+    """It ends with a ``model`` turn."""
+    json_mode: bool = False
 
 
 @dataclass(slots=True)
@@ -36,13 +53,17 @@ class InstalledFault:
     def active(self, now: float) -> bool:
         return now >= self.starts_at and not self.expired(now)
 
-    def matches(self, method: str, stream: bool) -> bool:
+    def matches(self, method: str, request: RequestTraits) -> bool:
         spec = self.spec
         if spec.methods is not None and method not in spec.methods:
             return False
-        if spec.kind in STREAM_ONLY_KINDS and not stream:
+        if spec.kind in STREAM_ONLY_KINDS and not request.stream:
             return False
-        return not (spec.kind == "blocked" and method not in GENERATE_METHODS)
+        if spec.kind in CONTINUATION_ONLY_KINDS and not request.continuation:
+            return False
+        if spec.kind in JSON_ONLY_KINDS and not request.json_mode:
+            return False
+        return not (spec.kind in GENERATE_ONLY_KINDS and method not in GENERATE_METHODS)
 
     def to_json(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"spec": self.spec.to_json(), "active": self.active(now)}
@@ -108,7 +129,7 @@ class FaultBook:
             if model is None or name == model
         }
 
-    def select(self, model: str, method: str, stream: bool, now: float) -> Selection:
+    def select(self, model: str, method: str, request: RequestTraits, now: float) -> Selection:
         """Draw this request's faults: every matching delay, and the first matching other fault.
 
         A fault that does not apply (inactive, another method, lost the probability draw)
@@ -125,7 +146,7 @@ class FaultBook:
             spec = fault.spec
             if terminal is not None and not spec.is_modifier:
                 continue
-            if not fault.active(now) or not fault.matches(method, stream):
+            if not fault.active(now) or not fault.matches(method, request):
                 continue
             if spec.probability < 1.0 and self.rng.random() >= spec.probability:
                 continue

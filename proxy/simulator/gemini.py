@@ -20,10 +20,11 @@ from proxy.gemini.errors import JSON_CONTENT_TYPE, error_payload, sse_error_even
 from proxy.gemini.paths import GeminiPath, parse_path
 from proxy.simulator import content, replies
 from proxy.simulator.attempts import key_digest
+from proxy.simulator.catalogue import ModelSpec
 from proxy.simulator.config import API_METHODS, GENERATE_METHODS, STREAM_ONLY_KINDS, FaultSpec
 from proxy.simulator.content import Answer, RequestError
 from proxy.simulator.exchange import Exchange
-from proxy.simulator.faults import Selection
+from proxy.simulator.faults import RequestTraits, Selection
 from proxy.simulator.files import MAX_FILE_BYTES
 from proxy.simulator.paging import PageError, paginate
 from proxy.simulator.state import SimulatorState
@@ -41,6 +42,8 @@ _KEY_PARAM = re.compile(r"(^|&)key=[^&]*")
 # What a stream sends for a ``malformed`` fault: the start of a chunk, cut inside a string.
 _MALFORMED_JSON = b'{"candidates": [{"content": {"parts": [{"text": "unterminated'
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
+# Faults that still answer 200 with the whole answer: changed text, or another last event.
+_ANSWERING_KINDS = frozenset({"json_drift", "empty_final_chunk"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,7 @@ class GeminiApi:
             await self._fail(ex, mode, replies.invalid_json())
             return
         try:
-            outcome: Answer | Reply = self._compute(model, verb, body, spec.output_token_limit)
+            outcome: Answer | Reply = self._compute(model, verb, body, spec)
         except RequestError as exc:
             await self._fail(ex, mode, replies.invalid_argument(str(exc)))
             return
@@ -229,18 +232,28 @@ class GeminiApi:
             )
             await self._fail(ex, mode, reply)
             return
-        selection = state.faults.select(model, verb, stream, now)
+        traits = RequestTraits(stream=stream)
+        if isinstance(outcome, Answer):
+            traits = RequestTraits(stream, outcome.continuation, outcome.json_mode)
+        selection = state.faults.select(model, verb, traits, now)
         ex.attempt.fault = selection.name
         ex.attempt.faults = selection.applied
+        drift = selection.terminal
+        if drift is not None and drift.kind == "json_drift" and isinstance(outcome, Answer):
+            outcome = content.answer(model, body, spec.output_token_limit, drift.mode)
         await self._perform(ex, mode, selection, outcome, spec.input_token_limit)
 
     def _compute(
-        self, model: str, verb: str, body: dict[str, Any], output_limit: int
+        self, model: str, verb: str, body: dict[str, Any], spec: ModelSpec
     ) -> Answer | Reply:
         """The healthy answer: an ``Answer`` for generate calls, a ready reply otherwise."""
         if verb in GENERATE_METHODS:
-            content.check_contents(body.get("contents"), "GenerateContentRequest.contents")
-            return content.answer(model, body, output_limit)
+            contents = content.check_contents(
+                body.get("contents"), "GenerateContentRequest.contents"
+            )
+            if not spec.supports_prefill and content.prefill(contents) is not None:
+                raise RequestError(replies.PREFILL_MESSAGE)
+            return content.answer(model, body, spec.output_token_limit)
         if verb == "countTokens":
             request = body.get("generateContentRequest", body.get("generate_content_request"))
             if isinstance(request, dict):
@@ -290,8 +303,11 @@ class GeminiApi:
         if kind == "reset":
             await ex.abort()
             return
+        if kind in _ANSWERING_KINDS:
+            fault = None  # already in the answer (json_drift) or in how a stream ends
         if mode != "unary" and isinstance(outcome, Answer) and _streams(fault):
-            await self._stream(ex, mode, selection, outcome, fault)
+            final_without_parts = kind == "empty_final_chunk"
+            await self._stream(ex, mode, selection, outcome, fault, final_without_parts)
             return
         if fault is not None:
             reply = self._fault_reply(fault, outcome, input_limit, ex.attempt.model or "")
@@ -323,6 +339,8 @@ class GeminiApi:
             return replies.input_too_long(max(prompt, input_limit + 1), input_limit)
         if fault.kind == "blocked" and isinstance(outcome, Answer):
             return json_reply(outcome.blocked(fault.block_reason))
+        if fault.kind == "reject_continuation":
+            return replies.invalid_argument(fault.message or replies.PREFILL_MESSAGE)
         raise AssertionError(f"fault {fault.kind} has no unary answer")
 
     async def _stream(
@@ -332,6 +350,7 @@ class GeminiApi:
         selection: Selection,
         answer: Answer,
         fault: FaultSpec | None,
+        final_without_parts: bool = False,
     ) -> None:
         """A 200 stream, interrupted as the fault says.
 
@@ -346,7 +365,8 @@ class GeminiApi:
             events = [answer.blocked(fault.block_reason)]
             fault = None
         else:
-            events = answer.chunks(self.state.config.chunk_words)
+            words = self.state.config.chunk_words
+            events = answer.chunks(words, final_without_parts=final_without_parts)
         count = len(events)
         if fault is not None:
             after = 1 if fault.after_chunks is None else fault.after_chunks

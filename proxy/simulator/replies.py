@@ -21,6 +21,9 @@ QUOTA_MESSAGE = (
     "You exceeded your current quota, please check your plan and billing details. For more "
     "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
 )
+PREFILL_MESSAGE = (
+    "Please ensure that multiturn requests end with a user role or a function response."
+)
 RATE_LIMITS_URL = "https://ai.google.dev/gemini-api/docs/rate-limits"
 
 DEFAULT_MESSAGES: dict[int, str] = {

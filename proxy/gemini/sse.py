@@ -1,0 +1,134 @@
+"""Server-sent events as Gemini streams them: framing, parsing, and what a stream delivered.
+
+A stream is whole only when a chunk carries ``finishReason``. Chunks are checked before they are
+forwarded, so a corrupt one never reaches the client; the text already delivered is kept, so a
+broken stream can be continued on another model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# An event ends at a blank line; Google uses CRLF, other servers LF.
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+"""A single event larger than this is treated as corrupt (an image answer is a few MiB)."""
+
+
+class CorruptEvent(Exception):
+    """An event that is not ``data: <JSON object>``, or one far too large."""
+
+
+@dataclass(slots=True)
+class EventSplitter:
+    """Cuts a byte stream into complete events (each with its terminating blank line)."""
+
+    _buffer: bytearray = field(default_factory=bytearray)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        events: list[bytes] = []
+        start = 0
+        for match in _EVENT_END.finditer(self._buffer):
+            events.append(bytes(self._buffer[start : match.end()]))
+            start = match.end()
+        del self._buffer[:start]
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            raise CorruptEvent(f"an event grew past {MAX_EVENT_BYTES} bytes without ending")
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (a stream that ends here was cut)."""
+        return bytes(self._buffer)
+
+
+def parse_event(event: bytes) -> dict[str, Any]:
+    """The JSON object an event carries (several ``data:`` lines are joined, as the SDK does)."""
+    data = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        elif line.strip():
+            raise CorruptEvent("an event line that is not 'data:'")
+    if not data:
+        raise CorruptEvent("an event without data")
+    try:
+        value = json.loads(b"\n".join(data))
+    except ValueError:
+        raise CorruptEvent("an event whose data is not JSON") from None
+    if not isinstance(value, dict):
+        raise CorruptEvent("an event whose data is not a JSON object")
+    return value
+
+
+def encode_event(value: dict[str, Any]) -> bytes:
+    """An event in Google's framing: one ``data:`` line, CRLF CRLF."""
+    return b"data: " + json.dumps(value, separators=(",", ": ")).encode() + b"\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What a stream has delivered to the client so far."""
+
+    response_id: str | None = None
+    text: str = ""
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    events: int = 0
+
+    def take(self, chunk: dict[str, Any]) -> None:
+        """Account for one chunk about to be forwarded."""
+        self.events += 1
+        if self.response_id is None and isinstance(chunk.get("responseId"), str):
+            self.response_id = chunk["responseId"]
+        if isinstance(chunk.get("usageMetadata"), dict):
+            self.usage = chunk["usageMetadata"]
+        feedback = chunk.get("promptFeedback")
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            # A blocked prompt is a whole answer: there will be no candidates to finish.
+            self.finish_reason = f"BLOCKED_{feedback['blockReason']}"
+        for candidate in chunk.get("candidates") or []:
+            if not isinstance(candidate, dict) or candidate.get("index", 0) != 0:
+                continue
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for part in parts if isinstance(parts, list) else []:
+                # Thought summaries are not part of the answer a continuation builds on.
+                if (
+                    isinstance(part, dict)
+                    and isinstance(part.get("text"), str)
+                    and not part.get("thought")
+                ):
+                    self.text += part["text"]
+            if candidate.get("finishReason"):
+                self.finish_reason = candidate["finishReason"]
+
+
+def error_in(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``error`` object of an in-band error event, if this is one."""
+    error = chunk.get("error")
+    return error if isinstance(error, dict) else None
+
+
+def stitch(
+    chunk: dict[str, Any], delivered: Delivered, usage_before: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A continuation's chunk made part of the original stream: the original ``responseId``,
+    usage summed with what the broken stream had used; ``modelVersion`` stays the model
+    that is finishing the answer."""
+    stitched = dict(chunk)
+    if delivered.response_id is not None:
+        stitched["responseId"] = delivered.response_id
+    usage = chunk.get("usageMetadata")
+    if isinstance(usage, dict) and usage_before:
+        stitched["usageMetadata"] = {
+            key: value + usage_before[key]
+            if isinstance(value, int) and isinstance(usage_before.get(key), int)
+            else value
+            for key, value in usage.items()
+        }
+    return stitched

@@ -1,0 +1,224 @@
+"""Relaying an SSE stream with integrity checks, and continuing it on another model if it breaks.
+
+Every event is parsed before it is forwarded, so a corrupt chunk never reaches the client. Until
+the first event is forwarded, a failure is an ordinary failure (retry, fail over). After it, the
+answer is continued on the next capable model of the chain: the original request plus the text
+already delivered as a ``model`` turn, its chunks stitched into the same stream (same
+``responseId``, usage summed). When that is impossible the stream ends with an in-band Google
+error carrying the original failure: never a silent close, never the fallback's own 400.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from starlette.types import Send
+
+from .cluster.coordinator import Admission, Coordinator
+from .config import ModelSettings
+from .gemini.errors import sse_error_event
+from .gemini.sse import (
+    CorruptEvent,
+    Delivered,
+    EventSplitter,
+    encode_event,
+    error_in,
+    parse_event,
+    stitch,
+)
+from .headers import Headers, client_response_headers
+from .outcomes import Verdict, classify_status
+from .upstream import Upstream, UpstreamBodyError, UpstreamError
+
+log = logging.getLogger("gemini_breaker.streams")
+
+
+class StreamBroken(Exception):
+    """A stream failed: cut, stalled, corrupt, or an in-band error from the upstream."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Where and how a broken stream may be continued."""
+
+    models: list[str]
+    """The models after the broken one, in chain order."""
+    build_body: Callable[[str], bytes]
+    """The continuation request for the text delivered so far."""
+    open: Callable[[str, ModelSettings, bytes], Awaitable[httpx.Response]]
+    """Sends a continuation request to a model."""
+    admit: Callable[[str], Awaitable[Admission | None]]
+    """Admission for a model (breaker, quota, capability), or None to skip it."""
+    limits: Callable[[str], ModelSettings]
+
+
+class SseRelay:
+    """One client's stream: the first model's events, then any continuations."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        coordinator: Coordinator,
+        send: Send,
+        deadline: float,
+        on_attempt: Callable[[], None],
+    ) -> None:
+        self.upstream = upstream
+        self.coordinator = coordinator
+        self.send = send
+        self.deadline = deadline
+        self.delivered = Delivered()
+        self.served_by: str | None = None
+        self.started = False
+        self.broken: StreamBroken | None = None
+        """Set when the stream broke after bytes reached the client."""
+        self._on_attempt = on_attempt
+
+    async def events(
+        self, response: httpx.Response, limits: ModelSettings
+    ) -> AsyncGenerator[tuple[bytes, dict[str, object]], None]:
+        """Complete, parsed events; ``StreamBroken`` on a stall, a cut or a corrupt event."""
+        splitter = EventSplitter()
+        try:
+            async for chunk in self.upstream.iter_body(
+                response, limits, self.deadline, first_chunk_timeout=limits.first_byte_timeout
+            ):
+                for event in splitter.feed(chunk):
+                    if not event.strip():
+                        continue
+                    parsed = parse_event(event)
+                    error = error_in(parsed)
+                    if error is not None:
+                        code = error.get("code")
+                        raise StreamBroken(
+                            str(error.get("message") or "in-band error"),
+                            code if isinstance(code, int) else 502,
+                        )
+                    yield event, parsed
+        except UpstreamBodyError as exc:
+            raise StreamBroken(exc.message, exc.status) from None
+        except CorruptEvent as exc:
+            raise StreamBroken(f"The upstream sent a corrupt chunk ({exc}).") from None
+        if splitter.pending.strip():
+            raise StreamBroken("The upstream's stream ended in the middle of a chunk.")
+
+    async def first(
+        self, response: httpx.Response, limits: ModelSettings, extra: Headers
+    ) -> StreamBroken | None:
+        """Relay a stream from its start. Returns the failure if it broke before anything
+        reached the client (an ordinary failure then); None once the stream is the client's
+        (finished, or broken after bytes were sent: see ``broken``)."""
+        events = self.events(response, limits)
+        try:
+            try:
+                raw, chunk = await anext(events)
+            except StopAsyncIteration:
+                return StreamBroken("The upstream's stream ended before its first chunk.")
+            except StreamBroken as exc:
+                return exc
+            headers = [
+                (name, value)
+                for name, value in client_response_headers(response.headers.raw)
+                if name != b"content-length"
+            ]
+            await self.send(
+                {"type": "http.response.start", "status": 200, "headers": [*headers, *extra]}
+            )
+            self.started = True
+            await self._forward(raw, chunk)
+            try:
+                async for raw, chunk in events:
+                    await self._forward(raw, chunk)
+            except StreamBroken as exc:
+                self.broken = exc
+                return None
+            if self.delivered.finish_reason is None:
+                self.broken = StreamBroken("The upstream's stream ended without a finishReason.")
+            return None
+        finally:
+            await events.aclose()
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _forward(self, raw: bytes, chunk: dict[str, object]) -> None:
+        self.delivered.take(chunk)
+        await self.send({"type": "http.response.body", "body": raw, "more_body": True})
+
+    async def finish(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def fail(self, broken: StreamBroken) -> None:
+        """End the stream with Google's in-band error, which the SDK raises."""
+        await self.send(
+            {
+                "type": "http.response.body",
+                "body": sse_error_event(broken.status, broken.message),
+                "more_body": False,
+            }
+        )
+
+    async def continue_on(self, continuation: Continuation, broken: StreamBroken) -> bool:
+        """Finish the answer on the next models that can; False if none could (the caller
+        then ends the stream with the original failure)."""
+        for model in continuation.models:
+            if anyio.current_time() >= self.deadline:
+                return False
+            admission = await continuation.admit(model)
+            if admission is None:
+                continue
+            limits = continuation.limits(model)
+            self._on_attempt()
+            try:
+                response = await continuation.open(
+                    model, limits, continuation.build_body(self.delivered.text)
+                )
+            except UpstreamError:
+                self.coordinator.record(admission, Verdict.FAILURE)
+                continue
+            if response.status_code != 200:
+                # A model that rejects the prefill (400) or fails (5xx) cannot continue; the
+                # client is told the original failure, never this model's own answer.
+                self.coordinator.record(admission, classify_status(response.status_code))
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                log.info("%s could not continue the stream (%d)", model, response.status_code)
+                continue
+            if await self._relay_continuation(response, limits, admission):
+                self.served_by = model
+                return True
+        return False
+
+    async def _relay_continuation(
+        self, response: httpx.Response, limits: ModelSettings, admission: Admission
+    ) -> bool:
+        usage_before = self.delivered.usage
+        try:
+            async for _, chunk in self.events(response, limits):
+                stitched = stitch(chunk, self.delivered, usage_before)
+                self.delivered.take(stitched)
+                await self.send(
+                    {
+                        "type": "http.response.body",
+                        "body": encode_event(stitched),
+                        "more_body": True,
+                    }
+                )
+        except StreamBroken as exc:
+            log.warning("continuation on %s broke too: %s", admission.model, exc.message)
+            self.coordinator.record(admission, Verdict.FAILURE)
+            return False
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        finished = self.delivered.finish_reason is not None
+        self.coordinator.record(admission, Verdict.SUCCESS if finished else Verdict.FAILURE)
+        return finished
