@@ -52,6 +52,7 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
         },
         "credential_alerts": dict(coordinator.credential_alerts),
         "quota_alerts": dict(coordinator.quota_alerts),
+        "schema_drift": dict(coordinator.schema_drift),
         "quotas": [
             {
                 "key_digest": quota.scope,

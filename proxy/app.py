@@ -51,6 +51,7 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
         await coordinator.start()
         async with Upstream.create_client(settings.upstream) as client:
             forwarder.upstream = Upstream(settings.upstream, client)
+            forwarder.capabilities.upstream = forwarder.upstream
             forwarder.coordinator = coordinator
             log.info(
                 "replica %s forwarding to %s; routes: %s",
@@ -63,6 +64,8 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
             finally:
                 forwarder.upstream = None
                 forwarder.coordinator = None
+                forwarder.capabilities.upstream = None
+                await forwarder.capabilities.stop()
                 await coordinator.stop()
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(2.0):

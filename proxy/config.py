@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .capabilities import ModelCapabilities
 from .cluster.state import BreakerParams, QuotaParams
 from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
 
@@ -110,6 +111,9 @@ class ModelSettings:
     backoff_max: float = field(default=2.0, metadata={"min": 0.0})
     """Retry n waits a random time up to min(backoff_max, backoff_initial * 2**n)."""
     breaker: BreakerParams = field(default_factory=BreakerParams)
+    capabilities: ModelCapabilities = field(default_factory=ModelCapabilities)
+    """Token limits and unsupported request features, so a fallback that cannot serve a
+    request is skipped; limits not configured are learned from the upstream's models.get."""
     requests_per_minute: int | None = field(default=None, metadata={"min": 1})
     tokens_per_minute: int | None = field(default=None, metadata={"min": 1})
     """Optional cluster-wide budget, enforced before the provider's own quota (one Redis round

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -22,13 +23,15 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
+from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
 from .config import ModelSettings, Settings
 from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
-from .gemini.features import continuation_body
+from .gemini.features import RequestNeeds, continuation_body, needs_of_body
 from .gemini.paths import GeminiPath
 from .gemini.quota import RateLimit, parse_rate_limit, shed_body
+from .gemini.schema import check_json_answer, json_answer_problem
 from .headers import (
     UPLOAD_URL_HEADER,
     Headers,
@@ -59,6 +62,10 @@ ROUTED_METHODS = frozenset(
 )
 # An upstream error body kept to relay later if no other model answers (Google's are < 2 KiB).
 MAX_KEPT_ERROR_BYTES = 64 * 1024
+# How long a request that met "input too long" waits to learn the other models' limits.
+LIMIT_LOOKUP_WAIT = 2.0
+# A JSON-mode answer is held whole to be checked before it is sent.
+MAX_CHECKED_ANSWER_BYTES = 32 * 1024 * 1024
 
 MODEL_HEADER = b"x-gemini-breaker-model"
 FALLBACKS_HEADER = b"x-gemini-breaker-fallbacks"
@@ -81,6 +88,10 @@ class _Failed:
     """Set for a 429: the request is answered with it (or waits it out), never failed over."""
     retry_after: float = 0.0
     """For a 429: seconds until the scope may be tried again."""
+    larger: str | None = None
+    """For a 400 "input too long": the larger-context model of the chain to try instead."""
+    answer_now: bool = False
+    """A kept answer that goes to the client as it is (a 4xx), with no further attempts."""
 
 
 class Exchange:
@@ -97,6 +108,7 @@ class Exchange:
         path: GeminiPath,
         body: bytes | AsyncIterable[bytes],
         deadline: float,
+        capabilities: CapabilityLookup,
     ) -> None:
         self.upstream = upstream
         self.coordinator = coordinator
@@ -116,6 +128,7 @@ class Exchange:
         """Digest of the credential this request uses: its 429 conditions are its own."""
         self._finishing = False
         self._sse = path.method == "streamGenerateContent" and b"alt=sse" in scope["query_string"]
+        self.capabilities = capabilities
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -166,12 +179,22 @@ class Exchange:
     async def _route(self, requested: str) -> None:
         chain = self.settings.chain_for(requested)
         self.budget.record_request()
+        self.capabilities.look_up(chain, self._upstream_headers(), self.scope["query_string"])
         last: _Failed | None = None
         skipped: list[str] = []
         spill_to: str | None = None
-        for position, model in enumerate(chain):
+        jumped_to: str | None = None
+        position = -1
+        while position + 1 < len(chain):
+            position += 1
+            model = chain[position]
             if self.remaining() <= 0 or (last is not None and last.final):
                 break
+            if position > 0 and model != jumped_to:
+                reason = self.capabilities.registry.can_serve(model, self.needs)
+                if reason is not None:  # semantic drift: never a degraded answer
+                    log.info("skipping %s for this request: %s", model, reason)
+                    continue
             if model != spill_to:
                 shed = await self._gate(model)
                 if shed is not None:
@@ -194,6 +217,15 @@ class Exchange:
             failed = await self._try_model(admission, position)
             if failed is None:
                 return
+            if failed.larger is not None and jumped_to is None:
+                # Input too long for this model: once, to a larger-context model of the chain.
+                jumped_to = failed.larger
+                position = chain.index(failed.larger) - 1
+                last = failed
+                continue
+            if failed.answer_now:
+                await self._send_failure(failed)
+                return
             last = failed
         if last is not None:
             await self._send_failure(last)
@@ -201,6 +233,24 @@ class Exchange:
             await self._send_error(504, "The request's deadline passed before any model answered.")
         else:
             await self._send_unavailable(requested, skipped)
+
+    @functools.cached_property
+    def _checks_json(self) -> bool:
+        """A unary answer to a JSON-mode request is checked before it is sent."""
+        if self.path.method != "generateContent" or not isinstance(self.body, bytes):
+            return False
+        return b"application/json" in self.body and self.needs.expects_json
+
+    def _upstream_headers(self) -> Headers:
+        scope = self.scope
+        return upstream_request_headers(
+            scope["headers"], scope["query_string"], self.settings.upstream.api_key
+        )
+
+    @functools.cached_property
+    def needs(self) -> RequestNeeds:
+        """What the request needs from a model (parsed once, only when a fallback is weighed)."""
+        return needs_of_body(self._body_bytes)
 
     async def _gate(self, model: str) -> Shed | None:
         """The quota checks before a model is tried: cooldown, pacing, throttle (no Redis
@@ -230,7 +280,7 @@ class Exchange:
                     return None
                 tries -= 1  # a 429 is not a failed try of the model
                 continue
-            if failed is None or failed.final:
+            if failed is None or failed.final or failed.answer_now or failed.larger:
                 return failed
             if admission.probe or tries >= limits.max_attempts:
                 return failed
@@ -285,6 +335,10 @@ class Exchange:
         if verdict is Verdict.FAILURE:
             self.coordinator.record(admission, Verdict.FAILURE)
             return await self._keep_failure(model, response, attempt_limits)
+        if response.status_code == 400:
+            return await self._client_error(admission, response, attempt_limits)
+        if verdict is Verdict.SUCCESS and self._checks_json:
+            return await self._checked_json(admission, response, attempt_limits, position)
         if verdict is Verdict.CREDENTIAL:
             self.coordinator.credential_alerts[model] += 1
             log.warning(
@@ -305,6 +359,63 @@ class Exchange:
         self.coordinator.record(admission, verdict if completed else Verdict.FAILURE)
         return None
 
+    async def _client_error(
+        self, admission: Admission, response: httpx.Response, limits: ModelSettings
+    ) -> _Failed:
+        """A 400 goes back as it is, unless it says the input is too long for this model and
+        the chain has a larger-context model: then the request moves there, once."""
+        model = admission.model
+        kept = await self._keep_failure(model, response, limits)
+        registry = self.capabilities.registry
+        too_long = registry.learn_from_error(model, kept.status, kept.body)
+        if too_long is not None:
+            needs = self.needs.with_input_tokens(too_long.token_count or 0)
+            chain = self.settings.chain_for(self.path.model or model)
+            following = list(chain[chain.index(model) + 1 :]) if model in chain else []
+            await self.capabilities.ensure_known(
+                following,
+                self._upstream_headers(),
+                self.scope["query_string"],
+                min(LIMIT_LOOKUP_WAIT, self.remaining()),
+            )
+            larger = registry.larger_context(chain, model, needs)
+            if larger is not None:
+                log.info("input too long for %s: moving the request to %s", model, larger)
+                return dataclasses.replace(kept, larger=larger)
+        return dataclasses.replace(kept, answer_now=True)
+
+    async def _checked_json(
+        self,
+        admission: Admission,
+        response: httpx.Response,
+        limits: ModelSettings,
+        position: int,
+    ) -> _Failed | None:
+        """A JSON-mode answer is read whole and checked against the requested schema before
+        it is sent: an answer that is not valid JSON, or breaks the schema, is a failure of
+        the model and the chain moves on."""
+        model = admission.model
+        kept = await self._keep_failure(model, response, limits, MAX_CHECKED_ANSWER_BYTES)
+        problem = json_answer_problem(kept.body, self.needs)
+        if problem is not None:
+            self.coordinator.record(admission, Verdict.FAILURE)
+            self.coordinator.schema_drift[model] += 1
+            log.warning("schema drift from %s: %s", model, problem)
+            return _Failed(
+                model,
+                error=UpstreamBodyError(
+                    f"The answer from {model} did not match the requested JSON: {problem}",
+                    status=502,
+                ),
+            )
+        self.coordinator.record(admission, Verdict.SUCCESS)
+        self.served_by = model
+        await self._send_failure(
+            dataclasses.replace(kept, status=response.status_code),
+            [(FALLBACKS_HEADER, str(position).encode())],
+        )
+        return None
+
     async def _relay_sse(
         self,
         response: httpx.Response,
@@ -316,6 +427,7 @@ class Exchange:
         """A stream, checked event by event; continued on the next model if it breaks."""
         model = admission.model
         relay = SseRelay(self.upstream, self.coordinator, self.send, self.deadline, self._count)
+        relay.served_by = model
         before_first_byte = await relay.first(response, limits, headers)
         if before_first_byte is not None:
             self.coordinator.record(admission, Verdict.FAILURE)
@@ -325,6 +437,7 @@ class Exchange:
         self.status, self.served_by = 200, model
         if relay.broken is None:
             self.coordinator.record(admission, Verdict.SUCCESS)
+            self._check_streamed_json(relay)
             self._finishing = True
             await relay.finish()
             return None
@@ -342,12 +455,26 @@ class Exchange:
             )
             if await relay.continue_on(continuation, relay.broken):
                 self.served_by = relay.served_by
+                self._check_streamed_json(relay)
                 self._finishing = True
                 await relay.finish()
                 return None
         self._finishing = True
         await relay.fail(relay.broken)
         return None
+
+    def _check_streamed_json(self, relay: SseRelay) -> None:
+        """A streamed JSON answer can only be checked once it is whole, when it has already
+        reached the client: drift is logged and counted, not undone."""
+        if not (isinstance(self.body, bytes) and b"application/json" in self.body):
+            return
+        if not self.needs.expects_json or not relay.delivered.text:
+            return
+        problem = check_json_answer(relay.delivered.text, self.needs)
+        if problem is not None:
+            model = relay.served_by or "?"
+            self.coordinator.schema_drift[model] += 1
+            log.warning("schema drift in a stream from %s: %s", model, problem)
 
     def _count(self) -> None:
         self.attempts += 1
@@ -367,15 +494,19 @@ class Exchange:
         return await self.coordinator.admit(model)
 
     async def _keep_failure(
-        self, model: str, response: httpx.Response, limits: ModelSettings
+        self,
+        model: str,
+        response: httpx.Response,
+        limits: ModelSettings,
+        most: int = MAX_KEPT_ERROR_BYTES,
     ) -> _Failed:
-        """Read a failed attempt's (small) error body and close it."""
+        """Read a response's body (an error's, or an answer to check) and close it."""
         parts: list[bytes] = []
         size = 0
         try:
             async for chunk in self.upstream.iter_body(response, limits, self.deadline):
                 size += len(chunk)
-                if size > MAX_KEPT_ERROR_BYTES:
+                if size > most:
                     break
                 parts.append(chunk)
         except UpstreamBodyError:
@@ -396,11 +527,9 @@ class Exchange:
         self, path: str, limits: ModelSettings, body: bytes | None = None
     ) -> httpx.Response:
         scope = self.scope
-        headers = upstream_request_headers(
-            scope["headers"], scope["query_string"], self.settings.upstream.api_key
-        )
-        if self._sse:
-            # Events are checked as they pass, so the stream must arrive uncompressed.
+        headers = self._upstream_headers()
+        if self._sse or self._checks_json:
+            # Events and JSON answers are checked as they pass: they must come uncompressed.
             headers = [h for h in headers if h[0] != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
         return await self.upstream.open(
@@ -450,11 +579,13 @@ class Exchange:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def _send_failure(self, failed: _Failed) -> None:
+    async def _send_failure(self, failed: _Failed, more: Headers | None = None) -> None:
+        """Send a kept answer (an upstream error, or a checked answer) or the proxy's error."""
         self.served_by = failed.model
         extra = [
             (MODEL_HEADER, failed.model.encode()),
             (ATTEMPTS_HEADER, str(self.attempts).encode()),
+            *(more or []),
         ]
         if failed.error is not None:
             await self._send_error(failed.error.status, failed.error.message, extra)

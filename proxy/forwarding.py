@@ -22,6 +22,7 @@ from .asgi_io import (
     send_error,
     stream_body,
 )
+from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import Coordinator
 from .config import Settings
 from .exchange import CLIENT_CLOSED, Exchange
@@ -44,6 +45,7 @@ class Forwarder:
         self.settings = settings
         self.upstream: Upstream | None = None
         self.coordinator: Coordinator | None = None
+        self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,6 +110,7 @@ class Forwarder:
             gemini_path,
             body,
             deadline=asyncio.get_running_loop().time() + self._deadline(headers),
+            capabilities=self.capabilities,
         )
         if isinstance(body, bytes):
             await exchange.run_cancelling_on_disconnect(receive)

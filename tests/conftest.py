@@ -69,3 +69,15 @@ def proxy_url(simulator_url: str) -> Iterator[str]:
     )
     with serve(create_app(settings)) as url:
         yield url
+
+
+def calls(
+    simulator: SimulatorControl, model: str | None = None, include_body: bool = False
+) -> list[dict[str, Any]]:
+    """The model calls the simulator saw (POSTs), leaving out the proxy's own background
+    ``GET models/{m}`` look-ups of token limits."""
+    return [
+        attempt
+        for attempt in simulator.attempts(model=model, include_body=include_body)
+        if attempt["method"] == "POST"
+    ]

@@ -23,6 +23,7 @@ from proxy.cluster.keys import Keys
 from proxy.cluster.state import parse_event
 from proxy.simulator.client import SimulatorControl
 
+from .conftest import calls
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
 from .support import free_port, running
@@ -134,7 +135,7 @@ def test_outage_moves_every_replica_to_the_fallback(
 
     simulator.clear_attempts()
     assert set(spread(replicas, 30)) == {(FLASH, FLASH, "1")}
-    assert [a["model"] for a in simulator.attempts()] == [FLASH] * 30  # primary left alone
+    assert [a["model"] for a in calls(simulator)] == [FLASH] * 30  # primary left alone
 
 
 def test_primary_serves_again_after_the_half_open_probes(
@@ -154,7 +155,7 @@ def test_primary_serves_again_after_the_half_open_probes(
     closed = wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "closed")
     closed_at = closed[0]["breakers"][PRO]["since_ms"] / 1000
     trips = closed[0]["breakers"][PRO]["trips"]
-    before_close = [a for a in simulator.attempts(model=PRO) if a["wall"] < closed_at - 0.001]
+    before_close = [a for a in calls(simulator, model=PRO) if a["wall"] < closed_at - 0.001]
     # Only probe permits reached the primary while it was not closed: at most N per half-open.
     assert len(before_close) <= BREAKER["half_open_probes"] * max(trips, 1)
     assert {served for served, _, _ in spread(replicas, 9)} == {PRO}
@@ -311,7 +312,7 @@ def test_a_rate_limit_storm_is_shed_not_failed_over(
     storm.join(60)
 
     assert raised is not None and raised.code == 429 and raised.status == "RESOURCE_EXHAUSTED"
-    seen = simulator.attempts()
+    seen = calls(simulator)
     assert not [a for a in seen if a["model"] == FLASH]  # no failover stampede
     limited = [a["wall"] for a in seen if a["status"] == 429]
     assert limited, "the storm never reached the quota"
@@ -363,4 +364,4 @@ def test_a_model_budget_is_shared_by_the_whole_cluster(
     assert {r.headers.get("x-gemini-breaker-shed") for r in answers if r.status_code == 429} == {
         "budget"
     }
-    assert len(simulator.attempts(model=PRO)) == len(served)
+    assert len(calls(simulator, model=PRO)) == len(served)

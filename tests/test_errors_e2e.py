@@ -18,7 +18,7 @@ from google.genai import errors
 from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import proxy_settings
+from .conftest import calls, proxy_settings
 from .support import free_port, serve
 from .test_sdk_e2e import sdk
 
@@ -112,7 +112,7 @@ def test_oversized_body_is_refused_before_going_upstream(
         sdk(proxy_url).models.generate_content(model=MODEL, contents=huge)
     assert caught.value.code == 413
     assert "exceeds the limit: 262144 bytes" in (caught.value.message or "")
-    assert simulator.attempts() == []
+    assert calls(simulator) == []
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: the limit applies while reading
         for _ in range(300):
@@ -125,7 +125,7 @@ def test_oversized_body_is_refused_before_going_upstream(
     )
     assert response.status_code == 413
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
-    assert simulator.attempts() == []
+    assert calls(simulator) == []
     still_serves(proxy_url)
 
 

@@ -15,7 +15,7 @@ from google.genai import errors, types
 from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import proxy_settings
+from .conftest import calls, proxy_settings
 from .support import serve
 from .test_sdk_e2e import sdk
 
@@ -58,7 +58,7 @@ def served(response: Any) -> tuple[str, str, str]:
 
 
 def models_tried(simulator: SimulatorControl) -> list[str]:
-    return [a["model"] for a in simulator.attempts()]
+    return [a["model"] for a in calls(simulator)]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_every_model_open_sheds_with_retry_after(proxy: str, simulator: Simulato
     assert response.status_code == 503
     assert response.json()["error"]["status"] == "UNAVAILABLE"
     assert 1 <= int(response.headers["retry-after"]) <= 30
-    assert simulator.attempts() == []
+    assert calls(simulator) == []
 
 
 def test_client_deadline_caps_the_request(proxy: str, simulator: SimulatorControl) -> None:

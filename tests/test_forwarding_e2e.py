@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import proxy_settings
+from .conftest import calls, proxy_settings
 from .support import free_port, serve
 from .test_sdk_e2e import sdk
 
@@ -25,7 +25,7 @@ BODY = b'{"contents": [{"parts": [{"text": "hello"}], "role": "user"}]}'
 
 
 def key_digest_seen(simulator: SimulatorControl) -> str:
-    (attempt,) = simulator.attempts()
+    (attempt,) = calls(simulator)
     simulator.clear_attempts()
     digest: str = attempt["key_digest"]
     return digest

@@ -13,7 +13,7 @@ from google.genai import errors
 from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import proxy_settings
+from .conftest import calls, proxy_settings
 from .support import free_port, serve
 from .test_sdk_e2e import sdk
 
@@ -39,7 +39,7 @@ def post(url: str, key: str, timeout: str | None = None) -> httpx.Response:
 
 
 def attempts(simulator: SimulatorControl) -> list[tuple[str, int | None]]:
-    return [(a["model"], a["status"]) for a in simulator.attempts()]
+    return [(a["model"], a["status"]) for a in calls(simulator)]
 
 
 def test_a_429_is_relayed_then_the_scope_is_shed_locally(
@@ -80,7 +80,7 @@ def test_a_short_delay_is_waited_out_and_retried(proxy: str, simulator: Simulato
     simulator.set_faults(PRO, [{"kind": "rate_limited", "retry_delay": 2, "times": 1}])
     response = sdk(proxy, key="key-wait").models.generate_content(model=PRO, contents="hi")
     assert response.text
-    first, second = simulator.attempts()
+    first, second = calls(simulator)
     assert (first["status"], second["status"]) == (429, 200)
     assert second["wall"] - first["wall"] >= 1.9  # no earlier than the delay Google asked for
 
@@ -116,7 +116,7 @@ def test_different_keys_are_limited_independently(proxy: str, simulator: Simulat
     calm = [post(proxy, "key-calm").status_code for _ in range(2)]
     assert 429 in busy
     assert calm == [200, 200]
-    assert not [a for a in simulator.attempts() if a["model"] == FLASH]
+    assert not [a for a in calls(simulator) if a["model"] == FLASH]
 
 
 def test_shedding_works_with_redis_down(simulator_url: str, simulator: SimulatorControl) -> None:
@@ -144,7 +144,7 @@ def test_a_cluster_budget_sheds_before_the_provider_does(
     shed = [r for r in answers if r.status_code == 429]
     assert 1 <= len(served) <= 2  # 60 per minute: one a second, a burst of one
     assert shed and {r.headers["x-gemini-breaker-shed"] for r in shed} == {"budget"}
-    assert len(simulator.attempts()) == len(served)  # the shed ones never went upstream
+    assert len(calls(simulator)) == len(served)  # the shed ones never went upstream
 
 
 def test_spillover_is_opt_in_and_bounded_by_the_next_models_budget(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import enum
 import io
 import json
 import math
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
+from pydantic import BaseModel, ValidationError
 
 from proxy.config import ConfigError
 from proxy.simulator import (
@@ -23,8 +26,10 @@ from proxy.simulator import (
     TransportUnavailableError,
     build_simulator_config,
     create_simulator_app,
+    jsonmode,
     load_simulator_config,
 )
+from proxy.simulator.catalogue import default_catalogue
 from proxy.simulator.client import SimulatorControl, SimulatorControlError
 from proxy.simulator.config import QuotaSpec
 from proxy.simulator.quota import QuotaBook
@@ -34,6 +39,7 @@ from tests.support import serve
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"
 PRO = "gemini-2.5-pro"
+LITE = "gemini-2.5-flash-lite"
 HELLO = {"contents": [{"role": "user", "parts": [{"text": "Tell me about circuit breakers"}]}]}
 GENERATE = f"/v1beta/models/{FLASH}:generateContent"
 SSE = f"/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
@@ -680,6 +686,473 @@ def test_reset_without_reachable_transport_fails_loudly() -> None:
 
     with pytest.raises(TransportUnavailableError):
         anyio.run(call)
+
+
+# Model-independent answers and continuation -----------------------------------------------
+
+
+def text_of(response: dict[str, Any]) -> str:
+    text: str = response["candidates"][0]["content"]["parts"][0]["text"]
+    return text
+
+
+def streamed_text(events: list[dict[str, Any]]) -> str:
+    return "".join(
+        part.get("text", "")
+        for event in events
+        for part in event["candidates"][0].get("content", {}).get("parts", [])
+    )
+
+
+def sse_chunks(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    return [json.loads(event) for event in sse_events(response.content)]
+
+
+def continuing(body: dict[str, Any], delivered: str) -> dict[str, Any]:
+    """``body`` with the delivered text appended as a trailing model turn (a prefill)."""
+    turn = {"role": "model", "parts": [{"text": delivered}]}
+    return {**body, "contents": [*body["contents"], turn]}
+
+
+def test_answer_text_is_the_same_whichever_model_serves(http: httpx.Client) -> None:
+    answers = {
+        model: http.post(f"/v1beta/models/{model}:generateContent", json=HELLO).json()
+        for model in (FLASH, PRO, LITE, "gemini-3-flash-preview")
+    }
+    assert len({text_of(a) for a in answers.values()}) == 1
+    assert len({json.dumps(a["usageMetadata"]) for a in answers.values()}) == 1
+    assert {m: a["modelVersion"] for m, a in answers.items()} == {m: m for m in answers}
+    assert len({a["responseId"] for a in answers.values()}) == len(answers)
+    for model in (FLASH, PRO):
+        path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+        chunks = sse_chunks(http.post(path, json=HELLO))
+        assert len(chunks) >= 3 and streamed_text(chunks) == text_of(answers[FLASH])
+        assert {c["modelVersion"] for c in chunks} == {model}
+
+
+@pytest.mark.parametrize("split", [0, 1, 20, 33, -1, None])
+def test_a_prefilled_model_turn_is_continued(http: httpx.Client, split: int | None) -> None:
+    whole = text_of(http.post(GENERATE, json=HELLO).json())
+    delivered = whole if split is None else whole[:split]
+    body = continuing(HELLO, delivered)
+    # Another model finishes the answer: prefill + continuation is the whole answer, exactly.
+    path = f"/v1beta/models/{PRO}:generateContent"
+    response = http.post(path, json=body).json()
+    candidate = response["candidates"][0]
+    rest = candidate["content"]["parts"][0]["text"]
+    assert delivered + rest == whole and candidate["finishReason"] == "STOP"
+    # The prefill is prompt: counted, and billed, as input.
+    prompt = math.ceil((len("Tell me about circuit breakers") + len(delivered)) / 4)
+    usage = response["usageMetadata"]
+    assert usage["promptTokenCount"] == prompt
+    assert usage.get("candidatesTokenCount", 0) == math.ceil(len(rest) / 4)
+    assert usage["totalTokenCount"] == prompt + math.ceil(len(rest) / 4)
+    count = http.post(f"/v1beta/models/{PRO}:countTokens", json={"contents": body["contents"]})
+    assert count.json()["totalTokens"] == prompt
+    chunks = sse_chunks(http.post(f"/v1beta/models/{PRO}:streamGenerateContent?alt=sse", json=body))
+    assert streamed_text(chunks) == rest
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["usageMetadata"] == usage
+
+
+def test_a_prefill_that_strays_gets_the_rest_after_the_common_prefix(http: httpx.Client) -> None:
+    whole = text_of(http.post(GENERATE, json=HELLO).json())
+    strayed = continuing(HELLO, whole[:12] + "[not what the model said]")
+    assert text_of(http.post(GENERATE, json=strayed).json()) == whole[12:]
+    # Thought summaries in the model turn are not part of the delivered answer.
+    turn = {"role": "model", "parts": [{"text": "pondering", "thought": True}, {"text": whole[:9]}]}
+    body = {**HELLO, "contents": [*HELLO["contents"], turn]}
+    assert text_of(http.post(GENERATE, json=body).json()) == whole[9:]
+
+
+def test_a_continuation_keeps_the_whole_answers_finish_reason(http: httpx.Client) -> None:
+    body = {**HELLO, "generationConfig": {"maxOutputTokens": 10}}
+    whole = http.post(GENERATE, json=body).json()
+    assert whole["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert len(text_of(whole)) == 40
+    rest = http.post(GENERATE, json=continuing(body, text_of(whole)[:15])).json()
+    assert rest["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert text_of(rest) == text_of(whole)[15:]
+
+
+def test_the_sdk_continues_a_model_turn(base_url: str) -> None:
+    client = sdk(base_url)
+    prompt = "Why do breakers open?"
+    whole = client.models.generate_content(model=FLASH, contents=prompt).text
+    assert whole
+    contents = [
+        types.Content(role="user", parts=[types.Part(text=prompt)]),
+        types.Content(role="model", parts=[types.Part(text=whole[:25])]),
+    ]
+    rest = client.models.generate_content(model=PRO, contents=contents)
+    assert rest.model_version == PRO and whole[:25] + (rest.text or "") == whole
+    chunks = list(client.models.generate_content_stream(model=LITE, contents=contents))
+    assert whole[:25] + "".join(c.text or "" for c in chunks) == whole
+
+
+def test_a_model_without_prefill_support_refuses_a_trailing_model_turn(tmp_path: Path) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text(f"models:\n  {LITE}: {{supports_prefill: false}}\n")
+    config = load_simulator_config(str(path))
+    assert not config.models[LITE].supports_prefill and config.models[FLASH].supports_prefill
+    body = continuing(HELLO, "The simulator")
+    message = "Please ensure that multiturn requests end with a user role or a function response."
+    with serve(create_simulator_app(config)) as url, httpx.Client(base_url=url) as client:
+        headers = {"x-goog-api-key": KEY}
+        for verb in ("generateContent", "streamGenerateContent?alt=sse"):
+            refused = client.post(f"/v1beta/models/{LITE}:{verb}", headers=headers, json=body)
+            assert refused.status_code == 400
+            assert error_of(refused) == {
+                "code": 400,
+                "message": message,
+                "status": "INVALID_ARGUMENT",
+            }
+        lite = f"/v1beta/models/{LITE}:generateContent"
+        assert client.post(lite, headers=headers, json=HELLO).status_code == 200
+        other = client.post(f"/v1beta/models/{FLASH}:generateContent", headers=headers, json=body)
+        assert other.status_code == 200
+        assert "supportsPrefill" not in client.get(f"/v1beta/models/{LITE}", headers=headers).text
+        contents = [
+            types.Content(role="user", parts=[types.Part(text="Hi")]),
+            types.Content(role="model", parts=[types.Part(text="The")]),
+        ]
+        genai_client = sdk(url)  # kept in a variable: a collected client closes its connections
+        with pytest.raises(errors.ClientError) as caught:
+            genai_client.models.generate_content(model=LITE, contents=contents)
+        assert caught.value.code == 400 and caught.value.message == message
+
+
+def test_reject_continuation_fault(http: httpx.Client, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "reject_continuation", "times": 1}])
+    body = continuing(HELLO, "The simulator says")
+    # A request that is not a continuation is served and does not use the fault up.
+    assert http.post(GENERATE, json=HELLO).status_code == 200
+    refused = http.post(SSE, json=body)
+    assert refused.status_code == 400 and error_of(refused)["message"].startswith(
+        "Please ensure that multiturn requests end with a user role"
+    )
+    assert http.post(GENERATE, json=body).status_code == 200  # times: 1, so used up
+    assert [a["fault"] for a in sim.attempts()] == [None, "reject_continuation", None]
+    sim.set_faults(FLASH, [{"kind": "reject_continuation", "message": "no prefill here"}])
+    assert error_of(http.post(GENERATE, json=body))["message"] == "no prefill here"
+    assert http.post(f"/v1beta/models/{PRO}:generateContent", json=body).status_code == 200
+
+
+# Stream endings -------------------------------------------------------------------------------
+
+
+def test_empty_final_chunk(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    unary = http.post(GENERATE, json=HELLO).json()
+    sim.set_faults(FLASH, [{"kind": "empty_final_chunk"}])
+    assert http.post(GENERATE, json=HELLO).json() == unary  # unary calls are not affected
+    chunks = sse_chunks(http.post(SSE, json=HELLO))
+    assert len(chunks) >= 3
+    assert chunks[-1] == {
+        "candidates": [{"finishReason": "STOP", "index": 0}],
+        "usageMetadata": unary["usageMetadata"],
+        "modelVersion": FLASH,
+        "responseId": unary["responseId"],
+    }
+    assert all("finishReason" not in c["candidates"][0] for c in chunks[:-1])
+    assert all(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks[:-1])
+    assert streamed_text(chunks) == text_of(unary)
+    array = http.post(f"/v1beta/models/{FLASH}:streamGenerateContent", json=HELLO).json()
+    assert array == chunks
+    client = sdk(base_url)
+    stream = list(client.models.generate_content_stream(model=FLASH, contents="Hi"))
+    assert "".join(c.text or "" for c in stream) == text_of(
+        http.post(GENERATE, json={"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}).json()
+    )
+    last = stream[-1].candidates
+    assert last is not None and last[0].content is None
+    assert last[0].finish_reason == types.FinishReason.STOP
+    faults = [a["fault"] for a in sim.attempts()]
+    assert faults == [None, None, *["empty_final_chunk"] * 3, None]
+
+
+# JSON mode ------------------------------------------------------------------------------------
+
+
+class Course(enum.Enum):
+    STARTER = "starter"
+    MAIN = "main"
+    DESSERT = "dessert"
+
+
+class Step(BaseModel):
+    order: int
+    action: str
+
+
+class Recipe(BaseModel):
+    name: str
+    minutes: int
+    vegetarian: bool
+    rating: float
+    course: Course
+    tags: list[str]
+    steps: list[Step]
+    note: str | None = None
+
+
+def json_config(**fields: Any) -> dict[str, Any]:
+    return {**HELLO, "generationConfig": {"responseMimeType": "application/json", **fields}}
+
+
+def test_json_mode_with_a_response_schema_through_the_sdk(base_url: str) -> None:
+    client = sdk(base_url)
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_schema=Recipe
+    )
+    reply = client.models.generate_content(model=FLASH, contents="A recipe", config=config)
+    assert isinstance(reply.parsed, Recipe)
+    recipe = Recipe.model_validate_json(reply.text or "", strict=True)
+    assert 1 <= len(recipe.tags) <= 2 and 1 <= len(recipe.steps) <= 2
+    assert list(json.loads(reply.text or "")) == list(Recipe.model_fields)  # propertyOrdering
+    # Same JSON from another model, and the stream carries it in several chunks.
+    other = client.models.generate_content(model=PRO, contents="A recipe", config=config)
+    assert other.text == reply.text
+    chunks = list(
+        client.models.generate_content_stream(model=LITE, contents="A recipe", config=config)
+    )
+    assert len(chunks) >= 3 and "".join(c.text or "" for c in chunks) == reply.text
+    # Another prompt, other values.
+    again = client.models.generate_content(model=FLASH, contents="Another recipe", config=config)
+    assert again.text != reply.text and isinstance(again.parsed, Recipe)
+    listed = types.GenerateContentConfig(
+        response_mime_type="application/json", response_schema=list[Recipe]
+    )
+    many = client.models.generate_content(model=FLASH, contents="Recipes", config=listed)
+    assert isinstance(many.parsed, list) and 1 <= len(many.parsed) <= 2
+
+
+def test_json_mode_with_a_response_json_schema(base_url: str, http: httpx.Client) -> None:
+    schema = Recipe.model_json_schema()
+    assert "$defs" in schema  # $ref, anyOf with null, enum: the parts a generator must follow
+    client = sdk(base_url)
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_json_schema=schema
+    )
+    reply = client.models.generate_content(model=FLASH, contents="A recipe", config=config)
+    Recipe.model_validate_json(reply.text or "", strict=True)
+    # snake_case keys, as Google's parser also accepts them.
+    raw = {
+        **HELLO,
+        "generation_config": {
+            "response_mime_type": "application/json",
+            "response_json_schema": schema,
+        },
+    }
+    assert text_of(http.post(GENERATE, json=raw).json()) == text_of(
+        http.post(GENERATE, json=json_config(responseJsonSchema=schema)).json()
+    )
+
+
+def test_json_mode_openapi_schema_keywords(http: httpx.Client) -> None:
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "size": {"type": "STRING", "format": "enum", "enum": ["S", "M", "L"]},
+            "count": {"type": "INTEGER", "minimum": 10, "maximum": 12},
+            "ratio": {"type": "NUMBER", "minimum": 0, "maximum": 1},
+            "flags": {"type": "ARRAY", "items": {"type": "BOOLEAN"}, "min_items": "3"},
+            "empty": {"type": "OBJECT"},
+            "maybe": {"type": "STRING", "nullable": True},
+        },
+        "property_ordering": ["maybe", "count"],
+        "required": ["size", "count"],
+    }
+    value = json.loads(text_of(http.post(GENERATE, json=json_config(responseSchema=schema)).json()))
+    assert list(value) == ["maybe", "count", "size", "ratio", "flags", "empty"]
+    assert value["size"] in ("S", "M", "L") and 10 <= value["count"] <= 12
+    assert 0 <= value["ratio"] <= 1 and isinstance(value["ratio"], float)
+    assert len(value["flags"]) == 3 and all(isinstance(f, bool) for f in value["flags"])
+    assert value["empty"] == {} and isinstance(value["maybe"], str)
+    scalar = json_config(responseSchema={"type": "INTEGER"})
+    assert isinstance(json.loads(text_of(http.post(GENERATE, json=scalar).json())), int)
+
+
+def test_json_mode_without_a_schema(http: httpx.Client) -> None:
+    plain = text_of(http.post(GENERATE, json=HELLO).json())
+    answer = json.loads(text_of(http.post(GENERATE, json=json_config()).json()))
+    assert answer == {"answer": plain}
+    chunks = sse_chunks(http.post(SSE, json=json_config()))
+    assert len(chunks) >= 3 and json.loads(streamed_text(chunks)) == answer
+    # Another mime type is not JSON mode.
+    other = {**HELLO, "generationConfig": {"responseMimeType": "text/plain"}}
+    assert text_of(http.post(GENERATE, json=other).json()) == plain
+
+
+def test_json_answers_are_continued_like_text(http: httpx.Client) -> None:
+    body = json_config(responseJsonSchema=Recipe.model_json_schema())
+    whole = text_of(http.post(GENERATE, json=body).json())
+    rest = text_of(
+        http.post(f"/v1beta/models/{PRO}:generateContent", json=continuing(body, whole[:30])).json()
+    )
+    assert whole[:30] + rest == whole
+
+
+def test_json_drift_invalid(base_url: str, http: httpx.Client, sim: SimulatorControl) -> None:
+    body = json_config(responseJsonSchema=Recipe.model_json_schema())
+    good = text_of(http.post(GENERATE, json=body).json())
+    sim.set_faults(FLASH, [{"kind": "json_drift", "mode": "invalid", "times": 2}])
+    # Not JSON mode: served as usual, and the fault is not used up.
+    assert text_of(http.post(GENERATE, json=HELLO).json()).startswith(ANSWER_START)
+    broken = http.post(GENERATE, json=body).json()
+    assert broken["candidates"][0]["finishReason"] == "STOP"
+    drifted = text_of(broken)
+    assert good.startswith(drifted) and drifted != good
+    with pytest.raises(ValueError):
+        json.loads(drifted)
+    chunks = sse_chunks(http.post(SSE, json=body))
+    assert streamed_text(chunks) == drifted
+    assert [a["fault"] for a in sim.attempts()] == [None, None, "json_drift", "json_drift"]
+    assert text_of(http.post(GENERATE, json=body).json()) == good
+    # A schema-less JSON answer breaks too, and so does a JSON scalar.
+    sim.set_faults(FLASH, [{"kind": "json_drift"}])
+    for config in (json_config(), json_config(responseSchema={"type": "INTEGER"})):
+        with pytest.raises(ValueError):
+            json.loads(text_of(http.post(GENERATE, json=config).json()))
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_schema=Recipe
+    )
+    client = sdk(base_url)
+    reply = client.models.generate_content(model=FLASH, contents="A recipe", config=config)
+    assert reply.parsed is None and reply.text
+
+
+@pytest.mark.parametrize(
+    ("schema", "check"),
+    [
+        # A required property goes missing.
+        (
+            {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}, "required": ["a"]},
+            lambda value: value == {},
+        ),
+        # Nothing required: a property gets the wrong type.
+        (
+            {"type": "object", "properties": {"a": {}, "b": {"type": "integer"}}},
+            lambda value: isinstance(value["a"], str) and not isinstance(value["b"], int),
+        ),
+        # Not an object: the whole value has the wrong type.
+        ({"type": "ARRAY", "items": {"type": "STRING"}}, lambda value: not isinstance(value, list)),
+        (
+            {"type": ["string", "null"]},
+            lambda value: not isinstance(value, str) and value is not None,
+        ),
+        (
+            {"anyOf": [{"type": "string"}, {"type": "object"}]},
+            lambda value: not isinstance(value, str | dict),
+        ),
+    ],
+)
+def test_json_drift_schema(
+    http: httpx.Client, sim: SimulatorControl, schema: dict[str, Any], check: Any
+) -> None:
+    sim.set_faults(FLASH, [{"kind": "json_drift", "mode": "schema"}])
+    value = json.loads(
+        text_of(http.post(GENERATE, json=json_config(responseJsonSchema=schema)).json())
+    )
+    assert check(value), value
+
+
+def test_json_drift_schema_through_the_sdk(base_url: str, sim: SimulatorControl) -> None:
+    sim.set_faults(FLASH, [{"kind": "json_drift", "mode": "schema"}])
+    client = sdk(base_url)
+    config = types.GenerateContentConfig(
+        response_mime_type="application/json", response_schema=Recipe
+    )
+    reply = client.models.generate_content(model=FLASH, contents="A recipe", config=config)
+    value = json.loads(reply.text or "")
+    assert "name" not in value and reply.parsed is None  # the first required property is gone
+    with pytest.raises(ValidationError):
+        Recipe.model_validate(value)
+    healthy = client.models.generate_content(model=PRO, contents="A recipe", config=config)
+    assert {**value, "name": json.loads(healthy.text or "")["name"]} == json.loads(
+        healthy.text or ""
+    )
+
+
+# Input limits -----------------------------------------------------------------------------------
+
+
+def test_input_limit_per_catalogue_model(tmp_path: Path) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_text(f"models:\n  {LITE}: {{input_token_limit: 10}}\n")
+    from_yaml = load_simulator_config(str(path))
+    catalogue = default_catalogue()
+    catalogue[LITE] = dataclasses.replace(catalogue[LITE], input_token_limit=10)
+    assert from_yaml == SimulatorConfig(models=catalogue)
+    long = {"contents": [{"role": "user", "parts": [{"text": "x" * 100}]}]}
+    message = "The input token count (25) exceeds the maximum number of tokens allowed (10)."
+    with serve(create_simulator_app(from_yaml)) as url, httpx.Client(base_url=url) as client:
+        headers = {"x-goog-api-key": KEY}
+        assert client.get(f"/v1beta/models/{LITE}", headers=headers).json()["inputTokenLimit"] == 10
+        for verb in ("generateContent", "streamGenerateContent?alt=sse"):
+            refused = client.post(f"/v1beta/models/{LITE}:{verb}", headers=headers, json=long)
+            assert refused.status_code == 400 and error_of(refused) == {
+                "code": 400,
+                "message": message,
+                "status": "INVALID_ARGUMENT",
+            }
+            served = client.post(f"/v1beta/models/{FLASH}:{verb}", headers=headers, json=long)
+            assert served.status_code == 200
+        # A prefill counts as input too: 5 tokens of prompt and 8 of delivered answer.
+        short = {"contents": [{"role": "user", "parts": [{"text": "x" * 20}]}]}
+        lite = f"/v1beta/models/{LITE}:generateContent"
+        assert client.post(lite, headers=headers, json=short).status_code == 200
+        refused = client.post(lite, headers=headers, json=continuing(short, "y" * 32))
+        assert error_of(refused)["message"] == (
+            "The input token count (13) exceeds the maximum number of tokens allowed (10)."
+        )
+        genai_client = sdk(url)
+        with pytest.raises(errors.ClientError) as caught:
+            genai_client.models.generate_content(model=LITE, contents="x" * 100)
+        assert caught.value.code == 400 and caught.value.message == message
+
+
+def test_json_schema_generator_edge_cases() -> None:
+    seed = b"seed"
+    request = jsonmode.JsonRequest
+    node = {"$ref": "#/$defs/Node"}
+    recursive = {
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": node},
+                },
+                "required": ["name"],
+            }
+        },
+        **node,
+    }
+    text = jsonmode.render(request(recursive), seed, "")
+    assert len(text) < 100_000  # deep down only required properties are filled in
+
+    def names(node: dict[str, Any]) -> int:
+        assert isinstance(node["name"], str)
+        return 1 + sum(names(child) for child in node.get("children", []))
+
+    assert names(json.loads(text)) > 1
+    merged = {
+        "allOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"const": 3}}}]
+    }
+    assert json.loads(jsonmode.render(request(merged), seed, ""))["b"] == 3
+    pair = {
+        "type": "array",
+        "prefixItems": [{"type": "integer"}, {"type": "boolean"}],
+        "maxItems": 2,
+    }
+    first, second = json.loads(jsonmode.render(request(pair), seed, ""))
+    assert isinstance(first, int) and isinstance(second, bool)
+    one = {"type": "array", "items": {"enum": [1, 2]}, "max_items": 1}
+    assert json.loads(jsonmode.render(request(one), seed, "")) in ([1], [2])
+    assert jsonmode.render(request(one), seed, "") == jsonmode.render(request(one), seed, "")
+    assert jsonmode.json_request({"responseMimeType": "text/plain"}) is None
+    assert jsonmode.json_request({"response_mime_type": "application/json"}) == request(None)
 
 
 # Quotas ---------------------------------------------------------------------------------------

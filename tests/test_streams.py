@@ -14,7 +14,7 @@ from google.genai import errors, types
 from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import PASS_THROUGH, proxy_settings
+from .conftest import PASS_THROUGH, calls, proxy_settings
 from .support import serve
 from .test_sdk_e2e import sdk
 
@@ -83,7 +83,7 @@ def test_a_broken_stream_is_completed_by_the_fallback(
     assert chunks[-1].usage_metadata is not None
     continuation = [
         a
-        for a in simulator.attempts(model=FLASH, include_body=True)
+        for a in calls(simulator, model=FLASH, include_body=True)
         if a["api_method"] == "streamGenerateContent"
     ]
     assert len(continuation) == 1
@@ -99,7 +99,7 @@ def test_a_slow_first_chunk_fails_over_before_anything_is_sent(
     chunks = stream(proxy)
     assert {c.model_version for c in chunks} == {FLASH}  # all of it from the fallback
     assert text_of(chunks) == whole_answer(simulator_url)
-    streams = [a for a in simulator.attempts() if a["api_method"] == "streamGenerateContent"]
+    streams = [a for a in calls(simulator) if a["api_method"] == "streamGenerateContent"]
     assert [a["model"] for a in streams] == [PRO, FLASH]
 
 
@@ -130,7 +130,7 @@ def test_a_route_can_choose_to_end_broken_streams_with_an_error(
     ):
         stream(proxy)
     assert "stalled" in (caught.value.message or "")
-    assert simulator.attempts(model=FLASH) == []
+    assert calls(simulator, model=FLASH) == []
 
 
 def test_a_final_chunk_without_parts_completes_the_stream(
@@ -142,7 +142,7 @@ def test_a_final_chunk_without_parts_completes_the_stream(
     assert chunks[-1].candidates is not None
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     assert chunks[-1].usage_metadata is not None
-    streams = [a for a in simulator.attempts() if a["api_method"] == "streamGenerateContent"]
+    streams = [a for a in calls(simulator) if a["api_method"] == "streamGenerateContent"]
     assert [a["model"] for a in streams] == [PRO]  # nothing was continued
 
 
@@ -153,7 +153,7 @@ def test_a_blocked_prompt_streams_through_and_is_not_retried(
     chunks = stream(proxy)
     assert chunks[0].prompt_feedback is not None
     assert chunks[0].prompt_feedback.block_reason is not None
-    assert [a["model"] for a in simulator.attempts()] == [PRO]
+    assert [a["model"] for a in calls(simulator)] == [PRO]
 
 
 def test_sse_passes_through_unchanged_when_healthy(

@@ -107,6 +107,8 @@ class Coordinator:
         self.throttle = AdaptiveThrottle(settings.quota.throttle_k, settings.quota.throttle_window)
         self.quota_alerts: Counter[str] = Counter()
         """Per-day quota 429s per model, since start."""
+        self.schema_drift: Counter[str] = Counter()
+        """JSON-mode answers per model that were not the JSON asked for, since start."""
         self.credential_alerts: Counter[str] = Counter()
         """401/403 answers per model, since start (a credential problem, not a model one)."""
         self._digest = _digest(settings.routes)

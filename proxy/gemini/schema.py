@@ -277,3 +277,25 @@ def _short(value: Any) -> str:
     except (RecursionError, TypeError, ValueError):
         text = type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def json_answer_problem(body: bytes, needs: RequestNeeds) -> str | None:
+    """Why a unary JSON-mode answer (the whole response body) is not the JSON that was asked
+    for, or None. Answers with no text to check (a blocked prompt, a function call) pass."""
+    try:
+        response = json.loads(body)
+    except ValueError:
+        return "the response body is not JSON"
+    candidates = response.get("candidates") if isinstance(response, dict) else None
+    if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
+        return None
+    content = candidates[0].get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    texts = [
+        part["text"]
+        for part in parts or []
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and not part.get("thought")
+    ]
+    if not texts:
+        return None
+    return check_json_answer("".join(texts), needs)

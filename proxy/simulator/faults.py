@@ -132,8 +132,9 @@ class FaultBook:
     def select(self, model: str, method: str, request: RequestTraits, now: float) -> Selection:
         """Draw this request's faults: every matching delay, and the first matching other fault.
 
-        A fault that does not apply (inactive, another method, lost the probability draw)
-        does not use up one of its ``times``.
+        A fault that does not apply (inactive, another method, a request of another sort such
+        as a unary call for a stream-only kind, lost the probability draw) does not use up one
+        of its ``times``.
         """
         faults = self._faults.get(model)
         if not faults:

@@ -1,7 +1,8 @@
 """The Gemini API surface: routing with ``parse_path``, credentials, and every supported call.
 
-Order of checks for a model call: path, credentials, model and method, body, the model's
-input limit, the rate quota (only admitted requests take a slot), then the installed faults.
+Order of checks for a model call: path, credentials, model and method, body (a trailing model
+turn included, for a model without ``supports_prefill``), the model's input limit, the rate
+quota (only admitted requests take a slot), then the installed faults.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ schema the answer is ``{"answer": <the plain-text answer>}``.
 
 Every value comes from a hash of a seed (the prompt) and the value's path in the document, so
 the same prompt gets the same JSON whichever model answers. Every property is filled in,
-arrays get one or two items, enums pick a member.
+arrays get one or two items, enums pick a member. Deep inside a recursive schema only required
+properties and ``minItems`` items are filled in, so the document stays finite.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class _Generator:
     def value(self, schema: Any, path: str, depth: int) -> Any:
         """A value that conforms to ``schema``."""
         schema = self.resolve(schema, depth)
-        if depth > _MAX_DEPTH:
+        if depth > 2 * _MAX_DEPTH:
             return None
         n = self.number(path)
         if "const" in schema:
@@ -132,9 +133,12 @@ class _Generator:
             properties = schema.get("properties")
             if not isinstance(properties, Mapping):
                 return {}
+            names = _ordered(schema, properties)
+            if depth >= _MAX_DEPTH:  # deep in a recursive schema: only what must be there
+                required = schema.get("required")
+                names = [n for n in names if isinstance(required, list) and n in required]
             return {
-                name: self.value(properties[name], f"{path}.{name}", depth + 1)
-                for name in _ordered(schema, properties)
+                name: self.value(properties[name], f"{path}.{name}", depth + 1) for name in names
             }
         if kind == "array":
             return self.array(schema, path, depth, n)
@@ -156,7 +160,7 @@ class _Generator:
             return [self.value(s, f"{path}[{i}]", depth + 1) for i, s in enumerate(prefix)]
         low = _count(get_field(schema, "minItems"))
         high = _count(get_field(schema, "maxItems"))
-        size = 1 + n % 2
+        size = 1 + n % 2 if depth < _MAX_DEPTH else 0
         if high is not None:
             size = min(size, high)
         if low is not None:
@@ -167,13 +171,13 @@ class _Generator:
     def violate(self, schema: Any, value: Any) -> Any:
         """``value`` changed so it no longer conforms: a required property dropped, else a
         property (or the whole value) of the wrong type."""
-        schema = self.resolve(schema, 0)
+        resolved = self.resolve(schema, 0)
         if isinstance(value, dict):
-            required = schema.get("required")
+            required = resolved.get("required")
             for name in required if isinstance(required, list) else ():
                 if name in value:
                     return {key: item for key, item in value.items() if key != name}
-            properties = schema.get("properties")
+            properties = resolved.get("properties")
             for name in value:
                 if isinstance(properties, Mapping) and _constrains(properties.get(name)):
                     return {**value, name: self.wrong(properties[name])}
