@@ -489,6 +489,12 @@ class Exchange:
         return await self._open(self.path.path_for(model), limits, body)
 
     async def _admit_continuation(self, model: str) -> Admission | None:
+        """A model may continue a stream when it can serve the request, accepts a prefill,
+        and its quota and breaker admit it."""
+        reason = self.capabilities.registry.can_continue(model, self.needs)
+        if reason is not None:
+            log.info("%s cannot continue this stream: %s", model, reason)
+            return None
         if self.coordinator.quota_gate(self.credential, model) is not None:
             return None
         return await self.coordinator.admit(model)

@@ -90,6 +90,8 @@ def test_a_broken_stream_is_completed_by_the_fallback(
     contents = json.loads(simulator.body_of(continuation[0]))["contents"]
     assert contents[-1]["role"] == "model"  # the delivered text, as a model turn
     assert whole_answer(simulator_url).startswith(contents[-1]["parts"][0]["text"])
+    simulator.clear_faults()
+    assert text_of(stream(proxy)) == whole_answer(simulator_url)  # and the proxy is healthy
 
 
 def test_a_slow_first_chunk_fails_over_before_anything_is_sent(
@@ -165,3 +167,19 @@ def test_sse_passes_through_unchanged_when_healthy(
     direct = httpx.post(simulator_url + path, json=body, headers={"x-goog-api-key": "k"})
     assert via_proxy.content == direct.content
     assert b": keep" not in via_proxy.content and b"[DONE]" not in via_proxy.content
+
+
+def test_a_fallback_configured_without_prefill_is_not_asked_to_continue(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    simulator.set_faults(PRO, [{"kind": "cut", "after_chunks": 1}])
+    settings = proxy_settings(
+        simulator_url,
+        model_defaults={**PASS_THROUGH, "first_byte_timeout": 1.0, "stall_timeout": 0.5},
+        models={FLASH: {"capabilities": {"supports_prefill": False}}},
+    )
+    with serve(create_app(settings)) as proxy:
+        chunks = stream(proxy)
+    assert chunks[-1].model_version == LITE  # flash was passed over
+    streams = [a["model"] for a in calls(simulator) if a["api_method"] == "streamGenerateContent"]
+    assert streams == [PRO, LITE]
