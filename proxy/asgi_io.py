@@ -41,17 +41,14 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if len(body) > limit:
             raise BodyTooLarge(limit)
         return body
+    if len(body) > limit:
+        raise BodyTooLarge(limit)
     parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        parts.append(chunk)
+    try:
+        async for chunk in stream_body(receive, limit - len(body)):
+            parts.append(chunk)
+    except BodyTooLarge:
+        raise BodyTooLarge(limit) from None
     return b"".join(parts)
 
 
