@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -975,6 +976,55 @@ def numbers(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part]
 
 
+@dataclasses.dataclass
+class BenchCluster:
+    """A private redis-server, the simulator and three proxy replicas, all processes."""
+
+    redis_url: str
+    sim_url: str
+    replicas: list[str]
+    config: dict[str, Any]
+    logs: dict[str, Path]
+
+
+def start_cluster(
+    stack: contextlib.ExitStack, directory: Path, extra: dict[str, Any]
+) -> BenchCluster:
+    """Start everything (stopped when ``stack`` closes); ``extra`` is merged into the config."""
+    redis_url = stack.enter_context(private_redis(directory))
+    sim_port = free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    logs = {"simulator": directory / "simulator.log"}
+    stack.enter_context(
+        proxy_process(
+            ["simulate", "--port", str(sim_port), "--log-level", "warning"],
+            logs["simulator"],
+            simulator_ready(sim_url),
+            "the simulator",
+        )
+    )
+    config: dict[str, Any] = {
+        "upstream": {"base_url": sim_url},
+        "redis": {"url": redis_url, "flush_interval": 0.1, "reconcile_interval": 1.0},
+        "routes": ROUTE,
+        **extra,
+    }
+    config_path = directory / "cluster.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    replicas = []
+    serve_args = ["serve", "--config", str(config_path), "--log-level", "warning"]
+    for index in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        name = f"replica {index + 1}"
+        logs[name] = directory / f"replica-{index + 1}.log"
+        stack.enter_context(
+            proxy_process([*serve_args, "--port", str(port)], logs[name], replica_ready(url), name)
+        )
+        replicas.append(url)
+    return BenchCluster(redis_url, sim_url, replicas, config, logs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", default="1234", help="which figures to run (default 1234)")
@@ -1001,44 +1051,17 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         directory = Path(tmp)
-        redis_url = stack.enter_context(private_redis(directory))
-        sim_port = free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        logs = {"simulator": directory / "simulator.log"}
-        stack.enter_context(
-            proxy_process(
-                ["simulate", "--port", str(sim_port), "--log-level", "warning"],
-                logs["simulator"],
-                simulator_ready(sim_url),
-                "the simulator",
-            )
-        )
         breaker = {} if args.open_seconds is None else {"open_seconds": args.open_seconds}
-        config: dict[str, Any] = {
-            "upstream": {"base_url": sim_url},
-            "redis": {"url": redis_url, "flush_interval": 0.1, "reconcile_interval": 1.0},
-            "routes": ROUTE,
-        }
-        if breaker:
-            config["model_defaults"] = {"breaker": breaker}
-        config_path = directory / "cluster.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        replicas = []
-        serve_args = ["serve", "--config", str(config_path), "--log-level", "warning"]
-        for index in range(3):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            name = f"replica {index + 1}"
-            logs[name] = directory / f"replica-{index + 1}.log"
-            stack.enter_context(
-                proxy_process(
-                    [*serve_args, "--port", str(port)],
-                    logs[name],
-                    replica_ready(url),
-                    name,
-                )
-            )
-            replicas.append(url)
+        bench = start_cluster(
+            stack, directory, {"model_defaults": {"breaker": breaker}} if breaker else {}
+        )
+        replicas, sim_url, redis_url, config, logs = (
+            bench.replicas,
+            bench.sim_url,
+            bench.redis_url,
+            bench.config,
+            bench.logs,
+        )
         print(
             f"redis-server {redis_url} (private), simulator {sim_url}, replicas "
             f"{', '.join(replicas)}\nconfig: {json.dumps(config)}\n"

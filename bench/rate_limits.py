@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,14 +48,10 @@ if str(ROOT) not in sys.path:  # so ``bench.cluster`` imports when run as a scri
 from bench.cluster import (  # noqa: E402
     BODY,
     GENERATE,
-    free_port,
     heading,
     pct,
-    private_redis,
-    proxy_process,
-    replica_ready,
     report_logs,
-    simulator_ready,
+    start_cluster,
     table,
 )
 from proxy.cluster.keys import Keys  # noqa: E402
@@ -65,7 +60,6 @@ from proxy.config import RetryBudgetSettings  # noqa: E402
 from proxy.simulator.client import SimulatorControl  # noqa: E402
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
-ROUTE = {PRO: [PRO, FLASH]}
 API_KEY = "storm-key"
 HEADERS = {"x-goog-api-key": API_KEY, "content-type": "application/json"}
 SHED_HEADER = "x-gemini-breaker-shed"
@@ -805,40 +799,14 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         directory = Path(tmp)
-        redis_url = stack.enter_context(private_redis(directory))
-        sim_port = free_port()
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        logs = {"simulator": directory / "simulator.log"}
-        stack.enter_context(
-            proxy_process(
-                ["simulate", "--port", str(sim_port), "--log-level", "warning"],
-                logs["simulator"],
-                simulator_ready(sim_url),
-                "the simulator",
-            )
+        bench = start_cluster(stack, directory, {"quota": overrides} if overrides else {})
+        replicas, sim_url, redis_url, config, logs = (
+            bench.replicas,
+            bench.sim_url,
+            bench.redis_url,
+            bench.config,
+            bench.logs,
         )
-        config: dict[str, Any] = {
-            "upstream": {"base_url": sim_url},
-            "redis": {"url": redis_url, "flush_interval": 0.1, "reconcile_interval": 1.0},
-            "routes": ROUTE,
-        }
-        if overrides:
-            config["quota"] = overrides
-        config_path = directory / "rate-limits.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        replicas = []
-        serve_args = ["serve", "--config", str(config_path), "--log-level", "warning"]
-        for index in range(3):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            name = f"replica {index + 1}"
-            logs[name] = directory / f"replica-{index + 1}.log"
-            stack.enter_context(
-                proxy_process(
-                    [*serve_args, "--port", str(port)], logs[name], replica_ready(url), name
-                )
-            )
-            replicas.append(url)
         budget = RetryBudgetSettings()
         print(
             f"redis-server {redis_url} (private), simulator {sim_url}, replicas "
