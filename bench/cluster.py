@@ -1007,6 +1007,7 @@ def start_cluster(
         "upstream": {"base_url": sim_url},
         "redis": {"url": redis_url, "flush_interval": 0.1, "reconcile_interval": 1.0},
         "routes": ROUTE,
+        "admin": {"allow_unauthenticated_loopback": True},  # /admin/state polled from loopback
         **extra,
     }
     config_path = directory / "cluster.yaml"

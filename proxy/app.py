@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .admin import AdminAuth, state_document
+from .admin import AdminApi, AdminAuth
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
@@ -35,7 +35,8 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
     the app's lifespan; nothing is connected before it starts."""
     forwarder = Forwarder(settings)
     replica = replica or f"{socket.gethostname()}:{os.getpid()}"
-    auth = AdminAuth(settings.admin.token)
+    auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
+    admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -49,6 +50,14 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
                 "with other replicas (embedded single-replica store)"
             )
         await coordinator.start()
+        log.info(
+            "admin API: %s",
+            {
+                "token": "bearer token required",
+                "loopback": "no token; open to unauthenticated callers on loopback only",
+                "disabled": "disabled (set admin.token or GEMINI_BREAKER_ADMIN_TOKEN)",
+            }[auth.mode],
+        )
         async with Upstream.create_client(settings.upstream) as client:
             forwarder.upstream = Upstream(settings.upstream, client)
             forwarder.capabilities.upstream = forwarder.upstream
@@ -83,20 +92,11 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
             {"status": "ready", "store": "degraded" if coordinator.degraded else "ok"}
         )
 
-    async def admin_state(request: Request) -> Response:
-        refusal = auth.check(request)
-        if refusal is not None:
-            return refusal
-        coordinator = forwarder.coordinator
-        if coordinator is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse(state_document(coordinator))
-
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/admin/state", admin_state, methods=["GET"]),
+            Route("/admin/{rest:path}", admin),  # every method: AdminApi checks access first
             Route("/{path:path}", forwarder),
         ],
         lifespan=lifespan,

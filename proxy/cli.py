@@ -1,4 +1,5 @@
-"""The ``gemini-breaker`` command: ``serve`` runs the proxy, ``simulate`` the fake Gemini."""
+"""The ``gemini-breaker`` command: ``serve`` runs the proxy, ``simulate`` the fake Gemini,
+``admin`` reads and steers a running proxy through its admin API."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
-
-from . import __version__
+from . import __version__, admin_cli
 from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
 from .logs import configure_logging
 
@@ -22,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "admin":
+            return admin_cli.run(args)
         return _simulate(args)
     except ConfigError as exc:
         print(f"gemini-breaker: configuration error: {exc}", file=sys.stderr)
@@ -49,10 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="info"
     )
+    admin_cli.add_parser(commands)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
     from .app import create_app
 
     server: dict[str, Any] = {
@@ -90,6 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import uvicorn
+
     from .simulator import create_simulator_app, load_simulator_config
 
     config = load_simulator_config(args.config)

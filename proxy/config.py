@@ -84,7 +84,10 @@ class RedisSettings:
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     token: str | None = field(default=None, repr=False)
-    """Bearer token for ``/admin``; unset leaves the admin endpoints open."""
+    """Bearer token for ``/admin``; unset disables the admin API (see below)."""
+    allow_unauthenticated_loopback: bool = False
+    """Without a token, allow unauthenticated admin calls from 127.0.0.1 / ::1 (local use
+    only: in a sidecar the application shares loopback). Ignored when a token is set."""
 
 
 @dataclass(frozen=True, slots=True)

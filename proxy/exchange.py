@@ -177,7 +177,7 @@ class Exchange:
     # -- routed calls: admission, retries, failover -------------------------------------------
 
     async def _route(self, requested: str) -> None:
-        chain = self.settings.chain_for(requested)
+        chain = self.coordinator.chain_for(requested)
         self.budget.record_request()
         self.capabilities.look_up(chain, self._upstream_headers(), self.scope["query_string"])
         last: _Failed | None = None
@@ -370,7 +370,7 @@ class Exchange:
         too_long = registry.learn_from_error(model, kept.status, kept.body)
         if too_long is not None:
             needs = self.needs.with_input_tokens(too_long.token_count or 0)
-            chain = self.settings.chain_for(self.path.model or model)
+            chain = self.coordinator.chain_for(self.path.model or model)
             following = list(chain[chain.index(model) + 1 :]) if model in chain else []
             await self.capabilities.ensure_known(
                 following,
@@ -445,7 +445,7 @@ class Exchange:
         log.warning("stream from %s broke after it started: %s", model, relay.broken.message)
         requested = self.path.model or model
         if self.settings.on_stream_break(requested) == "continue" and isinstance(self.body, bytes):
-            chain = self.settings.chain_for(requested)
+            chain = self.coordinator.chain_for(requested)
             continuation = Continuation(
                 models=list(chain[position + 1 :]),
                 build_body=lambda text: continuation_body(self._body_bytes, text),

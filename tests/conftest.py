@@ -53,6 +53,8 @@ def proxy_settings(upstream_url: str, **sections: Any) -> Any:
         "routes": ROUTES,
         "model_defaults": PASS_THROUGH,
         "quota": {"max_retry_wait": 0},  # a 429 goes straight back to the client
+        # Tests read /admin/* from loopback without a token (the default disables the API).
+        "admin": {"allow_unauthenticated_loopback": True},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

@@ -45,7 +45,11 @@ from proxy.cluster import (
     parse_event,
 )
 from proxy.cluster.state import (
+    AuditEntry,
+    Pin,
+    PinChange,
     QuotaParams,
+    ReplicaSeen,
     change_to_json,
     parse_any_event,
     snapshot_from_json,
@@ -236,6 +240,9 @@ def test_keys_share_one_slot() -> None:
         keys.route_digests,
         keys.active,
         keys.events,
+        keys.pins,
+        keys.audit,
+        keys.replicas,
     ]
     assert all(name.startswith("gb:{prod}:") for name in names)
     assert len(set(names)) == len(names)
@@ -788,3 +795,184 @@ async def test_the_share_is_cut_at_most_once_per_interval(store: BreakerStore) -
     await store.quota_feedback("p", "m", 0.001, False, "", patient)
     await anyio.sleep(0.01)
     assert (await store.quota_feedback("p", "m", 0.001, False, "", patient)).quota.scale > 0.49
+
+
+# Operator surface: pins, the audit stream, heartbeats
+
+
+async def audit_of(store: BreakerStore, limit: int = 100) -> list[AuditEntry]:
+    return await store.audit(limit)
+
+
+async def test_a_pin_picks_the_active_model_while_its_breaker_admits(store: BreakerStore) -> None:
+    p = params()
+    await store.register_routes({"pro": ["a", "b", "c"], "other": ["b"]}, "r1", "d1", {})
+    pinned = await store.pin("pro", "b", 60, "alice", "a is slow", via="replica-1")
+    assert pinned.changed and pinned.action == "pin" and pinned.route == "pro"
+    assert pinned.pin == Pin("pro", "b", pinned.now_ms + 60_000, pinned.now_ms, "alice",
+                             "a is slow", pinned.epoch)  # fmt: skip
+    assert pinned.active == {"pro": ActiveModel("pro", "b", pinned.epoch)}
+    snapshot = await store.snapshot()
+    assert snapshot.pins == {"pro": pinned.pin}
+    assert snapshot.active["pro"].model == "b" and snapshot.epoch == pinned.epoch
+
+    # The breaker still guards the pinned model: not admitting, the chain decides.
+    forced = await store.force("b", "force_open", "ops", "broken", p)
+    assert {r: a.model for r, a in forced.active.items()} == {"pro": "a", "other": None}
+    closed = await store.force("b", "close", "ops", "fixed", p)
+    assert {r: a.model for r, a in closed.active.items()} == {"pro": "b", "other": "b"}
+    opened(await store.force("b", "open", "ops", "drill", p))
+    assert (await store.snapshot()).active["pro"].model == "a"
+    await store.force("b", "reset", "ops", "", p)
+
+    # A new pin replaces the old one; unpinning goes back to the chain.
+    again = await store.pin("pro", "c", 60, "bob", "try c")
+    assert again.epoch > pinned.epoch and again.active["pro"].model == "c"
+    unpinned = await store.unpin("pro", "carol", "done")
+    assert unpinned.changed and unpinned.pin is None and unpinned.epoch > again.epoch
+    assert unpinned.active == {"pro": ActiveModel("pro", "a", unpinned.epoch)}
+    assert (await store.snapshot()).pins == {}
+    # Unpinning a route without a pin changes nothing (still audited).
+    nothing = await store.unpin("pro", "carol", "again")
+    assert not nothing.changed and nothing.active == {} and nothing.epoch == unpinned.epoch
+
+
+async def test_pins_are_validated(store: BreakerStore) -> None:
+    await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    with pytest.raises(StoreError, match="not in the chain"):
+        await store.pin("pro", "z", 60, "ops", "")
+    with pytest.raises(StoreError, match="unknown route"):
+        await store.pin("nope", "a", 60, "ops", "")
+    for ttl in (0, -1, 7 * 86400 + 1):
+        with pytest.raises(ValueError):
+            await store.pin("pro", "a", ttl, "ops", "")
+    assert (await store.snapshot()).pins == {}
+
+
+async def test_an_expired_pin_is_dropped_by_the_snapshot(backend: Backend) -> None:
+    store = backend.store
+    await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    pinned = await store.pin("pro", "b", 0.05, "ops", "short")
+    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(backend.keys.events)
+    try:
+        await wait_for_redis_time(store, pinned.pin.until_ms if pinned.pin else 0)
+        snapshot = await store.snapshot()
+        assert snapshot.pins == {}
+        assert snapshot.active["pro"].model == "a"
+        assert snapshot.active["pro"].epoch == snapshot.epoch > pinned.epoch
+        deadline = time.monotonic() + DEADLINE
+        event = None
+        while not isinstance(event, PinChange):
+            assert time.monotonic() < deadline, "no expiry event"
+            message = await listener.get_message(timeout=1.0)
+            if message is not None:
+                event = parse_any_event(message["data"])
+        assert (event.action, event.pin, event.changed) == ("expire", None, True)
+        assert event.active["pro"] == snapshot.active["pro"]
+    finally:
+        await listener.aclose()
+    [expired, *_] = await audit_of(store)
+    assert (expired.action, expired.target, expired.by) == ("pin_expired", "pro", "gemini-breaker")
+    assert expired.result == {"unpinned": "b", "active": {"pro": "a"}}
+    assert "short" in expired.reason
+
+
+async def test_pin_changes_are_published(backend: Backend) -> None:
+    await backend.store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(backend.keys.events)
+    try:
+        answers = [
+            await backend.store.pin("pro", "b", 60, "ops", "why"),
+            await backend.store.unpin("pro", "ops", "why"),
+        ]
+        await backend.store.unpin("pro", "ops", "nothing to do: not published")
+        events: list[Any] = []
+        deadline = time.monotonic() + DEADLINE
+        while len(events) < 2:
+            assert time.monotonic() < deadline
+            message = await listener.get_message(timeout=1.0)
+            if message is not None:
+                events.append(parse_any_event(message["data"]))
+        assert events == answers
+        assert await listener.get_message(timeout=0.2) is None
+    finally:
+        await listener.aclose()
+
+
+async def test_operator_actions_are_audited_in_the_same_step(store: BreakerStore) -> None:
+    p = params()
+    await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    forced = await store.force("a", "force_open", "alice", "maintenance", p, via="replica-1")
+    pinned = await store.pin("pro", "b", 600, "bob", "move", via="replica-2")
+    await store.unpin("pro", "carol", "back", via="replica-3")
+    reset = await store.force("a", "reset", "dave", "done", p)
+    entries = await audit_of(store)
+    assert [(e.action, e.target, e.by, e.reason, e.via) for e in entries] == [
+        ("reset", "a", "dave", "done", ""),
+        ("unpin", "pro", "carol", "back", "replica-3"),
+        ("pin", "pro", "bob", "move", "replica-2"),
+        ("force_open", "a", "alice", "maintenance", "replica-1"),
+    ]
+    assert forced.breaker is not None and reset.breaker is not None
+    assert entries[3].epoch == forced.breaker.epoch and entries[0].epoch == reset.breaker.epoch
+    assert entries[3].result == {
+        "state": "forced_open",
+        "open_until_ms": 0,
+        "trips": 0,
+        "active": {"pro": "b"},
+    }
+    assert entries[2].result == {
+        "model": "b",
+        "until_ms": pinned.pin.until_ms if pinned.pin else 0,
+        "active": {"pro": "b"},
+    }
+    assert entries[1].result == {"unpinned": "b", "active": {"pro": "b"}}  # a is still forced
+    # The entry's time is Redis's: the stream ID (taken a moment later) agrees, newest first.
+    assert all(0 <= int(e.id.split("-")[0]) - e.at_ms < 1000 for e in entries)
+    assert [e.at_ms for e in entries] == sorted((e.at_ms for e in entries), reverse=True)
+    assert [e.action for e in await audit_of(store, limit=2)] == ["reset", "unpin"]
+
+
+@pytest.mark.redis
+async def test_the_audit_stream_is_capped(real_redis: RedisServer) -> None:
+    client = Redis.from_url(real_redis.url)
+    try:
+        keys = Keys(f"cap-{uuid.uuid4().hex[:8]}")
+        store = BreakerStore(client, keys)
+        for i in range(1300):
+            await store.force("a", "disable" if i % 2 else "reset", "ops", f"{i}", params())
+        length = await client.xlen(keys.audit)
+        assert 1000 <= length < 1300  # MAXLEN ~ 1000 trims whole nodes
+        assert (await store.audit(1))[0].reason == "1299"
+    finally:
+        await client.aclose()
+
+
+async def test_heartbeats_list_the_replicas_and_forget_silent_ones(backend: Backend) -> None:
+    store = backend.store
+    first = await store.heartbeat("r1", "d1", 600)
+    assert first.replicas == (ReplicaSeen("r1", first.now_ms, "d1"),)
+    second = await store.heartbeat("r2", "d2", 600)
+    assert {(r.replica, r.digest) for r in second.replicas} == {("r1", "d1"), ("r2", "d2")}
+    assert (await store.snapshot()).digests == {"r1": "d1", "r2": "d2"}
+    await anyio.sleep(0.02)
+    third = await store.heartbeat("r2", "d3", 0.01)  # r1 has been silent longer than that
+    assert third.replicas == (ReplicaSeen("r2", third.now_ms, "d3"),)
+    assert (await store.snapshot()).digests == {"r2": "d3"}
+
+
+async def test_seeding_carries_the_pins(backend: Backend) -> None:
+    store = backend.store
+    await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    pinned = await store.pin("pro", "b", 600, "ops", "keep")
+    snapshot = await store.snapshot()
+    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
+    other = BreakerStore(backend.redis, Keys(backend.namespace + "-seeded"))
+    seeded = await other.seed(snapshot)
+    assert seeded.pins == {"pro": pinned.pin}
+    assert seeded.active["pro"].model == "b"
+    # The seeded store's own scripts honour the pin.
+    forced = await other.force("a", "force_open", "ops", "", params())
+    assert forced.active["pro"].model == "b"

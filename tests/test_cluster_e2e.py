@@ -68,6 +68,7 @@ def cluster(redis_server: RedisServer, simulator_url: str, tmp_path: Path) -> It
                 },
                 "models": models or {},
                 "routes": {PRO: [PRO, FLASH]},
+                "admin": {"allow_unauthenticated_loopback": True},
             }
             path = tmp_path / "cluster.yaml"
             path.write_text(yaml.safe_dump(config))

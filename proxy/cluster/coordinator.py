@@ -37,9 +37,12 @@ from .state import (
     FORCED_OPEN,
     HALF_OPEN,
     OPEN,
+    AuditEntry,
     BreakerParams,
     Change,
+    Heartbeat,
     Outcome,
+    PinChange,
     QuotaChange,
     QuotaState,
     Snapshot,
@@ -56,6 +59,8 @@ T = TypeVar("T")
 CLOCK_TOLERANCE = 0.05
 # A replica asks Redis about a non-admitting breaker at most this often per model.
 ASK_INTERVAL_MS = 100.0
+# A replica not heard from for this long is dropped from the replicas set.
+REPLICA_FORGET_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,10 @@ class Coordinator:
         self.credential_alerts: Counter[str] = Counter()
         """401/403 answers per model, since start (a credential problem, not a model one)."""
         self._digest = _digest(settings.routes)
+        self.heartbeat_seen: Heartbeat | None = None
+        """The replicas the last heartbeat saw (None until the first one answered)."""
+        self.config_drift = False
+        """Live replicas disagree on the routes digest (logged when it starts and ends)."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -193,6 +202,18 @@ class Coordinator:
             return None
         granted = acquired.change.breaker
         return Admission(model, granted.epoch, probe=granted.state == HALF_OPEN)
+
+    def chain_for(self, route: str) -> tuple[str, ...]:
+        """The chain a request for ``route`` walks: the configured one, or, while an operator
+        pin holds, the pinned model first and then the rest of the chain in order (the
+        pinned model's breaker still decides whether it is tried). Reads the mirror only."""
+        chain = self.settings.chain_for(route)
+        if not self.mirror.pins:
+            return chain
+        pin = self.mirror.pin(route)
+        if pin is None or pin.model not in chain or chain[0] == pin.model:
+            return chain
+        return (pin.model, *(m for m in chain if m != pin.model))
 
     def still_admits(self, admission: Admission) -> bool:
         """Whether a retry on the same model may go ahead (its breaker has not moved on)."""
@@ -423,8 +444,95 @@ class Coordinator:
 
     async def _reconcile_forever(self) -> None:
         while True:
+            await self.heartbeat()
             await asyncio.sleep(self.settings.redis.reconcile_interval)
             await self.reconcile()
+
+    # -- operator surface ---------------------------------------------------------------------
+
+    @property
+    def routes_digest(self) -> str:
+        """Digest of this replica's routes (replicas that disagree are in config drift)."""
+        return self._digest
+
+    @property
+    def replica_alive_seconds(self) -> float:
+        """A replica heard from within this many seconds counts as alive."""
+        return max(10.0, 5 * self.settings.redis.reconcile_interval)
+
+    async def heartbeat(self) -> None:
+        """Tell the cluster this replica is alive (and which routes it runs); learn which
+        replicas are, and warn when the live ones disagree on the routes. Skipped while
+        fail-static: the last cluster view is kept."""
+        if self.degraded:
+            return
+        try:
+            seen = await self._call(
+                lambda store: store.heartbeat(self.replica, self._digest, REPLICA_FORGET_SECONDS),
+                self._background_timeout,
+            )
+        except StoreUnavailable:
+            return
+        if self.degraded:  # answered by the in-process store this call switched to
+            return
+        self.heartbeat_seen = seen
+        alive_ms = self.replica_alive_seconds * 1000
+        alive = [r for r in seen.replicas if seen.now_ms - r.seen_ms <= alive_ms]
+        drift = len({r.digest for r in alive}) > 1
+        if drift and not self.config_drift:
+            log.warning(
+                "config drift: live replicas disagree on the routes: %s",
+                "; ".join(f"{r.replica} has {r.digest}" for r in alive),
+            )
+        elif self.config_drift and not drift:
+            log.warning("config drift over: every live replica runs the same routes")
+        self.config_drift = drift
+
+    async def operator_breaker(self, model: str, action: str, by: str, reason: str) -> Change:
+        """An operator's breaker action, as one audited Lua transition on the shared store;
+        applied to this replica's mirror at once, to the others through the events channel."""
+        params = self.params(model)
+        change = await self._operator_call(
+            lambda store: store.force(model, action, by, reason, params, via=self.replica)
+        )
+        self.mirror.apply(change)
+        return change
+
+    async def operator_pin(
+        self, route: str, model: str, ttl_seconds: float, by: str, reason: str
+    ) -> PinChange:
+        """Pin ``route`` to ``model`` for ``ttl_seconds`` (audited, published)."""
+        change = await self._operator_call(
+            lambda store: store.pin(route, model, ttl_seconds, by, reason, via=self.replica)
+        )
+        self.mirror.apply_pin(change)
+        return change
+
+    async def operator_unpin(self, route: str, by: str, reason: str) -> PinChange:
+        """Remove the route's pin (audited; published when there was one)."""
+        change = await self._operator_call(
+            lambda store: store.unpin(route, by, reason, via=self.replica)
+        )
+        self.mirror.apply_pin(change)
+        return change
+
+    async def audit(self, limit: int) -> list[AuditEntry]:
+        """The newest audit entries of the cluster, newest first."""
+        return await self._operator_call(lambda store: store.audit(limit))
+
+    async def _operator_call(self, operation: Callable[[BreakerStore], Awaitable[T]]) -> T:
+        """Run an operator's call on the shared store only: while fail-static an action would
+        reach this replica alone, so it is refused (``StoreUnavailable``) instead."""
+        if self.degraded:
+            raise StoreUnavailable(
+                "Redis is unreachable and this replica runs fail-static: operator actions "
+                "and the audit need the shared store"
+            )
+        generation = self._generation
+        result = await self._health.run(lambda: operation(self._shared), self._background_timeout)
+        if generation != self._generation:
+            raise StoreUnavailable("the store was switched while the call was under way")
+        return result
 
     async def _subscribe_forever(self) -> None:
         """Apply every published change; after each (re)subscription, reconcile."""
@@ -445,9 +553,11 @@ class Coordinator:
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(self.settings.redis.retry_seconds)
 
-    def _apply_event(self, event: Change | QuotaChange) -> None:
+    def _apply_event(self, event: Change | QuotaChange | PinChange) -> None:
         if isinstance(event, QuotaChange):
             self.mirror.apply_quota(event)
+        elif isinstance(event, PinChange):
+            self.mirror.apply_pin(event)
         else:
             self.mirror.apply(event)
 
@@ -499,6 +609,7 @@ class Coordinator:
             active=dict(self.mirror.active),
             routes={route: tuple(chain) for route, chain in self.settings.routes.items()},
             digests={},
+            pins={route: pin for route in self.mirror.pins if (pin := self.mirror.pin(route))},
         )
 
     def _health_changed(self, degraded: bool) -> None:

@@ -69,6 +69,22 @@ class Keys:
         return self._prefix + "quotas"
 
     @property
+    def pins(self) -> str:
+        """Hash route -> JSON ``{"model", "until_ms", "since_ms", "by", "reason", "epoch"}``:
+        operator pins, honoured while ``until_ms`` (Redis time) lies ahead."""
+        return self._prefix + "pins"
+
+    @property
+    def audit(self) -> str:
+        """Stream of operator actions (who, what, why, when, resulting epoch), capped."""
+        return self._prefix + "audit"
+
+    @property
+    def replicas(self) -> str:
+        """Sorted set replica id -> time of its last heartbeat (Redis milliseconds)."""
+        return self._prefix + "replicas"
+
+    @property
     def events(self) -> str:
         """Pub/sub channel carrying every change, as the JSON the scripts return."""
         return self._prefix + "events"

@@ -10,7 +10,17 @@ import logging
 import time
 from collections.abc import Callable
 
-from .state import CLOSED, ActiveModel, BreakerState, Change, QuotaChange, QuotaState, Snapshot
+from .state import (
+    CLOSED,
+    ActiveModel,
+    BreakerState,
+    Change,
+    Pin,
+    PinChange,
+    QuotaChange,
+    QuotaState,
+    Snapshot,
+)
 
 log = logging.getLogger("gemini_breaker.breakers")
 
@@ -24,6 +34,9 @@ class Mirror:
         self.routes: dict[str, tuple[str, ...]] = {}
         self.quotas: dict[tuple[str, str], QuotaState] = {}
         """429 conditions by (credential digest, model)."""
+        self.pins: dict[str, Pin] = {}
+        """Operator pins by route, as last heard of (``pin`` says whether one still holds)."""
+        self._pin_epochs: dict[str, int] = {}
         self.highest_epoch = 0
         self._as_of_ms: dict[str, int] = {}
         self._clock = clock
@@ -31,6 +44,14 @@ class Mirror:
 
     def breaker(self, model: str) -> BreakerState:
         return self.breakers.get(model) or BreakerState.initial(model)
+
+    def pin(self, route: str) -> Pin | None:
+        """The route's pin while it holds (by this replica's estimate of the store's clock);
+        an expired one is ignored until the next snapshot drops it."""
+        pin = self.pins.get(route)
+        if pin is None or pin.until_ms <= self.store_now_ms():
+            return None
+        return pin
 
     def store_now_ms(self) -> float:
         """The store's clock as this replica estimates it (for deciding when to ask, never
@@ -90,6 +111,37 @@ class Mirror:
             )
         self.active[route] = active
 
+    def apply_pin(self, change: PinChange) -> None:
+        """Take in a pin, unpin or pin expiry, unless a newer pin change of the route came
+        first; the route's active model is epoch-fenced as usual."""
+        self._observe_clock(change.now_ms)
+        self._set_pin(change.route, change.pin, change.epoch)
+        for route, active in change.active.items():
+            self._apply_active(route, active)
+        self.highest_epoch = max(self.highest_epoch, change.epoch)
+
+    def _set_pin(self, route: str, pin: Pin | None, epoch: int) -> None:
+        if epoch < self._pin_epochs.get(route, 0):
+            return
+        self._pin_epochs[route] = epoch
+        current = self.pins.get(route)
+        if pin is None:
+            if current is not None:
+                log.info("route %s: pin of %s removed (epoch %d)", route, current.model, epoch)
+                del self.pins[route]
+            return
+        if current != pin:
+            log.info(
+                "route %s: pinned to %s by %s for %.0f s (epoch %d): %s",
+                route,
+                pin.model,
+                pin.by,
+                max(0.0, pin.until_ms - self.store_now_ms()) / 1000,
+                pin.epoch,
+                pin.reason,
+            )
+        self.pins[route] = pin
+
     def apply_quota(self, change: QuotaChange) -> None:
         """Take in a quota condition, unless an answer with a newer epoch came first."""
         self._observe_clock(change.now_ms)
@@ -138,6 +190,8 @@ class Mirror:
         self._as_of_ms = {}
         self.active = {}
         self.quotas = {}
+        self.pins = {}
+        self._pin_epochs = {}
         self.highest_epoch = 0
         self.merge(snapshot)
 
@@ -149,4 +203,10 @@ class Mirror:
             self._apply_breaker(breaker, snapshot.now_ms)
         for route, active in snapshot.active.items():
             self._apply_active(route, active)
+        # The snapshot lists the pins that hold as of its epoch: one we know of that is
+        # missing from it was removed (or ran out), unless ours is newer than the snapshot.
+        for route, pin in snapshot.pins.items():
+            self._set_pin(route, pin, pin.epoch)
+        for route in [r for r in self.pins if r not in snapshot.pins]:
+            self._set_pin(route, None, snapshot.epoch)
         self.highest_epoch = max(self.highest_epoch, snapshot.epoch)

@@ -162,6 +162,35 @@ class Acquired:
 
 
 @dataclass(frozen=True, slots=True)
+class Pin:
+    """An operator pin: ``route`` serves ``model`` until ``until_ms`` (Redis time), as long as
+    the model's breaker admits; the rest of the chain stays behind it, in order."""
+
+    route: str
+    model: str
+    until_ms: int
+    since_ms: int
+    by: str
+    reason: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PinChange:
+    """What ``pin`` and ``unpin`` return and, when ``changed``, publish; also published when a
+    pin runs out (``action`` ``expire``). ``pin`` is the route's pin after it (None: none), and
+    ``epoch`` orders it against other pin changes of the route."""
+
+    now_ms: int
+    route: str
+    pin: Pin | None
+    epoch: int
+    active: dict[str, ActiveModel]
+    changed: bool
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the cluster state holds, read atomically."""
 
@@ -171,6 +200,44 @@ class Snapshot:
     active: dict[str, ActiveModel]
     routes: dict[str, tuple[str, ...]]
     digests: dict[str, str]
+    pins: dict[str, Pin] = field(default_factory=dict)
+    """Pins that hold at ``now_ms``, by route."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSeen:
+    """One replica's last heartbeat, with the digest of the routes it runs."""
+
+    replica: str
+    seen_ms: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The heartbeat script's answer: every replica heard from lately, as of ``now_ms``."""
+
+    now_ms: int
+    replicas: tuple[ReplicaSeen, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action from the audit stream (``id`` is the stream ID, Redis time)."""
+
+    id: str
+    at_ms: int
+    action: str
+    """``open``, ``close``, ``reset``, ``force_open``, ``disable``, ``pin``, ``unpin`` or
+    ``pin_expired``."""
+    target: str
+    """The model (breaker actions) or the route (pins)."""
+    by: str
+    reason: str
+    via: str
+    """The replica whose admin API took the action (empty for a pin expiry)."""
+    epoch: int
+    result: dict[str, Any]
 
 
 # JSON -> dataclasses. The scripts' cjson writes an empty table as {} on Redis and as [] on
@@ -273,6 +340,76 @@ def snapshot_from_json(value: object) -> Snapshot:
         active=_active_from_json(obj.get("active")),
         routes=routes,
         digests={replica: _str(digests, replica) for replica in digests},
+        pins={
+            route: pin_from_json(route, pin)
+            for route, pin in _object(obj.get("pins", {}), "pins").items()
+        },
+    )
+
+
+def pin_from_json(route: str, value: object) -> Pin:
+    obj = _object(value, f"pins.{route}")
+    return Pin(
+        route=route,
+        model=_str(obj, "model"),
+        until_ms=_int(obj, "until_ms"),
+        since_ms=_int(obj, "since_ms"),
+        by=_str(obj, "by"),
+        reason=_str(obj, "reason"),
+        epoch=_int(obj, "epoch"),
+    )
+
+
+def pin_change_from_json(value: object) -> PinChange:
+    obj = _object(value, "pin change")
+    route = _str(obj, "route")
+    pin = obj.get("pin")
+    return PinChange(
+        now_ms=_int(obj, "now_ms"),
+        route=route,
+        pin=None if pin is None else pin_from_json(route, pin),
+        epoch=_int(obj, "epoch"),
+        active=_active_from_json(obj.get("active")),
+        changed=_bool(obj, "changed"),
+        action=_str(obj, "action"),
+    )
+
+
+def heartbeat_from_json(value: object) -> Heartbeat:
+    obj = _object(value, "heartbeat")
+    items = obj.get("replicas")
+    if items == {}:
+        items = []
+    if not isinstance(items, list):
+        raise PayloadError("replicas: expected a list")
+    replicas = []
+    for item in items:
+        entry = _object(item, "replicas[]")
+        replicas.append(
+            ReplicaSeen(_str(entry, "replica"), _int(entry, "seen_ms"), _str(entry, "digest"))
+        )
+    return Heartbeat(now_ms=_int(obj, "now_ms"), replicas=tuple(replicas))
+
+
+def audit_entry_from_fields(entry_id: str, fields: Mapping[str, str]) -> AuditEntry:
+    """An audit stream entry (field values already decoded to text)."""
+    try:
+        result = json.loads(fields.get("result", "{}"))
+    except ValueError as exc:
+        raise PayloadError(f"audit {entry_id}: result is not JSON: {exc}") from exc
+    for key in ("at_ms", "epoch"):
+        if not fields.get(key, "").lstrip("-").isdigit():
+            raise PayloadError(f"audit {entry_id}: {key} is not an integer")
+    return AuditEntry(
+        id=entry_id,
+        at_ms=int(fields["at_ms"]),
+        action=fields.get("action", ""),
+        target=fields.get("target", ""),
+        by=fields.get("by", ""),
+        reason=fields.get("reason", ""),
+        via=fields.get("via", ""),
+        epoch=int(fields["epoch"]),
+        result=_object(result, f"audit {entry_id}: result"),
     )
 
 
@@ -289,11 +426,13 @@ def parse_event(payload: bytes | str) -> Change:
     return change_from_json(loads(payload))
 
 
-def parse_any_event(payload: bytes | str) -> Change | QuotaChange:
-    """Decode any message from the events channel: a breaker change or a quota change."""
+def parse_any_event(payload: bytes | str) -> Change | QuotaChange | PinChange:
+    """Decode any message from the events channel: a breaker, quota or pin change."""
     value = loads(payload)
     if isinstance(value, dict) and "quota" in value:
         return quota_change_from_json(value)
+    if isinstance(value, dict) and "route" in value:
+        return pin_change_from_json(value)
     return change_from_json(value)
 
 
@@ -414,6 +553,30 @@ def acquired_to_json(acquired: Acquired) -> dict[str, Any]:
     return {"permit": acquired.permit, "change": change_to_json(acquired.change)}
 
 
+def pin_to_json(pin: Pin) -> dict[str, Any]:
+    """A pin in the scripts' shape (the route is the key it is stored under)."""
+    return {
+        "model": pin.model,
+        "until_ms": pin.until_ms,
+        "since_ms": pin.since_ms,
+        "by": pin.by,
+        "reason": pin.reason,
+        "epoch": pin.epoch,
+    }
+
+
+def pin_change_to_json(change: PinChange) -> dict[str, Any]:
+    return {
+        "now_ms": change.now_ms,
+        "route": change.route,
+        "pin": None if change.pin is None else pin_to_json(change.pin),
+        "epoch": change.epoch,
+        "active": _active_to_json(change.active),
+        "changed": change.changed,
+        "action": change.action,
+    }
+
+
 def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
     return {
         "now_ms": snapshot.now_ms,
@@ -422,4 +585,5 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "active": _active_to_json(snapshot.active),
         "routes": {route: list(chain) for route, chain in snapshot.routes.items()},
         "digests": dict(snapshot.digests),
+        "pins": {route: pin_to_json(pin) for route, pin in snapshot.pins.items()},
     }

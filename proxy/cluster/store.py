@@ -21,17 +21,23 @@ from .keys import Keys
 from .state import (
     ACTIONS,
     Acquired,
+    AuditEntry,
     BreakerParams,
     Change,
+    Heartbeat,
     Outcome,
     PayloadError,
+    PinChange,
     QuotaChange,
     QuotaParams,
     QuotaState,
     Snapshot,
     acquired_from_json,
+    audit_entry_from_fields,
     change_from_json,
+    heartbeat_from_json,
     loads,
+    pin_change_from_json,
     quota_change_from_json,
     quotas_from_json,
     snapshot_from_json,
@@ -43,6 +49,8 @@ T = TypeVar("T")
 #: Helpers every script starts with (Redis scripts cannot load one another).
 _PRELUDE = ("common.lua", "window.lua", "view.lua")
 _DEFAULT_PARAMS = BreakerParams()
+#: Longest pin accepted: a pin is a temporary override, not configuration.
+MAX_PIN_SECONDS = 7 * 24 * 3600
 
 
 class StoreError(Exception):
@@ -73,6 +81,9 @@ class BreakerStore:
         self._register_routes = redis.register_script(script_source("register_routes"))
         self._snapshot = redis.register_script(script_source("snapshot"))
         self._seed = redis.register_script(script_source("seed"))
+        self._pin = redis.register_script(script_source("pin"))
+        self._unpin = redis.register_script(script_source("unpin"))
+        self._heartbeat = redis.register_script(script_source("heartbeat", ("common.lua",)))
         quota_prelude = ("common.lua", "quota.lua")
         self._budget = redis.register_script(script_source("budget", ("common.lua",)))
         self._quota_feedback = redis.register_script(script_source("quota_feedback", quota_prelude))
@@ -128,24 +139,75 @@ class BreakerStore:
         return _parse(reply, change_from_json)
 
     async def force(
-        self, model: str, action: str, by: str, reason: str, params: BreakerParams
+        self,
+        model: str,
+        action: str,
+        by: str,
+        reason: str,
+        params: BreakerParams,
+        via: str = "",
     ) -> Change:
-        """Operator action: ``open``, ``close``, ``reset``, ``force_open`` or ``disable``."""
+        """Operator action: ``open``, ``close``, ``reset``, ``force_open`` or ``disable``;
+        audited in the same step (``via``: the replica that took it)."""
         if action not in ACTIONS:
             raise ValueError(
                 f"unknown breaker action {action!r}; expected one of {sorted(ACTIONS)}"
             )
-        reply = await self._call(self._force, [model, action, by, reason, *_params(params)])
+        reply = await self._call(self._force, [model, action, by, reason, *_params(params), via])
         return _parse(reply, change_from_json)
 
+    async def pin(
+        self, route: str, model: str, ttl_seconds: float, by: str, reason: str, via: str = ""
+    ) -> PinChange:
+        """Pin ``route`` to ``model`` (a member of its chain) for ``ttl_seconds`` of Redis
+        time; replaces an earlier pin of the route. Audited and published."""
+        if not 0 < ttl_seconds <= MAX_PIN_SECONDS:
+            raise ValueError(f"ttl_seconds must be in (0, {MAX_PIN_SECONDS}]: {ttl_seconds}")
+        ttl_ms = max(1, round(ttl_seconds * 1000))
+        reply = await self._call(self._pin, [route, model, ttl_ms, by, reason, via])
+        return _parse(reply, pin_change_from_json)
+
+    async def unpin(self, route: str, by: str, reason: str, via: str = "") -> PinChange:
+        """Remove the route's pin (``changed`` is False when it had none). Audited."""
+        reply = await self._call(self._unpin, [route, by, reason, via])
+        return _parse(reply, pin_change_from_json)
+
+    async def heartbeat(self, replica: str, digest: str, forget_seconds: float) -> Heartbeat:
+        """Record this replica as alive (with its routes digest); answer every replica heard
+        from within ``forget_seconds``."""
+        reply = await self._call(
+            self._heartbeat, [replica, digest, max(1, round(forget_seconds * 1000))]
+        )
+        return _parse(reply, heartbeat_from_json)
+
+    async def audit(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, newest first (a plain read, no script)."""
+        try:
+            raw = await self._redis.xrevrange(self._keys.audit, count=max(1, limit))
+        except ReadOnlyError:
+            raise
+        except ResponseError as exc:
+            raise StoreError(f"reading the audit stream failed: {exc}") from exc
+        try:
+            return [
+                audit_entry_from_fields(
+                    _text(entry_id), {_text(k): _text(v) for k, v in fields.items()}
+                )
+                for entry_id, fields in raw or []
+                if fields
+            ]
+        except PayloadError as exc:
+            raise StoreError(f"unreadable audit entry: {exc}") from exc
+
     async def snapshot(self) -> Snapshot:
-        """Everything, read atomically: breakers, active models, routes, digests."""
+        """Everything, read atomically: breakers, active models, routes, digests, pins. Pins
+        whose time is up are removed first (published and audited)."""
         return _parse(await self._call(self._snapshot, []), snapshot_from_json)
 
     async def seed(self, snapshot: Snapshot) -> Snapshot:
         """Load a known state (the last one seen) into this store, e.g. an in-process one.
 
-        Breakers, active models, routes and digests are written as given; windows start empty;
+        Breakers, active models, routes, pins and digests are written as given; windows start empty;
         the epoch counter only moves forward. Nothing is published.
         """
         payload = json.dumps(snapshot_to_json(snapshot))
@@ -234,6 +296,12 @@ class BreakerStore:
 
 def _params(params: BreakerParams | None) -> list[int | float]:
     return (params or _DEFAULT_PARAMS).script_args()
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def _object_of(value: object) -> dict[str, object]:

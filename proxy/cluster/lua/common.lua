@@ -12,6 +12,11 @@ local ROUTES_KEY = PREFIX .. 'routes'
 local DIGESTS_KEY = PREFIX .. 'route_digests'
 local ACTIVE_KEY = PREFIX .. 'active'
 local EVENTS_CHANNEL = PREFIX .. 'events'
+local PINS_KEY = PREFIX .. 'pins'
+local AUDIT_KEY = PREFIX .. 'audit'
+local REPLICAS_KEY = PREFIX .. 'replicas'
+-- The audit stream keeps about this many entries (XADD MAXLEN ~: trimmed by whole nodes).
+local AUDIT_MAXLEN = 1000
 
 local function breaker_key(model)
   return PREFIX .. 'breaker:' .. model
@@ -133,12 +138,40 @@ local function admits(state)
   return state == 'closed' or state == 'disabled'
 end
 
--- The first model of the chain whose breaker admits (no hash = closed), else JSON null.
+local function breaker_admits(model)
+  local state = redis.call('HGET', breaker_key(model), 'state')
+  return not state or admits(state)
+end
+
+-- Pins: route -> {model, until_ms, since_ms, by, reason, epoch}, held while until_ms (Redis
+-- time) lies ahead. An expired pin is ignored here and removed by the snapshot script.
+local function load_pin(route)
+  local stored = redis.call('HGET', PINS_KEY, route)
+  if not stored then
+    return nil
+  end
+  return cjson.decode(stored)
+end
+
+local function live_pin(route, now)
+  local pin = load_pin(route)
+  if pin and tonumber(pin.until_ms) > now then
+    return pin
+  end
+  return nil
+end
+
+-- The active model: the pinned model while a pin holds and its breaker admits (a pin picks
+-- the model, the breaker still guards it: an open or forced-open pinned model is passed
+-- over like any other); otherwise the first model of the chain whose breaker admits (no
+-- hash = closed); JSON null when none does.
 local function pick_active(route, chain)
-  -- Hook: operator pins (a later issue) take precedence here, before the chain is walked.
+  local pin = live_pin(route, now_ms())
+  if pin and chain_has(chain, pin.model) and breaker_admits(pin.model) then
+    return pin.model
+  end
   for _, m in ipairs(chain) do
-    local state = redis.call('HGET', breaker_key(m), 'state')
-    if not state or admits(state) then
+    if breaker_admits(m) then
       return m
     end
   end
@@ -182,4 +215,21 @@ local function routes_active(model, epoch, recompute)
     end
   end
   return result
+end
+
+-- Audit: one entry per operator action (and pin expiry), written by the script that acted,
+-- so the entry and the transition are one atomic step. The stream ID is Redis's clock.
+local function audit(now, action, target, by, reason, via, epoch, result)
+  return redis.call('XADD', AUDIT_KEY, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
+    'at_ms', now, 'action', action, 'target', target, 'by', by, 'reason', reason,
+    'via', via, 'epoch', epoch, 'result', cjson.encode(result))
+end
+
+-- Route -> active model name (or null), for audit results.
+local function active_models(active)
+  local models = {}
+  for route, entry in pairs(active) do
+    models[route] = entry.model
+  end
+  return models
 end

@@ -1,13 +1,15 @@
--- force: ARGV = prefix, model, action, by, reason, params...
--- Operator action; always a transition. open: open with the wait of the next trip; close:
--- closed, trips kept; reset: closed, trips 0; force_open: open until closed or reset;
--- disable: admits everything and never trips.
+-- force: ARGV = prefix, model, action, by, reason, params..., via
+-- Operator action; always a transition, published and appended to the audit stream in the
+-- same step. open: open with the wait of the next trip; close: closed, trips kept; reset:
+-- closed, trips 0; force_open: open until closed or reset; disable: admits everything and
+-- never trips. `via` (optional) names the replica whose admin API took the action.
 
 local model = ARGV[2]
 local action = ARGV[3]
 local by = ARGV[4]
 local reason = ARGV[5]
 local p = read_params(6)
+local via = ARGV[17] or ''
 local now = now_ms()
 
 local b = load_breaker(model)
@@ -29,4 +31,9 @@ redis.call('SADD', MODELS_KEY, model)
 b.reason = reason
 b.forced_by = by
 save_breaker(b)
-return change_json(b, now, true, 0, 0)
+local json = change_json(b, now, true, 0, 0)
+audit(now, action, model, by, reason, via, b.epoch, {
+  state = b.state, open_until_ms = b.open_until, trips = b.trips,
+  active = active_models(cjson.decode(json).active),
+})
+return json

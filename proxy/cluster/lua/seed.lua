@@ -1,5 +1,5 @@
 -- seed: ARGV = prefix, Snapshot JSON. Loads a known state into a store (the in-process one a
--- replica falls back to while Redis is unreachable). Breakers, active models, routes and
+-- replica falls back to while Redis is unreachable). Breakers, active models, routes, pins and
 -- digests are written as given; windows start empty; the epoch counter never goes back.
 -- Nothing is published: no transition happens. Returns the resulting Snapshot.
 
@@ -29,6 +29,10 @@ end
 for route, entry in pairs(snap.active) do
   redis.call('HSET', ACTIVE_KEY, route, cjson.encode({ model = entry.model, epoch = entry.epoch }))
   highest = math.max(highest, entry.epoch)
+end
+for route, pin in pairs(snap.pins or {}) do
+  redis.call('HSET', PINS_KEY, route, cjson.encode(pin))
+  highest = math.max(highest, pin.epoch)
 end
 for replica, digest in pairs(snap.digests) do
   redis.call('HSET', DIGESTS_KEY, replica, digest)

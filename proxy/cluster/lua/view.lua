@@ -20,6 +20,54 @@ local function unchanged_json(b, now)
   return change_json(b, now, false, calls, failures)
 end
 
+-- The answer (and event) of a pin, unpin or pin expiry: the route's pin after it (null when
+-- none), the epoch it happened at, and the route's active model.
+local function pin_change_json(now, route, pin, epoch, active, changed, action)
+  local json = cjson.encode({
+    now_ms = now, route = route, pin = pin or cjson.null, epoch = epoch, active = active,
+    changed = changed, action = action,
+  })
+  if changed then
+    redis.call('PUBLISH', EVENTS_CHANNEL, json)
+  end
+  return json
+end
+
+-- Remove the pins whose time is up: each removal is a transition (new epoch, the route's
+-- active model recomputed, published) and is audited.
+local function expire_pins(now)
+  local flat = redis.call('HGETALL', PINS_KEY)
+  for i = 1, #flat, 2 do
+    local route, pin = flat[i], cjson.decode(flat[i + 1])
+    if tonumber(pin.until_ms) <= now then
+      redis.call('HDEL', PINS_KEY, route)
+      local epoch = redis.call('INCR', EPOCH_KEY)
+      local active = {}
+      local chain = redis.call('HGET', ROUTES_KEY, route)
+      if chain then
+        active[route] = write_active(route, cjson.decode(chain), epoch)
+      end
+      pin_change_json(now, route, nil, epoch, active, true, 'expire')
+      audit(now, 'pin_expired', route, 'gemini-breaker',
+        'pin of ' .. pin.model .. ' by ' .. pin.by .. ' ran out: ' .. pin.reason, '', epoch,
+        { unpinned = pin.model, active = active_models(active) })
+    end
+  end
+end
+
+-- Pins that still hold, by route.
+local function live_pins(now)
+  local pins = {}
+  local flat = redis.call('HGETALL', PINS_KEY)
+  for i = 1, #flat, 2 do
+    local pin = cjson.decode(flat[i + 1])
+    if tonumber(pin.until_ms) > now then
+      pins[flat[i]] = pin
+    end
+  end
+  return pins
+end
+
 local function snapshot_json(now)
   local routes = load_routes()
   local models = {}
@@ -51,5 +99,6 @@ local function snapshot_json(now)
     active = active,
     routes = routes,
     digests = digests,
+    pins = live_pins(now),
   })
 end

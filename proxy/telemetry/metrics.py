@@ -1,0 +1,185 @@
+"""The counters and histograms the proxy feeds, and one method per event that feeds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry.metrics import Meter
+
+from . import names
+from .cluster import ClusterGauges, ClusterSource, ClusterView
+from .names import label, operation_name
+from .usage import token_counts
+
+# Buckets (seconds) advised by the GenAI conventions for gen_ai.client.operation.duration and
+# gen_ai.server.time_to_first_token.
+LATENCY_BUCKETS = (
+    *(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
+    *(163.84, 327.68),  # up to the longest request deadline
+)
+FIRST_TOKEN_BUCKETS = (
+    *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
+    *(30.0, 60.0, 120.0),  # up to the default first-byte timeout
+)
+
+
+class MetricsRecorder:
+    """Every metric of one proxy instance. Each method is cheap and never raises on odd
+    input; label values go through ``names.label`` (no API key ever becomes a label)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._cluster: ClusterSource | None = None
+        ClusterGauges(meter, self._cluster_view)
+        self._requests = meter.create_counter(
+            names.REQUESTS, description="Client requests answered, by serving model and status."
+        )
+        self._failovers = meter.create_counter(
+            names.FAILOVER_EVENTS,
+            description="Requests moved from one model of a chain to the next.",
+        )
+        self._transitions = meter.create_counter(
+            names.BREAKER_TRANSITIONS, description="Circuit breaker state changes seen."
+        )
+        self._retries = meter.create_counter(
+            names.RETRIES, description="Same-model retries of an upstream attempt."
+        )
+        self._sheds = meter.create_counter(
+            names.SHEDS, description="Requests the proxy answered itself without going upstream."
+        )
+        self._latency = meter.create_histogram(
+            names.UPSTREAM_LATENCY,
+            unit="s",
+            description="Time from sending an upstream attempt to its response headers.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self._first_token = meter.create_histogram(
+            names.TIME_TO_FIRST_TOKEN,
+            unit="s",
+            description="Time from sending a streamed attempt to its first content event.",
+            explicit_bucket_boundaries_advisory=FIRST_TOKEN_BUCKETS,
+        )
+        self._tokens = meter.create_counter(
+            names.TOKENS, unit="{token}", description="Tokens reported in usageMetadata."
+        )
+        self._credential_alerts = meter.create_counter(
+            names.CREDENTIAL_ALERTS, description="401/403 answers from the upstream."
+        )
+        self._quota_alerts = meter.create_counter(
+            names.QUOTA_ALERTS, description="Per-day quotas found exhausted (429)."
+        )
+        self._schema_drift = meter.create_counter(
+            names.SCHEMA_DRIFT, description="JSON-mode answers that broke the requested schema."
+        )
+        self._continuations = meter.create_counter(
+            names.STREAM_CONTINUATIONS, description="Broken streams finished on another model."
+        )
+
+    # -- gauges ---------------------------------------------------------------------------------
+
+    def watch_cluster(self, source: ClusterSource | None) -> None:
+        """Feed the active-model, breaker-state and store-degraded gauges from ``source``
+        (for example ``lambda: view_of(coordinator)``); None stops reporting them."""
+        self._cluster = source
+
+    def _cluster_view(self) -> ClusterView | None:
+        source = self._cluster
+        return None if source is None else source()
+
+    # -- counters and histograms -----------------------------------------------------------------
+
+    def count_request(
+        self,
+        model: str | None,
+        status_code: int,
+        *,
+        route: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """One client request answered: ``model`` served it (None when no model did),
+        ``route`` is the model the client asked for, ``method`` the Gemini method."""
+        self._requests.add(
+            1,
+            {
+                names.MODEL: label(model),
+                names.STATUS_CODE: str(status_code),
+                names.ROUTE: label(route),
+                names.GEN_AI_OPERATION_NAME: operation_name(method),
+            },
+        )
+
+    def failover(self, route: str, from_model: str, to_model: str, reason: str) -> None:
+        """A request of ``route`` left ``from_model`` for ``to_model`` (reason e.g. ``failure``,
+        ``breaker_open``, ``capability``, ``input_too_long``, ``spillover``, ``stream_break``)."""
+        self._failovers.add(
+            1,
+            {
+                names.ROUTE: label(route),
+                names.FROM_MODEL: label(from_model),
+                names.TO_MODEL: label(to_model),
+                names.REASON: reason,
+            },
+        )
+
+    def breaker_transition(self, model: str, from_state: str, to_state: str) -> None:
+        """This replica saw ``model``'s breaker move from one state to another."""
+        self._transitions.add(
+            1, {names.MODEL: label(model), names.FROM_STATE: from_state, names.TO_STATE: to_state}
+        )
+
+    def retry(self, model: str, reason: str) -> None:
+        """An attempt on ``model`` is retried on the same model (reason e.g. ``upstream_error``,
+        ``timeout``, ``connection``, ``rate_limited`` for a waited-out 429)."""
+        self._retries.add(1, {names.MODEL: label(model), names.REASON: reason})
+
+    def shed(self, model: str, reason: str) -> None:
+        """The proxy answered for ``model`` itself (reason ``cooldown``, ``pacing``,
+        ``throttle``, ``budget`` or ``breakers_open``)."""
+        self._sheds.add(1, {names.MODEL: label(model), names.REASON: reason})
+
+    def upstream_latency(self, model: str, seconds: float, method: str | None = None) -> None:
+        """An upstream attempt on ``model`` got its response headers after ``seconds``."""
+        self._latency.record(max(0.0, seconds), _per_model(model, method))
+
+    def time_to_first_token(self, model: str, seconds: float, method: str | None = None) -> None:
+        """A streamed attempt on ``model`` delivered its first content event after ``seconds``."""
+        self._first_token.record(max(0.0, seconds), _per_model(model, method))
+
+    def token_usage(self, model: str, usage: Mapping[str, object] | None) -> dict[str, int]:
+        """Count an answer's ``usageMetadata`` (a stream's last one: its counts are totals).
+        Returns the counts by token type."""
+        counts = token_counts(usage)
+        for kind, count in counts.items():
+            self._tokens.add(count, {names.MODEL: label(model), names.GEN_AI_TOKEN_TYPE: kind})
+        return counts
+
+    def credential_alert(self, model: str, status_code: int) -> None:
+        """The upstream answered 401/403 for ``model``: a key problem, not a model one."""
+        self._credential_alerts.add(
+            1, {names.MODEL: label(model), names.STATUS_CODE: str(status_code)}
+        )
+
+    def quota_alert(self, model: str) -> None:
+        """A per-day quota for ``model`` is exhausted."""
+        self._quota_alerts.add(1, {names.MODEL: label(model)})
+
+    def schema_drift(self, model: str, *, streamed: bool = False) -> None:
+        """A JSON-mode answer from ``model`` was not the JSON asked for."""
+        self._schema_drift.add(
+            1, {names.MODEL: label(model), names.STREAMED: "true" if streamed else "false"}
+        )
+
+    def stream_continuation(self, from_model: str, to_model: str | None) -> None:
+        """A stream from ``from_model`` broke; ``to_model`` finished it (None: none could,
+        the client got the error)."""
+        self._continuations.add(
+            1,
+            {
+                names.FROM_MODEL: label(from_model),
+                names.TO_MODEL: label(to_model),
+                names.OUTCOME: "continued" if to_model else "failed",
+            },
+        )
+
+
+def _per_model(model: str, method: str | None) -> dict[str, str]:
+    return {names.MODEL: label(model), names.GEN_AI_OPERATION_NAME: operation_name(method)}

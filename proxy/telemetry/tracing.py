@@ -1,0 +1,242 @@
+"""Spans: one per client request (continuing the caller's ``traceparent``), one child per
+upstream attempt. Attribute names follow the HTTP and GenAI semantic conventions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, use_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ..gemini.paths import GeminiPath
+from . import names
+from .jsonlog import bound_request_id
+from .metrics import MetricsRecorder
+from .names import label, operation_name
+
+_PROPAGATED = (b"traceparent", b"tracestate")
+
+
+def route_template(path: GeminiPath | None) -> str | None:
+    """``http.route`` of a Gemini path: ``/v1beta/models/{model}:generateContent``,
+    ``/v1beta/files/{name}``, ``/upload/v1beta/files``; None for a path that is not one."""
+    if path is None:
+        return None
+    head = ("/upload/" if path.upload else "/") + path.version
+    if path.model is not None:
+        return f"{head}/models/{{model}}" + (f":{path.method}" if path.method else "")
+    collection, _, rest = path.resource.partition("/")
+    if not rest:
+        return f"{head}/{collection}"
+    _, colon, method = rest.rpartition(":")
+    return f"{head}/{collection}/{{name}}" + (f":{method}" if colon and "/" not in method else "")
+
+
+def parent_context(headers: Iterable[tuple[bytes, bytes]] | Mapping[str, str]) -> Context:
+    """The caller's trace context from its W3C ``traceparent``/``tracestate`` headers (an
+    empty context, so a new trace, when there are none or they are malformed)."""
+    if isinstance(headers, Mapping):
+        carrier = {k.lower(): v for k, v in headers.items()}
+    else:
+        carrier = {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in headers
+            if k.lower() in _PROPAGATED
+        }
+    return TraceContextTextMapPropagator().extract(carrier)
+
+
+class RequestSpan:
+    """The span of one client request; ``finish`` once the answer's status is known."""
+
+    def __init__(
+        self,
+        span: Span,
+        recorder: MetricsRecorder,
+        request_id: str,
+        route: str | None,
+        method: str | None,
+    ) -> None:
+        self.span = span
+        self.request_id = request_id
+        self._recorder = recorder
+        self._route = route
+        self._method = method
+        self.finished = False
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id in hex (all zeros when tracing is off)."""
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def finish(
+        self,
+        status_code: int,
+        model: str | None = None,
+        *,
+        attempts: int | None = None,
+        fallbacks: int | None = None,
+    ) -> None:
+        """The request was answered with ``status_code`` by ``model``: sets the span's
+        attributes and counts it in ``gemini_breaker_requests_total`` (once)."""
+        if self.finished:
+            return
+        self.finished = True
+        span = self.span
+        span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status_code)
+        if model:
+            span.set_attribute(names.GEN_AI_RESPONSE_MODEL, label(model))
+        if attempts is not None:
+            span.set_attribute(names.REQUEST_ATTEMPTS, attempts)
+        if fallbacks is not None:
+            span.set_attribute(names.REQUEST_FALLBACKS, fallbacks)
+        if status_code >= 500:  # the HTTP server convention: only 5xx is a server span's error
+            span.set_attribute(names.ERROR_TYPE, str(status_code))
+            span.set_status(Status(StatusCode.ERROR))
+        self._recorder.count_request(model, status_code, route=self._route, method=self._method)
+
+
+class AttemptSpan:
+    """The span of one upstream attempt; it also times latency and first token."""
+
+    def __init__(
+        self, span: Span, recorder: MetricsRecorder, model: str, method: str | None
+    ) -> None:
+        self.span = span
+        self.model = model
+        self._recorder = recorder
+        self._method = method
+        self._started = time.perf_counter()
+        self._responded = False
+        self._first_token = False
+        self.outcome_set = False
+
+    def responded(self, status_code: int) -> None:
+        """The upstream's response headers arrived: records upstream latency (once)."""
+        if self._responded:
+            return
+        self._responded = True
+        self.span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status_code)
+        self._recorder.upstream_latency(
+            self.model, time.perf_counter() - self._started, self._method
+        )
+
+    def first_token(self) -> None:
+        """A stream's first content event arrived: records time to first token (once)."""
+        if self._first_token:
+            return
+        self._first_token = True
+        self._recorder.time_to_first_token(
+            self.model, time.perf_counter() - self._started, self._method
+        )
+
+    def usage(self, usage: Mapping[str, object] | None) -> None:
+        """The answer's (final) ``usageMetadata``: counted, and put on the span
+        (``gen_ai.usage.output_tokens`` includes thinking tokens, as they are billed)."""
+        counts = self._recorder.token_usage(self.model, usage)
+        if "input" in counts:
+            self.span.set_attribute(names.GEN_AI_USAGE_INPUT_TOKENS, counts["input"])
+        if "output" in counts or "thoughts" in counts:
+            output = counts.get("output", 0) + counts.get("thoughts", 0)
+            self.span.set_attribute(names.GEN_AI_USAGE_OUTPUT_TOKENS, output)
+
+    def outcome(self, outcome: str, *, error_type: str | None = None) -> None:
+        """How the attempt ended (a ``Verdict`` value such as ``success``, ``failure``,
+        ``rate_limited``); ``error_type`` (``timeout``, ``503`` ...) marks the span failed."""
+        self.outcome_set = True
+        self.span.set_attribute(names.ATTEMPT_OUTCOME, outcome)
+        if error_type is not None:
+            self.span.set_attribute(names.ERROR_TYPE, error_type)
+            self.span.set_status(Status(StatusCode.ERROR))
+
+
+@contextmanager
+def request_span(
+    tracer: Tracer,
+    recorder: MetricsRecorder,
+    http_method: str,
+    headers: Iterable[tuple[bytes, bytes]] | Mapping[str, str],
+    request_id: str,
+    *,
+    route: str | None,
+    requested_model: str | None,
+    method: str | None,
+) -> Iterator[RequestSpan]:
+    """Open the request's span (current for the block) with the request id bound."""
+    attributes: dict[str, str] = {
+        names.HTTP_REQUEST_METHOD: http_method,
+        names.REQUEST_ID: request_id,
+        names.GEN_AI_OPERATION_NAME: operation_name(method),
+    }
+    if route is not None:
+        attributes[names.HTTP_ROUTE] = route
+    if requested_model:
+        attributes[names.GEN_AI_REQUEST_MODEL] = label(requested_model)
+    span = tracer.start_span(
+        f"{http_method} {route}" if route else http_method,
+        context=parent_context(headers),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
+    handle = RequestSpan(span, recorder, request_id, requested_model, method)
+    with (
+        bound_request_id(request_id),
+        use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False),
+    ):
+        try:
+            yield handle
+        except asyncio.CancelledError:
+            handle.finish(499)  # the client went away (nginx's "client closed request")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            handle.finish(500)
+            raise
+
+
+@contextmanager
+def attempt_span(
+    tracer: Tracer,
+    recorder: MetricsRecorder,
+    model: str,
+    number: int,
+    *,
+    retry: bool,
+    failover: bool,
+    probe: bool,
+    method: str | None,
+    server_address: str | None,
+) -> Iterator[AttemptSpan]:
+    """Open an upstream attempt's span as a child of the current (request) span."""
+    operation = operation_name(method)
+    attributes: dict[str, str | int | bool] = {
+        names.GEN_AI_OPERATION_NAME: operation,
+        names.GEN_AI_PROVIDER_NAME: names.PROVIDER,
+        names.GEN_AI_REQUEST_MODEL: label(model),
+        names.ATTEMPT_NUMBER: number,
+        names.ATTEMPT_RETRY: retry,
+        names.ATTEMPT_FAILOVER: failover,
+        names.ATTEMPT_PROBE: probe,
+    }
+    if server_address:
+        attributes[names.SERVER_ADDRESS] = server_address
+    span = tracer.start_span(
+        f"{operation} {label(model)}", kind=SpanKind.CLIENT, attributes=attributes
+    )
+    handle = AttemptSpan(span, recorder, model, method)
+    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        try:
+            yield handle
+        except asyncio.CancelledError:
+            if not handle.outcome_set:
+                handle.outcome("cancelled")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            if not handle.outcome_set:
+                handle.outcome("error", error_type=type(exc).__qualname__)
+            raise
