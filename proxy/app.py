@@ -25,16 +25,23 @@ from .admin import AdminApi, AdminAuth
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
+from .telemetry import Telemetry, view_of
 from .upstream import Upstream
 
 log = logging.getLogger("gemini_breaker")
 
 
-def create_app(settings: Settings, replica: str | None = None) -> Starlette:
+def create_app(
+    settings: Settings, replica: str | None = None, telemetry: Telemetry | None = None
+) -> Starlette:
     """The proxy as an ASGI app. The upstream client and the cluster coordinator live for
-    the app's lifespan; nothing is connected before it starts."""
-    forwarder = Forwarder(settings)
+    the app's lifespan; nothing is connected before it starts. ``telemetry`` is for tests
+    that read spans back."""
     replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+    telemetry = telemetry or Telemetry(
+        replica=replica, otlp_endpoint=settings.telemetry.otlp_endpoint, prometheus=True
+    )
+    forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
 
@@ -49,7 +56,9 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
                 "no redis.url: breaker state lives in this process only and is NOT shared "
                 "with other replicas (embedded single-replica store)"
             )
+        coordinator.mirror.on_transition = telemetry.breaker_transition
         await coordinator.start()
+        telemetry.watch_cluster(lambda: view_of(forwarder.coordinator))
         log.info(
             "admin API: %s",
             {
@@ -79,6 +88,14 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(2.0):
                         await redis.aclose()
+                # Off the event loop: a configured OTLP exporter flushes over the network.
+                await asyncio.to_thread(telemetry.shutdown)
+
+    async def metrics(request: Request) -> Response:
+        exposition = telemetry.render_metrics(request.headers.get("accept"))
+        if exposition is None:
+            return Response(status_code=404)
+        return Response(exposition.body, media_type=exposition.content_type)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -95,6 +112,7 @@ def create_app(settings: Settings, replica: str | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/admin/{rest:path}", admin),  # every method: AdminApi checks access first
             Route("/{path:path}", forwarder),

@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     raw = load_raw(args.config, overrides={"server": server} if server else None)
     settings = build_settings(raw)
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, settings.server.log_format)
     common: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,

@@ -33,6 +33,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "GEMINI_API_KEY": ("upstream", "api_key"),
     "GEMINI_BREAKER_REDIS_URL": ("redis", "url"),
     "GEMINI_BREAKER_ADMIN_TOKEN": ("admin", "token"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
 }
 # The parent process hands the merged configuration to its worker processes through this.
 SETTINGS_JSON_ENV = "GEMINI_BREAKER_SETTINGS_JSON"
@@ -47,6 +48,8 @@ class ServerSettings:
     log_level: str = field(
         default="info", metadata={"choices": ("debug", "info", "warning", "error")}
     )
+    log_format: str = field(default="text", metadata={"choices": ("text", "json")})
+    """``json``: one JSON object per line, with the request id and trace id."""
     workers: int = field(default=1, metadata={"min": 1, "max": 64})
     """Worker processes; each is a replica of the cluster, so several need ``redis.url``."""
     request_deadline: float = field(default=300.0, metadata={"min": 0.01})
@@ -79,6 +82,13 @@ class RedisSettings:
     """Outcomes are aggregated and reported this often (at once after a burst of failures)."""
     reconcile_interval: float = field(default=1.0, metadata={"min": 0.01})
     """Full state read from Redis this often, in case a published change was missed."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    otlp_endpoint: str | None = None
+    """An OTLP/HTTP collector (``http://collector:4318``) to push metrics and spans to;
+    ``/metrics`` serves Prometheus either way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,7 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     retry_budget: RetryBudgetSettings = field(default_factory=RetryBudgetSettings)
     quota: QuotaParams = field(default_factory=QuotaParams)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
@@ -208,6 +219,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         upstream=build_dataclass(UpstreamSettings, raw.get("upstream"), "upstream"),
         redis=build_dataclass(RedisSettings, raw.get("redis"), "redis"),
         admin=build_dataclass(AdminSettings, raw.get("admin"), "admin"),
+        telemetry=build_dataclass(TelemetrySettings, raw.get("telemetry"), "telemetry"),
         retry_budget=build_dataclass(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
         quota=build_dataclass(QuotaParams, raw.get("quota"), "quota"),
         model_defaults=model_defaults,

@@ -44,6 +44,7 @@ from .headers import (
 from .outcomes import Verdict, classify_status
 from .retry_budget import RetryBudget
 from .stream_relay import Continuation, SseRelay
+from .telemetry import AttemptSpan, Telemetry
 from .upstream import Upstream, UpstreamBodyError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("gemini_breaker.forwarding")
@@ -109,6 +110,7 @@ class Exchange:
         body: bytes | AsyncIterable[bytes],
         deadline: float,
         capabilities: CapabilityLookup,
+        telemetry: Telemetry,
     ) -> None:
         self.upstream = upstream
         self.coordinator = coordinator
@@ -129,6 +131,11 @@ class Exchange:
         self._finishing = False
         self._sse = path.method == "streamGenerateContent" and b"alt=sse" in scope["query_string"]
         self.capabilities = capabilities
+        self.telemetry = telemetry
+        self._passed_over: str | None = None
+        self._last_model: str | None = None
+        self._span: AttemptSpan | None = None
+        """Why the chain's first model did not serve (for the failover metric)."""
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -209,17 +216,24 @@ class Exchange:
                         await self._send_shed(model, shed)
                         return
                     spill_to = following
+                    self._passed_over = self._passed_over or "spillover"
                     continue
             admission = await self.coordinator.admit(model)
             if admission is None:
                 skipped.append(model)
+                self._passed_over = self._passed_over or "breaker_open"
                 continue
             failed = await self._try_model(admission, position)
             if failed is None:
+                if model != chain[0]:
+                    self.telemetry.failover(
+                        requested, chain[0], model, self._passed_over or "failure"
+                    )
                 return
             if failed.larger is not None and jumped_to is None:
                 # Input too long for this model: once, to a larger-context model of the chain.
                 jumped_to = failed.larger
+                self._passed_over = self._passed_over or "input_too_long"
                 position = chain.index(failed.larger) - 1
                 last = failed
                 continue
@@ -291,6 +305,7 @@ class Exchange:
             )
             if delay >= self.remaining():
                 return failed
+            self.telemetry.retry(admission.model, "failure")
             await asyncio.sleep(delay)
             if not self.coordinator.still_admits(admission):
                 return failed
@@ -298,7 +313,25 @@ class Exchange:
     async def _attempt(
         self, admission: Admission, limits: ModelSettings, position: int
     ) -> _Failed | None:
+        """One upstream attempt, inside its own span."""
+        with self.telemetry.attempt(
+            admission.model,
+            self.attempts + 1,
+            retry=admission.model == self._last_model,
+            failover=position > 0,
+            probe=admission.probe,
+            method=self.path.method,
+        ) as span:
+            self._span = span
+            self._last_model = admission.model
+            return await self._attempt_once(admission, limits, position)
+
+    async def _attempt_once(
+        self, admission: Admission, limits: ModelSettings, position: int
+    ) -> _Failed | None:
         model = admission.model
+        span = self._span
+        assert span is not None
         remaining = self.remaining()
         cut_by_deadline = remaining < limits.first_byte_timeout
         attempt_limits = (
@@ -311,6 +344,7 @@ class Exchange:
         try:
             response = await self._open(self.path.path_for(model), attempt_limits)
         except UpstreamBusy as exc:  # the proxy's own pool, not the model's fault
+            span.outcome("busy", error_type=type(exc).__name__)
             return _Failed(model, error=exc, final=True)
         except UpstreamTimeout as exc:
             if cut_by_deadline:  # the client's deadline, not the model, ran out
@@ -322,15 +356,21 @@ class Exchange:
                     final=True,
                 )
             self.coordinator.record(admission, Verdict.FAILURE)
+            span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
             return _Failed(model, error=exc)
         except UpstreamError as exc:
             self.coordinator.record(admission, Verdict.FAILURE)
+            span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
             return _Failed(model, error=exc)
+        span.responded(response.status_code)
         verdict = classify_status(response.status_code)
+        span.outcome(verdict.value)
         if verdict is Verdict.RATE_LIMITED:
             failed = await self._keep_failure(model, response, attempt_limits)
             limit = parse_rate_limit(failed.body, response.headers.get("retry-after"))
             delay = self.coordinator.rate_limited(self.credential, model, limit)
+            if limit.per_day:
+                self.telemetry.quota_alert(model)
             return dataclasses.replace(failed, rate_limit=limit, retry_after=delay)
         if verdict is Verdict.FAILURE:
             self.coordinator.record(admission, Verdict.FAILURE)
@@ -341,6 +381,7 @@ class Exchange:
             return await self._checked_json(admission, response, attempt_limits, position)
         if verdict is Verdict.CREDENTIAL:
             self.coordinator.credential_alerts[model] += 1
+            self.telemetry.credential_alert(model, response.status_code)
             log.warning(
                 "credential alert: %s answered %d for %s; check the API key",
                 self.upstream.host,
@@ -400,6 +441,7 @@ class Exchange:
         if problem is not None:
             self.coordinator.record(admission, Verdict.FAILURE)
             self.coordinator.schema_drift[model] += 1
+            self.telemetry.schema_drift(model)
             log.warning("schema drift from %s: %s", model, problem)
             return _Failed(
                 model,
@@ -427,6 +469,9 @@ class Exchange:
         """A stream, checked event by event; continued on the next model if it breaks."""
         model = admission.model
         relay = SseRelay(self.upstream, self.coordinator, self.send, self.deadline, self._count)
+        span = self._span
+        if span is not None:
+            relay.on_first_event = span.first_token
         relay.served_by = model
         before_first_byte = await relay.first(response, limits, headers)
         if before_first_byte is not None:
@@ -435,6 +480,8 @@ class Exchange:
                 model, error=UpstreamBodyError(before_first_byte.message, before_first_byte.status)
             )
         self.status, self.served_by = 200, model
+        if span is not None:
+            span.usage(relay.delivered.usage)
         if relay.broken is None:
             self.coordinator.record(admission, Verdict.SUCCESS)
             self._check_streamed_json(relay)
@@ -453,7 +500,9 @@ class Exchange:
                 admit=self._admit_continuation,
                 limits=self.settings.model_settings,
             )
-            if await relay.continue_on(continuation, relay.broken):
+            continued = await relay.continue_on(continuation, relay.broken)
+            self.telemetry.stream_continuation(model, relay.served_by if continued else None)
+            if continued:
                 self.served_by = relay.served_by
                 self._check_streamed_json(relay)
                 self._finishing = True
@@ -474,6 +523,7 @@ class Exchange:
         if problem is not None:
             model = relay.served_by or "?"
             self.coordinator.schema_drift[model] += 1
+            self.telemetry.schema_drift(model, streamed=True)
             log.warning("schema drift in a stream from %s: %s", model, problem)
 
     def _count(self) -> None:
@@ -621,6 +671,7 @@ class Exchange:
         left = max(limit.retry_delay, self.coordinator.cooldown_left(self.credential, failed.model))
         if left > longest or not self.budget.try_spend():
             return False
+        self.telemetry.retry(failed.model, "rate_limited")
         waited = 0.0
         for _ in range(3):
             await asyncio.sleep(left)
@@ -635,6 +686,7 @@ class Exchange:
         return False
 
     async def _send_shed(self, model: str, shed: Shed) -> None:
+        self.telemetry.shed(model, shed.reason)
         self.served_by = model
         self.status = 429
         self._finishing = True
@@ -656,6 +708,7 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": body})
 
     async def _send_unavailable(self, requested: str, skipped: list[str]) -> None:
+        self.telemetry.shed(requested, "breakers_open")
         """Every model of the chain is open: shed at once, saying when to come back."""
         now = self.coordinator.mirror.store_now_ms()
         waits = [

@@ -29,6 +29,7 @@ from .exchange import CLIENT_CLOSED, Exchange
 from .gemini.paths import parse_path
 from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
+from .telemetry import Telemetry
 from .upstream import Upstream
 
 access_log = logging.getLogger("gemini_breaker.access")
@@ -41,8 +42,9 @@ class Forwarder:
     """ASGI app for every Gemini API path. ``upstream`` and ``coordinator`` are set by the
     app's lifespan."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings = settings
+        self.telemetry = telemetry
         self.upstream: Upstream | None = None
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
@@ -52,7 +54,9 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        exchange = await self._handle(scope, receive, send, path)
+        with self.telemetry.request(scope["method"], scope["headers"], parse_path(path)) as span:
+            exchange = await self._handle(scope, receive, send, path)
+            span.finish(exchange[0], exchange[1], attempts=exchange[2])
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s%s %d model=%s attempts=%d %.1fms",
@@ -111,6 +115,7 @@ class Forwarder:
             body,
             deadline=asyncio.get_running_loop().time() + self._deadline(headers),
             capabilities=self.capabilities,
+            telemetry=self.telemetry,
         )
         if isinstance(body, bytes):
             await exchange.run_cancelling_on_disconnect(receive)

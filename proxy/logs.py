@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
-# ``key=`` in any URL, however a library chose to log it. API keys must never reach a log.
-_KEY_IN_URL = re.compile(r"([?&;]key=)[^&\s\"'>]+", re.IGNORECASE)
+from .redaction import KEY_IN_URL
+from .telemetry import JsonFormatter
 
 
 class RedactingFormatter(logging.Formatter):
     """Formats as usual, then blanks API keys that appear in URLs (httpx logs full URLs)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _KEY_IN_URL.sub(r"\1REDACTED", super().format(record))
+        return KEY_IN_URL.sub(r"\1REDACTED", super().format(record))
 
 
-def configure_logging(level: str) -> None:
-    """One plain line per record on stderr, keys redacted."""
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One line per record on stderr (plain text or JSON), keys redacted."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            RedactingFormatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

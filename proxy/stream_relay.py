@@ -82,6 +82,8 @@ class SseRelay:
         self.broken: StreamBroken | None = None
         """Set when the stream broke after bytes reached the client."""
         self._on_attempt = on_attempt
+        self.on_first_event: Callable[[], None] | None = None
+        """Called as the first event goes out (time to first token)."""
 
     async def events(
         self, response: httpx.Response, limits: ModelSettings
@@ -134,6 +136,8 @@ class SseRelay:
                 {"type": "http.response.start", "status": 200, "headers": [*headers, *extra]}
             )
             self.started = True
+            if self.on_first_event is not None:
+                self.on_first_event()
             await self._forward(raw, chunk)
             try:
                 async for raw, chunk in events:

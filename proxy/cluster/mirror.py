@@ -32,6 +32,8 @@ class Mirror:
         self.breakers: dict[str, BreakerState] = {}
         self.active: dict[str, ActiveModel] = {}
         self.routes: dict[str, tuple[str, ...]] = {}
+        self.on_transition: Callable[[str, str, str], None] | None = None
+        """Called with (model, from state, to state) when a breaker changes state."""
         self.quotas: dict[tuple[str, str], QuotaState] = {}
         """429 conditions by (credential digest, model)."""
         self.pins: dict[str, Pin] = {}
@@ -78,6 +80,8 @@ class Mirror:
             if breaker.epoch == current.epoch and as_of_ms < self._as_of_ms.get(breaker.model, 0):
                 return
             if breaker.epoch > current.epoch and breaker.state != current.state:
+                if self.on_transition is not None:
+                    self.on_transition(breaker.model, current.state, breaker.state)
                 log.info(
                     "breaker %s: %s -> %s (epoch %d)%s",
                     breaker.model,

@@ -16,7 +16,7 @@ from typing import Final
 
 from opentelemetry import trace
 
-from ..logs import _KEY_IN_URL
+from ..redaction import KEY_IN_URL
 
 REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("gemini_breaker_request_id", default=None)
 """The id of the request being served in this context (None outside a request)."""
@@ -67,7 +67,7 @@ def bound_request_id(request_id: str) -> Iterator[str]:
 
 def redact(text: str) -> str:
     """``key=...`` in URLs blanked, as the plain formatter does."""
-    return _KEY_IN_URL.sub(r"\1REDACTED", text)
+    return KEY_IN_URL.sub(r"\1REDACTED", text)
 
 
 class JsonFormatter(logging.Formatter):
