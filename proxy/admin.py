@@ -446,6 +446,7 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
             "namespace": coordinator.keys.prefix,
         },
         "config_drift": coordinator.config_drift,
+        "transitions": list(reversed(coordinator.mirror.transitions)),
         "credential_alerts": dict(coordinator.credential_alerts),
         "quota_alerts": dict(coordinator.quota_alerts),
         "schema_drift": dict(coordinator.schema_drift),

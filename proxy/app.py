@@ -25,6 +25,7 @@ from .admin import AdminApi, AdminAuth
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
+from .status_page import status_page
 from .telemetry import Telemetry, view_of
 from .upstream import Upstream
 
@@ -114,6 +115,8 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            # The page holds no data; its fetches go through AdminApi (see status_page.py).
+            Route("/admin/status", status_page(auth), methods=["GET"]),
             Route("/admin/{rest:path}", admin),  # every method: AdminApi checks access first
             Route("/{path:path}", forwarder),
         ],

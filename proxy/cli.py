@@ -1,5 +1,6 @@
 """The ``gemini-breaker`` command: ``serve`` runs the proxy, ``simulate`` the fake Gemini,
-``admin`` reads and steers a running proxy through its admin API."""
+``admin`` reads and steers a running proxy through its admin API, ``demo`` shows it all
+working against the simulator."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, admin_cli
+from . import __version__, admin_cli, demo
 from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
 from .logs import configure_logging
 
@@ -23,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "admin":
             return admin_cli.run(args)
+        if args.command == "demo":
+            return demo.run(args)
         return _simulate(args)
     except ConfigError as exc:
         print(f"gemini-breaker: configuration error: {exc}", file=sys.stderr)
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", choices=["debug", "info", "warning", "error"], default="info"
     )
     admin_cli.add_parser(commands)
+    demo.add_parser(commands)
     return parser
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from .state import (
     CLOSED,
@@ -24,6 +26,8 @@ from .state import (
 
 log = logging.getLogger("gemini_breaker.breakers")
 
+RECENT_TRANSITIONS = 50
+
 
 class Mirror:
     """Breakers by model and active models by route, with the store's clock offset."""
@@ -33,6 +37,8 @@ class Mirror:
         self.active: dict[str, ActiveModel] = {}
         self.routes: dict[str, tuple[str, ...]] = {}
         self.on_transition: Callable[[str, str, str], None] | None = None
+        self.transitions: deque[dict[str, Any]] = deque(maxlen=RECENT_TRANSITIONS)
+        """The latest breaker state changes this replica saw, newest last."""
         """Called with (model, from state, to state) when a breaker changes state."""
         self.quotas: dict[tuple[str, str], QuotaState] = {}
         """429 conditions by (credential digest, model)."""
@@ -82,6 +88,16 @@ class Mirror:
             if breaker.epoch > current.epoch and breaker.state != current.state:
                 if self.on_transition is not None:
                     self.on_transition(breaker.model, current.state, breaker.state)
+                self.transitions.append(
+                    {
+                        "at_ms": breaker.since_ms,
+                        "model": breaker.model,
+                        "from": current.state,
+                        "to": breaker.state,
+                        "epoch": breaker.epoch,
+                        "reason": breaker.reason,
+                    }
+                )
                 log.info(
                     "breaker %s: %s -> %s (epoch %d)%s",
                     breaker.model,
