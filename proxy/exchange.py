@@ -45,6 +45,7 @@ from .outcomes import Verdict, classify_status
 from .retry_budget import RetryBudget
 from .stream_relay import Continuation, SseRelay
 from .telemetry import AttemptSpan, Telemetry
+from .telemetry.usage import usage_from_tail
 from .upstream import Upstream, UpstreamBodyError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("gemini_breaker.forwarding")
@@ -63,6 +64,8 @@ ROUTED_METHODS = frozenset(
 )
 # An upstream error body kept to relay later if no other model answers (Google's are < 2 KiB).
 MAX_KEPT_ERROR_BYTES = 64 * 1024
+# The end of a unary answer kept for its usageMetadata.
+USAGE_TAIL_BYTES = 4096
 # How long a request that met "input too long" waits to learn the other models' limits.
 LIMIT_LOOKUP_WAIT = 2.0
 # A JSON-mode answer is held whole to be checked before it is sent.
@@ -584,8 +587,9 @@ class Exchange:
     ) -> httpx.Response:
         scope = self.scope
         headers = self._upstream_headers()
-        if self._sse or self._checks_json:
-            # Events and JSON answers are checked as they pass: they must come uncompressed.
+        if self.path.is_generate:
+            # Streams and JSON answers are checked as they pass, and every answer's usage is
+            # read from it: they must come uncompressed (answers are text, and small).
             headers = [h for h in headers if h[0] != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
         return await self.upstream.open(
@@ -609,8 +613,13 @@ class Exchange:
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
             )
+            # The end of a unary answer carries its usageMetadata: keep the last few KiB.
+            keep_tail = self._span is not None and self.path.is_generate and not self._sse
+            tail = b""
             try:
                 async for chunk in self.upstream.iter_body(response, limits, self.deadline):
+                    if keep_tail:
+                        tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except UpstreamBodyError as exc:
                 log.warning("upstream response broke off: %s", exc.message)
@@ -629,6 +638,8 @@ class Exchange:
                 return False
             self._finishing = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if keep_tail and self._span is not None and response.status_code == 200:
+                self._span.usage(usage_from_tail(tail))
             return True
         finally:
             # Shielded: closing must finish even when the client's disconnect cancelled us.

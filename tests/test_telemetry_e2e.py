@@ -53,6 +53,7 @@ def test_metrics_after_a_failover(simulator_url: str, simulator: SimulatorContro
         redis={"flush_interval": 0.02},
     )
     simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    prompt_tokens = answer_tokens = 0
     with serve(create_app(settings)) as proxy:
         for _ in range(2):
             response = httpx.post(
@@ -61,6 +62,8 @@ def test_metrics_after_a_failover(simulator_url: str, simulator: SimulatorContro
                 headers={"x-goog-api-key": "k"},
             )
             assert response.headers["x-gemini-breaker-model"] == FLASH
+            prompt_tokens += response.json()["usageMetadata"]["promptTokenCount"]
+            answer_tokens += response.json()["usageMetadata"]["candidatesTokenCount"]
         wait_for_state(proxy, lambda s: s["breakers"][PRO]["state"] == "open")
         text = httpx.get(proxy + "/metrics").text
     assert "AIza" not in text and "x-goog-api-key" not in text
@@ -90,6 +93,10 @@ def test_metrics_after_a_failover(simulator_url: str, simulator: SimulatorContro
     )
     assert value(metrics, "gemini_breaker_store_degraded") == 0
     assert value(metrics, "gemini_breaker_upstream_latency_seconds_count", model=PRO) == 2
+    # Token usage, read from the end of each unary answer (two answers from flash).
+    tokens = "gemini_breaker_tokens_total"
+    assert value(metrics, tokens, model=FLASH, gen_ai_token_type="input") == prompt_tokens
+    assert value(metrics, tokens, model=FLASH, gen_ai_token_type="output") == answer_tokens
 
 
 def test_a_request_span_with_a_child_per_attempt(
