@@ -13,13 +13,7 @@ if not pin then
   audit(now, 'unpin', route, by, reason, via, epoch, { unpinned = cjson.null })
   return pin_change_json(now, route, nil, epoch, {}, false, 'unpin')
 end
-redis.call('HDEL', PINS_KEY, route)
-local epoch = redis.call('INCR', EPOCH_KEY)
-local active = {}
-local chain = redis.call('HGET', ROUTES_KEY, route)
-if chain then
-  active[route] = write_active(route, cjson.decode(chain), epoch)
-end
+local epoch, active = drop_pin(route)
 local json = pin_change_json(now, route, nil, epoch, active, true, 'unpin')
 audit(now, 'unpin', route, by, reason, via, epoch, {
   unpinned = pin.model, active = active_models(active),

@@ -35,18 +35,24 @@ end
 
 -- Remove the pins whose time is up: each removal is a transition (new epoch, the route's
 -- active model recomputed, published) and is audited.
+-- Drop a route's pin: a new epoch, and the route's active model recomputed under it.
+local function drop_pin(route)
+  redis.call('HDEL', PINS_KEY, route)
+  local epoch = redis.call('INCR', EPOCH_KEY)
+  local active = {}
+  local chain = redis.call('HGET', ROUTES_KEY, route)
+  if chain then
+    active[route] = write_active(route, cjson.decode(chain), epoch)
+  end
+  return epoch, active
+end
+
 local function expire_pins(now)
   local flat = redis.call('HGETALL', PINS_KEY)
   for i = 1, #flat, 2 do
     local route, pin = flat[i], cjson.decode(flat[i + 1])
     if tonumber(pin.until_ms) <= now then
-      redis.call('HDEL', PINS_KEY, route)
-      local epoch = redis.call('INCR', EPOCH_KEY)
-      local active = {}
-      local chain = redis.call('HGET', ROUTES_KEY, route)
-      if chain then
-        active[route] = write_active(route, cjson.decode(chain), epoch)
-      end
+      local epoch, active = drop_pin(route)
       pin_change_json(now, route, nil, epoch, active, true, 'expire')
       audit(now, 'pin_expired', route, 'gemini-breaker',
         'pin of ' .. pin.model .. ' by ' .. pin.by .. ' ran out: ' .. pin.reason, '', epoch,
