@@ -98,27 +98,36 @@ class _Failed:
     """A kept answer that goes to the client as it is (a 4xx), with no further attempts."""
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every exchange of a running proxy shares."""
+
+    settings: Settings
+    upstream: Upstream
+    coordinator: Coordinator
+    budget: RetryBudget
+    capabilities: CapabilityLookup
+    telemetry: Telemetry
+
+
 class Exchange:
     """Serves one request. ``status``, ``served_by`` and ``attempts`` describe how it went."""
 
     def __init__(
         self,
-        upstream: Upstream,
-        coordinator: Coordinator,
-        budget: RetryBudget,
-        settings: Settings,
+        services: Services,
         scope: Scope,
         send: Send,
         path: GeminiPath,
         body: bytes | AsyncIterable[bytes],
         deadline: float,
-        capabilities: CapabilityLookup,
-        telemetry: Telemetry,
     ) -> None:
-        self.upstream = upstream
-        self.coordinator = coordinator
-        self.budget = budget
-        self.settings = settings
+        self.upstream = services.upstream
+        self.coordinator = services.coordinator
+        self.budget = services.budget
+        self.settings = services.settings
+        self.capabilities = services.capabilities
+        self.telemetry = services.telemetry
         self.scope = scope
         self.send = send
         self.path = path
@@ -128,13 +137,11 @@ class Exchange:
         self.served_by: str | None = None
         self.attempts = 0
         self.credential = credential_scope(
-            scope["headers"], scope["query_string"], settings.upstream.api_key
+            scope["headers"], scope["query_string"], services.settings.upstream.api_key
         )
         """Digest of the credential this request uses: its 429 conditions are its own."""
         self._finishing = False
         self._sse = path.method == "streamGenerateContent" and b"alt=sse" in scope["query_string"]
-        self.capabilities = capabilities
-        self.telemetry = telemetry
         self._passed_over: str | None = None
         self._last_model: str | None = None
         self._span: AttemptSpan | None = None

@@ -25,7 +25,7 @@ from .asgi_io import (
 from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import Coordinator
 from .config import Settings
-from .exchange import CLIENT_CLOSED, Exchange
+from .exchange import CLIENT_CLOSED, Exchange, Services
 from .gemini.paths import parse_path
 from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
@@ -104,18 +104,16 @@ class Forwarder:
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
+        services = Services(
+            self.settings, upstream, coordinator, self.budget, self.capabilities, self.telemetry
+        )
         exchange = Exchange(
-            upstream,
-            coordinator,
-            self.budget,
-            self.settings,
+            services,
             scope,
             send,
             gemini_path,
             body,
             deadline=asyncio.get_running_loop().time() + self._deadline(headers),
-            capabilities=self.capabilities,
-            telemetry=self.telemetry,
         )
         if isinstance(body, bytes):
             await exchange.run_cancelling_on_disconnect(receive)
