@@ -137,7 +137,6 @@ def test_the_page_shows_changes_made_elsewhere_and_its_buttons_act(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    started = time.monotonic()
     wait = WebDriverWait(browser, 10, poll_frequency=0.05)
 
     def text(css: str) -> str:
@@ -215,4 +214,3 @@ def test_the_page_shows_changes_made_elsewhere_and_its_buttons_act(
     wait.until(lambda _: text(route_active) == PRO)
     assert _state(token_proxy)["routes"][PRO]["pin"] is None
     browser.save_screenshot(str(SCREENSHOT.with_name("status-page-after.png")))
-    assert time.monotonic() - started < 30
