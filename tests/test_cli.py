@@ -115,6 +115,17 @@ def test_workers_are_replicas_of_one_cluster(redis_server: RedisServer) -> None:
         while client.hlen(Keys().route_digests) < 2:
             assert time.monotonic() < deadline, "the second worker never joined"
             time.sleep(0.05)
+        # A worker registers during its start-up, a moment before it starts accepting.
+        while not serving(f"http://127.0.0.1:{proxy_port}/healthz"):
+            assert time.monotonic() < deadline, "the workers never started serving"
+            time.sleep(0.05)
         for _ in range(5):
             assert httpx.post(url, content=body, headers={"x-goog-api-key": "k"}).is_success
         client.close()
+
+
+def serving(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
