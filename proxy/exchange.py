@@ -196,7 +196,7 @@ class Exchange:
     async def _route(self, requested: str) -> None:
         chain = self.coordinator.chain_for(requested)
         self.budget.record_request()
-        self.capabilities.look_up(chain, self._upstream_headers(), self.scope["query_string"])
+        self.capabilities.look_up(chain, self._upstream_headers, self.scope["query_string"])
         last: _Failed | None = None
         skipped: list[str] = []
         spill_to: str | None = None
@@ -265,11 +265,19 @@ class Exchange:
             return False
         return b"application/json" in self.body and self.needs.expects_json
 
+    @functools.cached_property
     def _upstream_headers(self) -> Headers:
+        """The request's headers as every attempt sends them upstream (built once)."""
         scope = self.scope
-        return upstream_request_headers(
+        headers = upstream_request_headers(
             scope["headers"], scope["query_string"], self.settings.upstream.api_key
         )
+        if self.path.is_generate:
+            # Streams and JSON answers are checked as they pass, and every answer's usage is
+            # read from it: they must come uncompressed (answers are text, and small).
+            headers = [h for h in headers if h[0] != b"accept-encoding"]
+            headers.append((b"accept-encoding", b"identity"))
+        return headers
 
     @functools.cached_property
     def needs(self) -> RequestNeeds:
@@ -425,7 +433,7 @@ class Exchange:
             following = list(chain[chain.index(model) + 1 :]) if model in chain else []
             await self.capabilities.ensure_known(
                 following,
-                self._upstream_headers(),
+                self._upstream_headers,
                 self.scope["query_string"],
                 min(LIMIT_LOOKUP_WAIT, self.remaining()),
             )
@@ -593,17 +601,11 @@ class Exchange:
         self, path: str, limits: ModelSettings, body: bytes | None = None
     ) -> httpx.Response:
         scope = self.scope
-        headers = self._upstream_headers()
-        if self.path.is_generate:
-            # Streams and JSON answers are checked as they pass, and every answer's usage is
-            # read from it: they must come uncompressed (answers are text, and small).
-            headers = [h for h in headers if h[0] != b"accept-encoding"]
-            headers.append((b"accept-encoding", b"identity"))
         return await self.upstream.open(
             scope["method"],
             path,
             scope["query_string"],
-            headers,
+            self._upstream_headers,
             self.body if body is None else body,
             limits,
         )

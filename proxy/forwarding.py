@@ -26,7 +26,7 @@ from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import Coordinator
 from .config import Settings
 from .exchange import CLIENT_CLOSED, Exchange, Services
-from .gemini.paths import parse_path
+from .gemini.paths import GeminiPath, parse_path
 from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
 from .telemetry import Telemetry
@@ -54,8 +54,9 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        with self.telemetry.request(scope["method"], scope["headers"], parse_path(path)) as span:
-            exchange = await self._handle(scope, receive, send, path)
+        gemini_path = parse_path(path)
+        with self.telemetry.request(scope["method"], scope["headers"], gemini_path) as span:
+            exchange = await self._handle(scope, receive, send, path, gemini_path)
             span.finish(exchange[0], exchange[1], attempts=exchange[2])
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
@@ -70,10 +71,14 @@ class Forwarder:
             )
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, path: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        gemini_path: GeminiPath | None,
     ) -> tuple[int, str | None, int]:
         """Answer the request; returns (status, serving model, upstream attempts) for the log."""
-        gemini_path = parse_path(path)
         if gemini_path is None:
             shown = path if len(path) <= 200 else path[:200] + "..."
             await send_error(
