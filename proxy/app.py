@@ -11,17 +11,14 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import fakeredis
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .admin import AdminApi, AdminAuth
+from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
@@ -50,12 +47,12 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = _store_client(settings)
         coordinator = Coordinator(
-            settings, redis, embedded=settings.redis.url is None, replica=replica
+            settings, redis, embedded=not settings.redis.shared, replica=replica
         )
         if coordinator.embedded:
             log.warning(
-                "no redis.url: breaker state lives in this process only and is NOT shared "
-                "with other replicas (embedded single-replica store)"
+                "no redis.url, redis.sentinel or redis.cluster: breaker state lives in this "
+                "process only and is NOT shared with other replicas (embedded single-replica store)"
             )
         coordinator.mirror.on_transition = telemetry.breaker_transition
         await coordinator.start()
@@ -129,17 +126,7 @@ def create_app_from_environment() -> Starlette:
     return create_app(build_settings(json.loads(os.environ[SETTINGS_JSON_ENV])))
 
 
-def _store_client(settings: Settings) -> Redis:
-    """The Redis client, or the in-process fakeredis that runs the same scripts."""
-    if settings.redis.url is None:
-        client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        return client
-    # No client-side retries: every call is bounded by the coordinator, and a retry loop
-    # inside redis-py would hide an outage from the health breaker.
-    return Redis.from_url(
-        settings.redis.url,
-        socket_connect_timeout=1.0,
-        socket_timeout=5.0,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=10,
-    )
+def _store_client(settings: Settings) -> StoreClient:
+    """The Redis client of the configured topology, or the in-process fakeredis that runs
+    the same scripts (see ``proxy.cluster.connect``)."""
+    return store_client(settings.redis)

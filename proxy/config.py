@@ -25,13 +25,16 @@ __all__ = ["ConfigError", "Settings", "build_settings", "load_raw", "load_settin
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 CONFIG_ENV = "GEMINI_BREAKER_CONFIG"
 
-# Environment variable -> (section, key). Applied over the file, under the command line.
-ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+# Environment variable -> (section, key, ...). Applied over the file, under the command line.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "GEMINI_BREAKER_HOST": ("server", "host"),
     "GEMINI_BREAKER_PORT": ("server", "port"),
     "GEMINI_BREAKER_UPSTREAM_URL": ("upstream", "base_url"),
     "GEMINI_API_KEY": ("upstream", "api_key"),
     "GEMINI_BREAKER_REDIS_URL": ("redis", "url"),
+    "GEMINI_BREAKER_REDIS_USERNAME": ("redis", "username"),
+    "GEMINI_BREAKER_REDIS_PASSWORD": ("redis", "password"),
+    "GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD": ("redis", "sentinel", "password"),
     "GEMINI_BREAKER_ADMIN_TOKEN": ("admin", "token"),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
 }
@@ -67,9 +70,56 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisSentinelSettings:
+    """Follow the master a set of Redis Sentinels names (instead of ``redis.url``)."""
+
+    master_name: str | None = None
+    """The service name the sentinels monitor (``sentinel monitor <name> ...``)."""
+    addresses: tuple[str, ...] = ()
+    """``host:port`` of the sentinels; any one that answers names the master."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """The sentinels' own credentials, when they require auth (not the data nodes')."""
+
+    @property
+    def configured(self) -> bool:
+        return self.master_name is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisClusterSettings:
+    """Redis Cluster (instead of ``redis.url``): the seed nodes the topology is read from."""
+
+    nodes: tuple[str, ...] = ()
+    """``host:port`` of some cluster nodes; the client learns the rest from them."""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.nodes)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTlsSettings:
+    enabled: bool = False
+    """Connect over TLS; implied by a ``rediss://`` URL."""
+    ca_file: str | None = None
+    """PEM bundle the server's certificate is verified against; unset: the system's CAs."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    """Client certificate and key, for servers that require mutual TLS."""
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str | None = field(default=None, repr=False)
-    """Unset: the embedded single-replica store (state is not shared)."""
+    """Unset (and no sentinel or cluster): the embedded single-replica store."""
+    sentinel: RedisSentinelSettings = field(default_factory=RedisSentinelSettings)
+    cluster: RedisClusterSettings = field(default_factory=RedisClusterSettings)
+    username: str | None = None
+    """ACL user of the data nodes (with ``password``); the URL may carry both instead."""
+    password: str | None = field(default=None, repr=False)
+    tls: RedisTlsSettings = field(default_factory=RedisTlsSettings)
     namespace: str = "default"
     """Replicas sharing a namespace share breakers; it is the hash tag of every key."""
     operation_timeout: float = field(default=0.1, metadata={"min": 0.001})
@@ -82,6 +132,16 @@ class RedisSettings:
     """Outcomes are aggregated and reported this often (at once after a burst of failures)."""
     reconcile_interval: float = field(default=1.0, metadata={"min": 0.01})
     """Full state read from Redis this often, in case a published change was missed."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether a Redis is configured (a URL, a Sentinel set or a Cluster); otherwise
+        the embedded in-process store runs."""
+        return self.url is not None or self.sentinel.configured or self.cluster.configured
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls.enabled or (self.url or "").startswith("rediss://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +246,16 @@ def load_raw(
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
-    for var, (section, key) in ENV_OVERRIDES.items():
+    for var, (*sections, key) in ENV_OVERRIDES.items():
         value = env.get(var)
         if value:
-            raw.setdefault(section, {})
-            require_mapping(raw[section], section)
-            raw[section][key] = _from_env(var, value, section, key)
+            target = raw
+            for depth, section in enumerate(sections):
+                if target.get(section) is None:
+                    target[section] = {}
+                require_mapping(target[section], ".".join(sections[: depth + 1]))
+                target = target[section]
+            target[key] = _from_env(var, value, sections[0], key)
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {})
         require_mapping(raw[section], section)
@@ -228,12 +292,11 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         stream_break=stream_break,
     )
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
-    if settings.redis.url is not None:
-        _check_url(settings.redis.url, "redis.url", ("redis", "rediss", "unix"))
-    elif settings.server.workers > 1:
+    _check_redis(settings.redis)
+    if not settings.redis.shared and settings.server.workers > 1:
         raise ConfigError(
-            "server.workers: several workers need a shared store; set redis.url "
-            "(the embedded store lives inside one process)"
+            "server.workers: several workers need a shared store; set redis.url, "
+            "redis.sentinel or redis.cluster (the embedded store lives inside one process)"
         )
     if not settings.redis.namespace or any(c in settings.redis.namespace for c in "{}: "):
         raise ConfigError("redis.namespace: must be non-empty, without braces, colons or spaces")
@@ -302,6 +365,53 @@ def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]
             raise ConfigError(f"{where}: a model appears twice in the chain")
         routes[name] = tuple(chain)
     return routes, policies
+
+
+def _check_redis(redis: RedisSettings) -> None:
+    """At most one topology, complete, with addresses that parse; TLS files only with TLS."""
+    chosen = [
+        name
+        for name, on in (
+            ("redis.url", redis.url is not None),
+            ("redis.sentinel", redis.sentinel.configured or bool(redis.sentinel.addresses)),
+            ("redis.cluster", redis.cluster.configured),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"{chosen[1]}: set only one of redis.url, redis.sentinel, redis.cluster")
+    if redis.url is not None:
+        _check_url(redis.url, "redis.url", ("redis", "rediss", "unix"))
+        if redis.tls.enabled and redis.url.startswith("unix:"):
+            raise ConfigError("redis.tls.enabled: TLS needs a TCP address, not a unix socket")
+    sentinel = redis.sentinel
+    if sentinel.configured or sentinel.addresses:
+        if not sentinel.master_name:
+            raise ConfigError("redis.sentinel.master_name: must be set (the monitored service)")
+        if not sentinel.addresses:
+            raise ConfigError("redis.sentinel.addresses: list at least one sentinel host:port")
+    for index, address in enumerate(sentinel.addresses):
+        parse_address(address, f"redis.sentinel.addresses[{index}]")
+    for index, address in enumerate(redis.cluster.nodes):
+        parse_address(address, f"redis.cluster.nodes[{index}]")
+    tls = redis.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError("redis.tls: cert_file and key_file go together (mutual TLS)")
+    if not redis.uses_tls and (tls.ca_file or tls.cert_file):
+        raise ConfigError("redis.tls: certificate files are set but TLS is not enabled")
+    if not redis.shared and (redis.username or redis.password or tls.enabled):
+        raise ConfigError(
+            "redis: username, password and tls need a Redis (url, sentinel or cluster)"
+        )
+
+
+def parse_address(address: str, where: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a (host, port) pair."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected host:port, got {address!r}")
+    return host, int(port)
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

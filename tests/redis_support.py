@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ import pytest
 from .support import free_port
 
 READY_SECONDS = 10.0
+PortArgs = Callable[[int], list[str]] | None
 
 
 def redis_binary() -> str | None:
@@ -31,11 +32,12 @@ def redis_binary() -> str | None:
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
-    """Whether a Redis on 127.0.0.1:``port`` answers PING (raw RESP, no client library)."""
+    """Whether a Redis on 127.0.0.1:``port`` answers PING (raw RESP, no client library); a
+    server whose default user is off answers NOAUTH, which shows it is up as well."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -43,10 +45,21 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server process; restartable on the same port."""
 
-    def __init__(self, binary: str, port: int, directory: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        port: int,
+        directory: Path,
+        args: Sequence[str] = (),
+        config: Path | None = None,
+    ) -> None:
         self.binary = binary
+        self.config = config
+        """A config file (first on the command line; a sentinel needs one it can rewrite)."""
         self.port = port
         self.directory = directory
+        self.args = list(args)
+        """Further command-line options (cluster mode, TLS, ACL users...)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,12 +116,14 @@ class RedisServer:
     def _spawn(self) -> None:
         args = [
             self.binary,
+            *([str(self.config)] if self.config else []),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.directory),
             "--logfile", str(self.log_path),
+            *self.args,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -147,8 +162,17 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def start_redis(directory: Path | None = None) -> Iterator[RedisServer]:
-    """Run a private redis-server on a free port; stopped (whatever state it is in) on exit."""
+def start_redis(
+    directory: Path | None = None,
+    args: Sequence[str] = (),
+    *,
+    port_args: PortArgs = None,
+    config: Path | None = None,
+) -> Iterator[RedisServer]:
+    """Run a private redis-server on a free port; stopped (whatever state it is in) on exit.
+
+    ``args`` are further options; ``port_args`` makes options from the chosen port (a config
+    file or a cluster bus port that must differ per server)."""
     binary = redis_binary()
     if binary is None:
         raise RuntimeError("redis-server is not on PATH")
@@ -157,7 +181,9 @@ def start_redis(directory: Path | None = None) -> Iterator[RedisServer]:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="redis-")))
         # Another process may take the free port between our probe and redis's bind: move on.
         for _ in range(5):
-            server = RedisServer(binary, free_port(), directory)
+            port = free_port()
+            extra = [*args, *(port_args(port) if port_args else [])]
+            server = RedisServer(binary, port, directory, extra, config)
             if server.try_start(time.monotonic() + READY_SECONDS):
                 break
         else:

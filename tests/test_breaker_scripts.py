@@ -1,4 +1,5 @@
-"""The breaker scripts, each test run against fakeredis and a real redis-server.
+"""The breaker scripts, each test run against fakeredis, a real redis-server and a real
+three-node Redis Cluster (every key shares one hash tag, so every script runs on one node).
 
 Time comes from Redis ``TIME`` only, so nothing here controls the clock: waits are tiny and
 always lower bounds (a sleep guarantees at least that much time passed), and expected values
@@ -21,8 +22,9 @@ from typing import Any
 import anyio
 import fakeredis
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -58,10 +60,16 @@ from proxy.cluster.state import (
 
 from .redis_support import RedisServer, require_redis, start_redis
 from .redis_support import redis_server as redis_server  # the fixture
+from .redis_topologies import ClusterTopology, start_cluster
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
+BACKENDS = [
+    "fakeredis",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("cluster", marks=pytest.mark.redis),
+]
+Client = Redis | RedisCluster
 DEADLINE = 10.0  # seconds any polling loop may take before the test fails
 
 
@@ -86,15 +94,15 @@ def params(**overrides: Any) -> BreakerParams:
 class Backend:
     """Clients of one Redis (real or fake), all working in a fresh namespace."""
 
-    def __init__(self, factory: Callable[[], Redis]) -> None:
+    def __init__(self, factory: Callable[[], Client]) -> None:
         self.namespace = f"test-{uuid.uuid4().hex[:12]}"
         self.keys = Keys(self.namespace)
         self._factory = factory
-        self._clients: list[Redis] = []
+        self._clients: list[Client] = []
         self.redis = self.client()
         self.store = BreakerStore(self.redis, self.keys)
 
-    def client(self) -> Redis:
+    def client(self) -> Client:
         client = self._factory()
         self._clients.append(client)
         return client
@@ -102,6 +110,16 @@ class Backend:
     def new_store(self) -> BreakerStore:
         """A store on its own client (its own connection)."""
         return BreakerStore(self.client(), self.keys)
+
+    async def pubsub(self, **options: Any) -> PubSub:
+        """A pub/sub on its own client; on a cluster, on the node owning the events channel's
+        slot (the node every script of the namespace runs on)."""
+        client = self.client()
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            node = client.get_node_from_key(self.keys.events)
+            return client.pubsub(node=node, **options)
+        return client.pubsub(**options)
 
     async def close(self) -> None:
         for client in self._clients:
@@ -115,12 +133,25 @@ def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
         yield server
 
 
+@pytest.fixture(scope="module")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    require_redis()
+    with start_cluster(tmp_path_factory.mktemp("cluster")) as topology:
+        yield topology
+
+
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Backend]:
-    factory: Callable[[], Redis]
+    factory: Callable[[], Client]
     if request.param == "redis":
         url = request.getfixturevalue("real_redis").url
         factory = lambda: Redis.from_url(url)  # noqa: E731
+    elif request.param == "cluster":
+        seeds = [
+            ClusterNode("127.0.0.1", s.port)
+            for s in request.getfixturevalue("real_cluster").servers
+        ]
+        factory = lambda: RedisCluster(startup_nodes=seeds)  # noqa: E731
     else:
         server = fakeredis.FakeServer()
         # Text replies here, bytes on the real server: the store must take both.
@@ -200,7 +231,7 @@ class Events:
 
     @classmethod
     async def open(cls, backend: Backend) -> Events:
-        pubsub = backend.client().pubsub()
+        pubsub = await backend.pubsub()
         await pubsub.subscribe(backend.keys.events)
         # Wait for the confirmation: only then are later publishes sure to reach us.
         deadline = time.monotonic() + DEADLINE
@@ -752,7 +783,7 @@ async def test_quota_feedback_cools_down_and_halves_once_per_cooldown(store: Bre
 
 
 async def test_quota_feedback_is_published(backend: Backend) -> None:
-    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    listener = await backend.pubsub(ignore_subscribe_messages=True)
     await listener.subscribe(backend.keys.events)
     change = await backend.store.quota_feedback("k", "m", 1.0, False, "", QuotaParams())
     deadline = time.monotonic() + DEADLINE
@@ -853,7 +884,7 @@ async def test_an_expired_pin_is_dropped_by_the_snapshot(backend: Backend) -> No
     store = backend.store
     await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
     pinned = await store.pin("pro", "b", 0.05, "ops", "short")
-    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    listener = await backend.pubsub(ignore_subscribe_messages=True)
     await listener.subscribe(backend.keys.events)
     try:
         await wait_for_redis_time(store, pinned.pin.until_ms if pinned.pin else 0)
@@ -880,7 +911,7 @@ async def test_an_expired_pin_is_dropped_by_the_snapshot(backend: Backend) -> No
 
 async def test_pin_changes_are_published(backend: Backend) -> None:
     await backend.store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
-    listener = backend.client().pubsub(ignore_subscribe_messages=True)
+    listener = await backend.pubsub(ignore_subscribe_messages=True)
     await listener.subscribe(backend.keys.events)
     try:
         answers = [
@@ -976,3 +1007,91 @@ async def test_seeding_carries_the_pins(backend: Backend) -> None:
     # The seeded store's own scripts honour the pin.
     forced = await other.force("a", "force_open", "ops", "", params())
     assert forced.active["pro"].model == "b"
+
+
+# Epochs never go backwards
+
+
+async def lose_the_counter(backend: Backend) -> None:
+    """What a failover to a lagging replica (or a restart without persistence) does to the
+    counter: it goes back below epochs the replicas have already seen."""
+    await backend.redis.set(backend.keys.epoch, 1)
+
+
+async def test_every_new_epoch_is_taken_above_the_floor(backend: Backend) -> None:
+    """Each script that takes a new epoch raises the counter to the caller's floor first."""
+    p = params(minimum_calls=1, open_seconds=0.001, half_open_probes=1)
+    floor = 1000
+    store = BreakerStore(backend.redis, backend.keys, lambda: floor)
+    await backend.store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    transitions: list[tuple[str, Callable[[], Any]]] = [
+        ("force", lambda: store.force("b", "open", "ops", "why", p)),
+        ("pin", lambda: store.pin("pro", "b", 60, "ops", "why")),
+        ("unpin", lambda: store.unpin("pro", "ops", "why")),
+        ("quota_feedback", lambda: store.quota_feedback("k", "m", 1.0, False, "", QuotaParams())),
+        ("report", lambda: store.report([Outcome("a", 0, 1, 1)], {"a": p})),
+        ("register_routes", lambda: store.register_routes({"new": ["b", "a"]}, "r1", "d2", {})),
+    ]
+    for name, call in transitions:
+        await lose_the_counter(backend)
+        await call()
+        assert (await backend.store.snapshot()).epoch == floor + 1, name
+    # acquire (open -> half-open) and probe_done (half-open -> closed) take epochs as well.
+    await wait_for_redis_time(backend.store, (await breaker(store, "a")).open_until_ms)
+    await lose_the_counter(backend)
+    acquired = await store.acquire("a", p)
+    assert acquired.permit and acquired.change.breaker is not None
+    assert acquired.change.breaker.epoch == floor + 1
+    await lose_the_counter(backend)
+    closed = await store.probe_done("a", floor + 1, True, p)
+    assert closed.breaker is not None and closed.breaker.state == CLOSED
+    assert closed.breaker.epoch == floor + 1
+    # A counter already above the floor just moves on.
+    later = await store.force("b", "reset", "ops", "why", p)
+    assert later.breaker is not None and later.breaker.epoch == floor + 2
+
+
+async def test_a_store_that_lost_writes_reissues_its_state_above_the_floor(
+    backend: Backend,
+) -> None:
+    p = params()
+    store = backend.store
+    await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+    opened(await trip(store, "a", p))
+    await store.pin("pro", "b", 600, "ops", "keep")
+    await store.quota_feedback("k", "b", 60, False, "", QuotaParams())
+    before = await store.snapshot()
+    await lose_the_counter(backend)
+    floor = before.epoch + 50  # replicas saw writes the store no longer has
+    listener = await backend.pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(backend.keys.events)
+    try:
+        reissued = await BreakerStore(backend.redis, backend.keys, lambda: floor).reissue(["c"])
+        published: list[Any] = []
+        deadline = time.monotonic() + DEADLINE
+        while len(published) < 4:  # one per breaker (a, b, c) and one per pin
+            assert time.monotonic() < deadline, published
+            message = await listener.get_message(timeout=1.0)
+            if message is not None:
+                published.append(parse_any_event(message["data"]))
+    finally:
+        await listener.aclose()
+    epoch = floor + 1
+    assert reissued.epoch == epoch
+    # The same state, every part of it stamped with the one new epoch.
+    assert {m: (b.state, b.trips, b.open_until_ms) for m, b in reissued.breakers.items()} == {
+        "a": (OPEN, 1, before.breakers["a"].open_until_ms),
+        "b": (CLOSED, 0, 0),
+        "c": (CLOSED, 0, 0),
+    }
+    assert {b.epoch for b in reissued.breakers.values()} == {epoch}
+    assert reissued.active == {"pro": ActiveModel("pro", "b", epoch)}
+    assert reissued.pins["pro"].model == "b" and reissued.pins["pro"].epoch == epoch
+    _, _, quotas = await store.quota_snapshot()
+    assert [q.epoch for q in quotas] == [epoch]
+    changes = [e for e in published if isinstance(e, Change)]
+    assert sorted(c.breaker.model for c in changes if c.breaker) == ["a", "b", "c"]
+    assert all(c.changed and c.breaker and c.breaker.epoch == epoch for c in changes)
+    assert all(c.active == {"pro": ActiveModel("pro", "b", epoch)} for c in changes if c.active)
+    [pin_event] = [e for e in published if isinstance(e, PinChange)]
+    assert pin_event.epoch == epoch and pin_event.pin == reissued.pins["pro"]

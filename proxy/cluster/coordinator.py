@@ -23,13 +23,14 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fakeredis
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..config import Settings
 from ..gemini.quota import RateLimit
 from ..outcomes import Verdict
 from ..throttle import AdaptiveThrottle
+from .connect import StoreClient, subscribe
 from .health import StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
@@ -87,14 +88,17 @@ class Admission:
 class Coordinator:
     """Owns the mirror and every conversation with the breaker store."""
 
-    def __init__(self, settings: Settings, redis: Redis, *, embedded: bool, replica: str) -> None:
+    def __init__(
+        self, settings: Settings, redis: StoreClient, *, embedded: bool, replica: str
+    ) -> None:
         self.settings = settings
         self.embedded = embedded
         self.replica = replica
         self.keys = Keys(settings.redis.namespace)
         self.mirror = Mirror()
         self._redis = redis
-        self._shared = BreakerStore(redis, self.keys)
+        # Every new epoch is taken above the highest this replica has seen (see reconcile).
+        self._shared = BreakerStore(redis, self.keys, self._epoch_floor)
         self._local: BreakerStore | None = None
         self._health = StoreHealth(
             settings.redis.failures_to_degrade, settings.redis.retry_seconds, self._health_changed
@@ -414,6 +418,9 @@ class Coordinator:
             self.mirror.adopt(snapshot)
             log.warning("leaving fail-static mode: adopted the cluster's state from Redis")
             return
+        # Everything the mirror holds now was issued before the snapshot is read, so a
+        # snapshot whose counter is below this lost writes (it is not merely late).
+        seen = self.mirror.highest_epoch
         try:
             snapshot = await self._call(lambda store: store.snapshot(), self._background_timeout)
             quotas = await self._call(
@@ -421,14 +428,24 @@ class Coordinator:
             )
         except StoreUnavailable:
             return
-        if snapshot.epoch < self.mirror.highest_epoch:
-            # The store lost state (a restart without persistence): it is still the truth,
-            # and every replica converges on it.
+        if snapshot.epoch < seen:
+            # The store lost writes (a failover to a lagging replica, a restart without
+            # persistence). It is still the truth, but its epochs are older than the ones
+            # replicas hold, so it issues its state again above them (published): every
+            # replica then adopts it through the ordinary epoch fencing.
             log.warning(
-                "the store's epoch went back from %d to %d: adopting its state",
-                self.mirror.highest_epoch,
+                "the store's epoch went back from %d to %d (it lost writes): "
+                "re-issuing its state above every epoch seen",
+                seen,
                 snapshot.epoch,
             )
+            models = sorted({m for chain in self.settings.routes.values() for m in chain})
+            try:
+                snapshot = await self._call(
+                    lambda store: store.reissue(models), self._background_timeout
+                )
+            except StoreUnavailable:
+                return
             self._generation += 1
             self.mirror.adopt(snapshot)
             if set(snapshot.routes) != set(self.settings.routes):
@@ -536,21 +553,25 @@ class Coordinator:
 
     async def _subscribe_forever(self) -> None:
         """Apply every published change; after each (re)subscription, reconcile."""
+        lost = False
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
-                await pubsub.subscribe(self.keys.events)
+                async with asyncio.timeout(self._background_timeout):
+                    pubsub = await subscribe(self._redis, self.keys.events, refresh=lost)
                 await self.reconcile()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and self._local is None:
                         self._apply_event(parse_any_event(message["data"]))
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 log.debug("events subscription lost: %s", type(exc).__name__)
             finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError, TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            lost = True
             await asyncio.sleep(self.settings.redis.retry_seconds)
 
     def _apply_event(self, event: Change | QuotaChange | PinChange) -> None:
@@ -594,11 +615,16 @@ class Coordinator:
         """Run the same scripts on an in-process store, seeded with the last known state."""
         if self._local is not None:
             return
-        local = BreakerStore(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), self.keys)
+        local = BreakerStore(
+            fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()), self.keys, self._epoch_floor
+        )
         await local.seed(self.mirror_snapshot())
         self._local = local
         self._generation += 1
         await self._register_on(local)()
+
+    def _epoch_floor(self) -> int:
+        return self.mirror.highest_epoch
 
     def mirror_snapshot(self) -> Snapshot:
         """The mirror as a snapshot (to seed the local store)."""

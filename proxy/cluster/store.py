@@ -1,8 +1,10 @@
 """The breaker scripts, called through redis-py: one method per script.
 
 Every state change happens inside Lua (see ``lua/``), atomically and on Redis's clock; this
-module only packs arguments and parses answers. Works with a real ``redis.asyncio.Redis`` or an
-in-process ``fakeredis.FakeAsyncRedis``.
+module only packs arguments and parses answers. Works with a real ``redis.asyncio.Redis`` (one
+server or a Sentinel-managed master), a ``redis.asyncio.RedisCluster`` (every key shares one
+hash tag, and every call names the epoch key, so the cluster client sends it to the node owning
+that slot), or an in-process ``fakeredis.FakeAsyncRedis``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import TypeVar
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.typing import EncodableT
 
+from .connect import StoreClient
 from .keys import Keys
 from .state import (
     ACTIONS,
@@ -68,12 +70,23 @@ def script_source(name: str, prelude: Sequence[str] = _PRELUDE) -> str:
     return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in parts)
 
 
-class BreakerStore:
-    """Cluster-wide breaker state in Redis, one namespace."""
+def _no_floor() -> int:
+    return 0
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+
+class BreakerStore:
+    """Cluster-wide breaker state in Redis, one namespace.
+
+    ``epoch_floor`` gives the highest epoch the caller has seen; every script takes its new
+    epochs above it, so epochs never go backwards after Redis lost writes.
+    """
+
+    def __init__(
+        self, redis: StoreClient, keys: Keys, epoch_floor: Callable[[], int] = _no_floor
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._epoch_floor = epoch_floor
         self._report = redis.register_script(script_source("report"))
         self._acquire = redis.register_script(script_source("acquire"))
         self._probe_done = redis.register_script(script_source("probe_done"))
@@ -81,6 +94,7 @@ class BreakerStore:
         self._register_routes = redis.register_script(script_source("register_routes"))
         self._snapshot = redis.register_script(script_source("snapshot"))
         self._seed = redis.register_script(script_source("seed"))
+        self._reissue = redis.register_script(script_source("reissue", (*_PRELUDE, "quota.lua")))
         self._pin = redis.register_script(script_source("pin"))
         self._unpin = redis.register_script(script_source("unpin"))
         self._heartbeat = redis.register_script(script_source("heartbeat", ("common.lua",)))
@@ -213,6 +227,12 @@ class BreakerStore:
         payload = json.dumps(snapshot_to_json(snapshot))
         return _parse(await self._call(self._seed, [payload]), snapshot_from_json)
 
+    async def reissue(self, models: Sequence[str]) -> Snapshot:
+        """The store lost writes (its epoch counter is below the floor): issue its whole state
+        again at one new epoch above the floor, published, so every replica adopts it.
+        ``models`` are the caller's configured models (breakers Redis may have forgotten)."""
+        return _parse(await self._call(self._reissue, list(models)), snapshot_from_json)
+
     async def quota_feedback(
         self,
         scope: str,
@@ -257,7 +277,9 @@ class BreakerStore:
 
     async def _call(self, script: AsyncScript, args: Sequence[EncodableT]) -> object:
         try:
-            reply: object = await script(keys=[self._keys.epoch], args=[self._keys.prefix, *args])
+            reply: object = await script(
+                keys=[self._keys.epoch], args=[*self._common_args(), *args]
+            )
         except ReadOnlyError:
             raise
         except ResponseError as exc:
@@ -286,12 +308,20 @@ class BreakerStore:
 
     async def _pipeline(self, sha: str, calls: Sequence[Sequence[EncodableT]]) -> list[object]:
         # EVALSHA is queued directly: Script objects in a pipeline would cost an extra
-        # SCRIPT EXISTS round trip on every execute.
+        # SCRIPT EXISTS round trip on every execute. On a cluster every call goes to the node
+        # owning the epoch key's slot.
+        common = self._common_args()
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in calls:
-                pipe.evalsha(sha, 1, self._keys.epoch, self._keys.prefix, *args)
+                # Through execute_command: redis-py's cluster pipeline refuses pipe.evalsha,
+                # though it routes an EVALSHA command by its key like any other.
+                pipe.execute_command("EVALSHA", sha, 1, self._keys.epoch, *common, *args)
             replies: list[object] = await pipe.execute(raise_on_error=False)
         return replies
+
+    def _common_args(self) -> list[EncodableT]:
+        """ARGV[1] and ARGV[2] of every script: the key prefix and the epoch floor."""
+        return [self._keys.prefix, max(0, self._epoch_floor())]
 
 
 def _params(params: BreakerParams | None) -> list[int | float]:

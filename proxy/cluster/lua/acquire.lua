@@ -1,11 +1,11 @@
--- acquire: ARGV = prefix, model, params...
+-- acquire: ARGV = prefix, floor, model, params...
 -- Asks for permission to send a request to a breaker that is not closed. Moves an open
 -- breaker whose wait is over to half-open, hands out at most `probes` permits cluster-wide,
 -- and reopens when permits were issued but never reported within the probe timeout.
 -- Returns {"permit": bool, "change": Change}; only the change is published.
 
-local model = ARGV[2]
-local p = read_params(3)
+local model = ARGV[3]
+local p = read_params(4)
 local now = now_ms()
 redis.call('SADD', MODELS_KEY, model)
 

@@ -2,11 +2,13 @@
 -- since Redis scripts cannot load one another. Everything is local: Redis forbids globals.
 --
 -- Calling convention: KEYS[1] = the epoch counter, ARGV[1] = the key prefix
--- ("gb:{<namespace>}:"). Every other name is built from the prefix; the hash tag in it keeps
--- all of them in the epoch key's slot, so the scripts also run on Redis Cluster.
+-- ("gb:{<namespace>}:"), ARGV[2] = the epoch floor (the highest epoch the calling replica has
+-- seen). Every other name is built from the prefix; the hash tag in it keeps all of them in the
+-- epoch key's slot, so the scripts also run on Redis Cluster (the declared key routes the call).
 
 local PREFIX = ARGV[1]
 local EPOCH_KEY = KEYS[1]
+local EPOCH_FLOOR = tonumber(ARGV[2]) or 0
 local MODELS_KEY = PREFIX .. 'models'
 local ROUTES_KEY = PREFIX .. 'routes'
 local DIGESTS_KEY = PREFIX .. 'route_digests'
@@ -24,6 +26,16 @@ end
 
 local function window_key(model)
   return PREFIX .. 'window:' .. model
+end
+
+-- The next epoch, above every epoch the caller has seen: after a failover that lost the last
+-- writes (or a restart without persistence) the counter may be behind what the replicas saw,
+-- and an epoch taken from it would be ignored by them as stale. So it never goes backwards.
+local function next_epoch()
+  if (tonumber(redis.call('GET', EPOCH_KEY)) or 0) < EPOCH_FLOOR then
+    redis.call('SET', EPOCH_KEY, EPOCH_FLOOR)
+  end
+  return redis.call('INCR', EPOCH_KEY)
 end
 
 -- Redis's clock, never a replica's: every replica then sees the same time.
@@ -95,7 +107,7 @@ end
 -- reopening keeps them, so the open state shows how its probes went).
 local function transition(b, state, now, keep_probes)
   b.state = state
-  b.epoch = redis.call('INCR', EPOCH_KEY)
+  b.epoch = next_epoch()
   b.since = now
   b.open_until = 0
   b.reason = ''

@@ -1,15 +1,15 @@
--- force: ARGV = prefix, model, action, by, reason, params..., via
+-- force: ARGV = prefix, floor, model, action, by, reason, params..., via
 -- Operator action; always a transition, published and appended to the audit stream in the
 -- same step. open: open with the wait of the next trip; close: closed, trips kept; reset:
 -- closed, trips 0; force_open: open until closed or reset; disable: admits everything and
 -- never trips. `via` (optional) names the replica whose admin API took the action.
 
-local model = ARGV[2]
-local action = ARGV[3]
-local by = ARGV[4]
-local reason = ARGV[5]
-local p = read_params(6)
-local via = ARGV[17] or ''
+local model = ARGV[3]
+local action = ARGV[4]
+local by = ARGV[5]
+local reason = ARGV[6]
+local p = read_params(7)
+local via = ARGV[18] or ''
 local now = now_ms()
 
 local b = load_breaker(model)

@@ -1,11 +1,11 @@
--- heartbeat: ARGV = prefix, replica, routes digest, forget_ms
+-- heartbeat: ARGV = prefix, floor, replica, routes digest, forget_ms
 -- A replica says it is alive: its score in the replicas sorted set is Redis's time, and its
 -- routes digest is recorded (replicas that disagree on routes are then visible). Replicas
 -- silent for forget_ms are dropped, with their digests. Returns every replica still listed:
 -- {"now_ms", "replicas": [{"replica", "seen_ms", "digest"}]}.
 
-local replica, digest = ARGV[2], ARGV[3]
-local forget = tonumber(ARGV[4])
+local replica, digest = ARGV[3], ARGV[4]
+local forget = tonumber(ARGV[5])
 local now = now_ms()
 
 redis.call('ZADD', REPLICAS_KEY, now, replica)

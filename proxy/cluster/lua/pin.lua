@@ -1,13 +1,13 @@
--- pin: ARGV = prefix, route, model, ttl_ms, by, reason, via
+-- pin: ARGV = prefix, floor, route, model, ttl_ms, by, reason, via
 -- Operator pin: the route serves `model` (which must be in its chain) until Redis time
 -- now + ttl_ms, as long as the model's breaker admits (see pick_active). A new pin replaces
 -- the route's previous one. A transition: new epoch, active model recomputed, published,
 -- audited. Returns (and publishes) the PinChange.
 
-local route = ARGV[2]
-local model = ARGV[3]
-local ttl = tonumber(ARGV[4])
-local by, reason, via = ARGV[5], ARGV[6], ARGV[7]
+local route = ARGV[3]
+local model = ARGV[4]
+local ttl = tonumber(ARGV[5])
+local by, reason, via = ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
 
 local stored = redis.call('HGET', ROUTES_KEY, route)
@@ -22,7 +22,7 @@ if not ttl or ttl <= 0 then
   return redis.error_reply('the pin needs a positive ttl')
 end
 
-local epoch = redis.call('INCR', EPOCH_KEY)
+local epoch = next_epoch()
 local pin = {
   model = model, until_ms = now + ttl, since_ms = now, by = by, reason = reason, epoch = epoch,
 }

@@ -1,4 +1,4 @@
--- quota_feedback: ARGV = prefix, scope, model, delay_ms, per_day (0/1), quota_id,
+-- quota_feedback: ARGV = prefix, floor, scope, model, delay_ms, per_day (0/1), quota_id,
 --                 decrease, min_scale, recovery_per_s, decrease_interval_ms
 -- A 429 for (credential scope, model): start or extend the cluster-wide cooldown, and cut
 -- the rate scale, at most once per decrease interval: 429s from requests already in flight,
@@ -7,12 +7,12 @@
 -- numbers, so it needs no further writes.
 -- Returns (and publishes) {"now_ms", "quota": QuotaState}.
 
-local scope, model = ARGV[2], ARGV[3]
-local delay = tonumber(ARGV[4])
-local per_day = ARGV[5] == '1'
-local quota_id = ARGV[6]
-local decrease, min_scale, recovery = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local interval = tonumber(ARGV[10])
+local scope, model = ARGV[3], ARGV[4]
+local delay = tonumber(ARGV[5])
+local per_day = ARGV[6] == '1'
+local quota_id = ARGV[7]
+local decrease, min_scale, recovery = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local interval = tonumber(ARGV[11])
 local now = now_ms()
 local key = quota_key(scope, model)
 
@@ -29,7 +29,7 @@ q.per_day = q.per_day or per_day
 if quota_id ~= '' then
   q.quota_id = quota_id
 end
-q.epoch = redis.call('INCR', EPOCH_KEY)
+q.epoch = next_epoch()
 redis.call('HSET', key, 'until_ms', q.until_ms, 'scale', q.scale, 'scale_from_ms',
   q.scale_from_ms, 'per_day', q.per_day and 1 or 0, 'quota_id', q.quota_id, 'epoch', q.epoch,
   'decreased_ms', q.decreased_ms)

@@ -1,15 +1,15 @@
--- register_routes: ARGV = prefix, replica, digest, route count, (route, chain JSON)...,
+-- register_routes: ARGV = prefix, floor, replica, digest, route count, (route, chain JSON)...,
 -- then further model names (configured models outside every chain).
 -- Stores the chains and this replica's digest, recomputes the active model of the given
 -- routes (publishing a Change without breaker when one changed) and returns a Snapshot.
 
-local replica = ARGV[2]
-local digest = ARGV[3]
-local count = tonumber(ARGV[4])
+local replica = ARGV[3]
+local digest = ARGV[4]
+local count = tonumber(ARGV[5])
 local now = now_ms()
 
 local given = {}
-local i = 5
+local i = 6
 for _ = 1, count do
   local route, chain_json = ARGV[i], ARGV[i + 1]
   redis.call('HSET', ROUTES_KEY, route, chain_json)
@@ -31,7 +31,7 @@ for route, chain in pairs(given) do
   local old = stored and model_name(cjson.decode(stored).model)
   if not stored or old ~= model_name(pick_active(route, chain)) then
     -- One new epoch for all routes this call moved, so mirrors can order it.
-    epoch = epoch or redis.call('INCR', EPOCH_KEY)
+    epoch = epoch or next_epoch()
     changes[route] = write_active(route, chain, epoch)
   end
 end

@@ -1,13 +1,13 @@
--- report: ARGV = prefix, model, epoch, calls, failures, params...
+-- report: ARGV = prefix, floor, model, epoch, calls, failures, params...
 -- Adds one replica's aggregated outcomes to the window and trips the breaker when a
 -- threshold is crossed. Outcomes from another epoch, or for a breaker that is not closed,
 -- change nothing: results admitted before a transition must not act after it.
 
-local model = ARGV[2]
-local epoch = tonumber(ARGV[3])
-local calls = tonumber(ARGV[4])
-local failures = tonumber(ARGV[5])
-local p = read_params(6)
+local model = ARGV[3]
+local epoch = tonumber(ARGV[4])
+local calls = tonumber(ARGV[5])
+local failures = tonumber(ARGV[6])
+local p = read_params(7)
 local now = now_ms()
 redis.call('SADD', MODELS_KEY, model)
 

@@ -38,7 +38,7 @@ end
 -- Drop a route's pin: a new epoch, and the route's active model recomputed under it.
 local function drop_pin(route)
   redis.call('HDEL', PINS_KEY, route)
-  local epoch = redis.call('INCR', EPOCH_KEY)
+  local epoch = next_epoch()
   local active = {}
   local chain = redis.call('HGET', ROUTES_KEY, route)
   if chain then
