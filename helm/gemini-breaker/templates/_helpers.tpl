@@ -1,0 +1,257 @@
+{{/*
+Names and labels. The templates below need only .Values and .Release (and .Chart when
+present), so an application's chart that depends on this one can call them with
+  (dict "Values" (index .Values "gemini-breaker") "Release" .Release)
+and get the same names as the resources this chart renders.
+*/}}
+
+{{- define "gemini-breaker.name" -}}
+{{- default "gemini-breaker" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gemini-breaker.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "gemini-breaker.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The chart's appVersion, or "" when called from another chart's context. */}}
+{{- define "gemini-breaker.appVersion" -}}
+{{- if and .Chart (eq .Chart.Name "gemini-breaker") }}{{ .Chart.AppVersion }}{{ end }}
+{{- end }}
+
+{{- define "gemini-breaker.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gemini-breaker.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gemini-breaker.labels" -}}
+{{ include "gemini-breaker.selectorLabels" . }}
+{{- if and .Chart (eq .Chart.Name "gemini-breaker") }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- with (include "gemini-breaker.appVersion" .) }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
+app.kubernetes.io/part-of: gemini-breaker
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "gemini-breaker.image" -}}
+{{- $tag := .Values.image.tag | default (include "gemini-breaker.appVersion" .) -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ required "image.tag: set it when the sidecar template is used from another chart" $tag }}
+{{- end -}}
+{{- end }}
+
+{{/* The address the proxy listens on: every interface for the gateway, loopback (by default)
+for a sidecar. */}}
+{{- define "gemini-breaker.host" -}}
+{{- if eq .Values.mode "sidecar" }}{{ .Values.sidecar.host }}{{ else }}0.0.0.0{{ end }}
+{{- end }}
+
+{{- define "gemini-breaker.redisConfigured" -}}
+{{- if or .Values.redis.url .Values.redis.sentinel.masterName .Values.redis.cluster.nodes }}true{{ end }}
+{{- end }}
+
+{{/*
+The proxy's configuration file. Secrets never appear here: they reach the proxy as
+environment variables (see gemini-breaker.env).
+*/}}
+{{- define "gemini-breaker.config" -}}
+{{- $v := .Values -}}
+{{- $server := dict "log_level" $v.server.logLevel "log_format" $v.server.logFormat "workers" $v.server.workers "request_deadline" $v.server.requestDeadline -}}
+{{- $redis := dict "namespace" $v.redis.namespace -}}
+{{- with $v.redis.url }}{{ $_ := set $redis "url" . }}{{ end -}}
+{{- with $v.redis.sentinel.masterName -}}
+{{- $sentinel := dict "master_name" . "addresses" $v.redis.sentinel.addresses -}}
+{{- with $v.redis.sentinel.username }}{{ $_ := set $sentinel "username" . }}{{ end -}}
+{{- $_ := set $redis "sentinel" $sentinel -}}
+{{- end -}}
+{{- with $v.redis.cluster.nodes }}{{ $_ := set $redis "cluster" (dict "nodes" .) }}{{ end -}}
+{{- with $v.redis.username }}{{ $_ := set $redis "username" . }}{{ end -}}
+{{- $tls := $v.redis.tls -}}
+{{- if or $tls.enabled $tls.existingSecret -}}
+{{- $t := dict "enabled" $tls.enabled "check_hostname" $tls.checkHostname -}}
+{{- $dir := "/etc/gemini-breaker/redis-tls" -}}
+{{- with $tls.caKey }}{{ $_ := set $t "ca_file" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- with $tls.certKey }}{{ $_ := set $t "cert_file" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- with $tls.keyKey }}{{ $_ := set $t "key_file" (printf "%s/%s" $dir .) }}{{ end -}}
+{{- $_ := set $redis "tls" $t -}}
+{{- end -}}
+{{- $upstream := dict "base_url" $v.upstream.baseUrl -}}
+{{- $config := deepCopy ($v.config | default dict) -}}
+{{- $_ := set $config "server" (merge $server (get $config "server" | default dict)) -}}
+{{- $_ := set $config "upstream" (merge $upstream (get $config "upstream" | default dict)) -}}
+{{- $_ := set $config "redis" $redis -}}
+{{- with $v.telemetry.otlpEndpoint }}{{ $_ := set $config "telemetry" (dict "otlp_endpoint" .) }}{{ end -}}
+{{- with $v.routes }}{{ $_ := set $config "routes" . }}{{ end -}}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Each credential: values key, environment variable. */}}
+{{- define "gemini-breaker.secretEnvNames" -}}
+apiKey: GEMINI_API_KEY
+adminToken: GEMINI_BREAKER_ADMIN_TOKEN
+redisPassword: GEMINI_BREAKER_REDIS_PASSWORD
+redisSentinelPassword: GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD
+{{- end }}
+
+{{/* Whether the chart creates its Secret (some credential is given as a value). */}}
+{{- define "gemini-breaker.createsSecret" -}}
+{{- range $name, $s := .Values.secrets }}{{ if $s.value }}true{{ end }}{{ end }}
+{{- end }}
+
+{{- define "gemini-breaker.checkValues" -}}
+{{- $redis := include "gemini-breaker.redisConfigured" . -}}
+{{- if and (not $redis) (or .Values.secrets.redisPassword.value .Values.secrets.redisPassword.existingSecret .Values.redis.username .Values.redis.tls.enabled .Values.redis.tls.existingSecret) -}}
+{{- fail "redis: a password, username or TLS is set but no Redis is (set redis.url, redis.sentinel or redis.cluster)" -}}
+{{- end -}}
+{{- if and (or .Values.secrets.redisSentinelPassword.value .Values.secrets.redisSentinelPassword.existingSecret) (not .Values.redis.sentinel.masterName) -}}
+{{- fail "secrets.redisSentinelPassword: set only with redis.sentinel" -}}
+{{- end -}}
+{{- if and (gt (int .Values.server.workers) 1) (not $redis) -}}
+{{- fail "server.workers: several workers per pod need a Redis (redis.url, redis.sentinel or redis.cluster)" -}}
+{{- end -}}
+{{- end }}
+
+{{/* Environment of the proxy container: where the file is, the listen address, credentials. */}}
+{{- define "gemini-breaker.env" -}}
+- name: GEMINI_BREAKER_CONFIG
+  value: /etc/gemini-breaker/config.yaml
+- name: GEMINI_BREAKER_HOST
+  value: {{ include "gemini-breaker.host" . | quote }}
+- name: GEMINI_BREAKER_PORT
+  value: {{ .Values.server.port | quote }}
+{{- $fullname := include "gemini-breaker.fullname" . }}
+{{- range $name, $env := include "gemini-breaker.secretEnvNames" . | fromYaml }}
+{{- $s := index $.Values.secrets $name }}
+{{- if or $s.existingSecret $s.value }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.existingSecret | default $fullname }}
+      key: {{ $s.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A probe: HTTP from the kubelet when the proxy listens beyond loopback, otherwise a
+command inside the container (the kubelet reaches the pod's IP, never its loopback), which
+asks the proxy directly (no HTTP_PROXY) and fails on any answer but 2xx. */}}
+{{- define "gemini-breaker.probe" -}}
+{{- $root := index . 0 -}}
+{{- $path := index . 1 -}}
+{{- $settings := index . 2 -}}
+{{- $host := include "gemini-breaker.host" $root -}}
+{{- if or (eq $host "127.0.0.1") (eq $host "localhost") (eq $host "::1") -}}
+exec:
+  command:
+    - python
+    - -c
+    - "import sys, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=2)"
+    - {{ printf "http://127.0.0.1:%v%s" $root.Values.server.port $path | quote }}
+{{- else -}}
+httpGet:
+  path: {{ $path }}
+  port: http
+{{- end }}
+{{ toYaml $settings }}
+{{- end }}
+
+{{/*
+The proxy container. In sidecar mode an application's pod adds it with
+  containers:
+    {{- include "gemini-breaker.sidecar" $ctx | nindent 4 }}
+  volumes:
+    {{- include "gemini-breaker.volumes" $ctx | nindent 4 }}
+and the pod annotation {{ include "gemini-breaker.checksums" $ctx }} to roll on changes.
+*/}}
+{{- define "gemini-breaker.container" -}}
+{{- include "gemini-breaker.checkValues" . -}}
+- name: gemini-breaker
+  image: {{ include "gemini-breaker.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: [gemini-breaker]
+  args: [serve]
+  ports:
+    - name: http
+      containerPort: {{ .Values.server.port }}
+      protocol: TCP
+  env:
+    {{- include "gemini-breaker.env" . | nindent 4 }}
+  volumeMounts:
+    - name: gemini-breaker-config
+      mountPath: /etc/gemini-breaker/config.yaml
+      subPath: config.yaml
+      readOnly: true
+    - name: gemini-breaker-tmp
+      mountPath: /tmp
+    {{- if .Values.redis.tls.existingSecret }}
+    - name: gemini-breaker-redis-tls
+      mountPath: /etc/gemini-breaker/redis-tls
+      readOnly: true
+    {{- end }}
+  startupProbe:
+    {{- include "gemini-breaker.probe" (list . "/healthz" .Values.probes.startup) | nindent 4 }}
+  livenessProbe:
+    {{- include "gemini-breaker.probe" (list . "/healthz" .Values.probes.liveness) | nindent 4 }}
+  readinessProbe:
+    {{- include "gemini-breaker.probe" (list . "/readyz" .Values.probes.readiness) | nindent 4 }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+{{- end }}
+
+{{- define "gemini-breaker.sidecar" -}}
+{{- $values := merge (dict "mode" "sidecar") .Values -}}
+{{- include "gemini-breaker.container" (dict "Values" $values "Release" .Release "Chart" .Chart) }}
+{{- end }}
+
+{{- define "gemini-breaker.volumes" -}}
+- name: gemini-breaker-config
+  configMap:
+    name: {{ include "gemini-breaker.fullname" . }}
+- name: gemini-breaker-tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- with .Values.redis.tls.existingSecret }}
+- name: gemini-breaker-redis-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations that change when the configuration or the chart's Secret does, so the
+pods roll. The Secret's part is a digest of its data, not the data. */}}
+{{- define "gemini-breaker.checksums" -}}
+checksum/config: {{ include "gemini-breaker.config" . | sha256sum }}
+{{- if include "gemini-breaker.createsSecret" . }}
+checksum/secret: {{ include "gemini-breaker.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{- define "gemini-breaker.secretData" -}}
+{{- range $name, $s := .Values.secrets }}
+{{- if and $s.value (not $s.existingSecret) }}
+{{ $s.key }}: {{ $s.value | b64enc | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,625 @@
+"""The Helm chart (helm/gemini-breaker), linted and rendered by a real Helm engine.
+
+helm-sdkpy bundles Helm 4 as a library but needs Python >= 3.12, and the project runs on 3.11.
+The ``helm`` fixture gets such an interpreter with helm-sdkpy from tests/helm_env.py (a venv
+in .venv/helm-py312, made on first use or by ``make helm-env``) and runs tests/helm_render.py
+with it once, for every case below. The tests read the rendered manifests here, and hand each
+rendered configuration file to the proxy's own loader.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from proxy.config import Settings, load_settings
+
+from . import helm_env
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "gemini-breaker"
+EXAMPLE = ROOT / "helm" / "examples" / "app-with-sidecar"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DRIVER = Path(__file__).resolve().parent / "helm_render.py"
+RELEASE = "demo"
+FULLNAME = "demo-gemini-breaker"
+API_KEY = "AIza-test-api-key-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789"
+
+PROXY_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+STANDALONE: dict[str, Any] = {
+    "redis": {"url": "redis://redis-master:6379/0", "username": "breaker"},
+    "secrets": {
+        "apiKey": {"value": API_KEY},
+        "adminToken": {"existingSecret": "ops-tokens", "key": "gemini-breaker"},
+        "redisPassword": {"existingSecret": "redis-auth", "key": "password"},
+    },
+    "config": {"model_defaults": {"first_byte_timeout": 60}, "quota": {"max_retry_wait": 5}},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True},
+    "telemetry": {"otlpEndpoint": "http://otel-collector:4318"},
+}
+# Values that render; each is also checked by the proxy's configuration loader.
+CASES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "standalone": STANDALONE,
+    "standalone-new-routes": {**STANDALONE, "routes": {"fast": ["gemini-2.5-flash-lite"]}},
+    "fixed-replicas": {
+        "replicaCount": 3,
+        "autoscaling": {"enabled": False},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+    },
+    "sidecar": {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
+    "sidecar-example": {
+        "mode": "sidecar",
+        "sidecar": {"exampleApp": {"enabled": True}},
+        "secrets": {"apiKey": {"existingSecret": "gemini", "key": "key"}},
+    },
+    "sentinel": {
+        "redis": {
+            "sentinel": {
+                "masterName": "mymaster",
+                "addresses": ["sentinel-0:26379", "sentinel-1:26379", "sentinel-2:26379"],
+            }
+        },
+        "secrets": {
+            "redisPassword": {"value": "data-password"},
+            "redisSentinelPassword": {"existingSecret": "sentinel-auth", "key": "password"},
+        },
+        "server": {"port": 9000, "workers": 2},
+    },
+    "cluster-tls": {
+        "redis": {
+            "cluster": {"nodes": ["redis-0:6379", "redis-1:6379", "redis-2:6379"]},
+            "tls": {
+                "enabled": True,
+                "existingSecret": "redis-tls",
+                "caKey": "ca.crt",
+                "certKey": "tls.crt",
+                "keyKey": "tls.key",
+            },
+        }
+    },
+}
+# Values the chart refuses: (values, what the error names).
+INVALID: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown mode": ({"mode": "gateway"}, "/mode"),
+    "url and sentinel": (
+        {"redis": {"url": "redis://r:6379", "sentinel": {"masterName": "m", "addresses": ["s:1"]}}},
+        "/redis/sentinel/masterName",
+    ),
+    "url and cluster": (
+        {"redis": {"url": "redis://r:6379", "cluster": {"nodes": ["r:1"]}}},
+        "/redis/cluster/nodes",
+    ),
+    "sentinel and cluster": (
+        {
+            "redis": {
+                "sentinel": {"masterName": "m", "addresses": ["s:1"]},
+                "cluster": {"nodes": ["r:1"]},
+            }
+        },
+        "/redis/cluster/nodes",
+    ),
+    "sentinel without addresses": ({"redis": {"sentinel": {"masterName": "m"}}}, "/redis/sentinel"),
+    "address without a port": ({"redis": {"cluster": {"nodes": ["redis-0"]}}}, "/redis/cluster"),
+    "credentials in the url": ({"redis": {"url": "redis://:hunter2@r:6379/0"}}, "/redis/url"),
+    "secret given twice": (
+        {"secrets": {"apiKey": {"value": "k", "existingSecret": "s"}}},
+        "/secrets/apiKey/value",
+    ),
+    "api key in the config file": (
+        {"config": {"upstream": {"api_key": "k"}}},
+        "/config/upstream/api_key",
+    ),
+    "admin token in the config file": (
+        {"config": {"admin": {"token": "t"}}},
+        "/config/admin/token",
+    ),
+    "redis in the config file": ({"config": {"redis": {"url": "redis://r:6379"}}}, "/config"),
+    "port out of range": ({"server": {"port": 70000}}, "/server/port"),
+    "misspelt key": ({"replicas": 3}, "replicas"),
+    "tls file without its secret": ({"redis": {"tls": {"caKey": "ca.crt"}}}, "/redis/tls"),
+    "redis password without redis": (
+        {"secrets": {"redisPassword": {"value": "pw"}}},
+        "no Redis is",
+    ),
+    "workers without redis": ({"server": {"workers": 2}}, "need a Redis"),
+}
+
+
+# ---- running Helm ----
+
+
+def helm_python() -> Path:
+    """The interpreter with helm-sdkpy; skip where none can be had (fail in CI)."""
+    try:
+        return helm_env.ensure()
+    except helm_env.HelmUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{exc}; CI must render the chart")
+        pytest.skip(str(exc))
+
+
+@dataclass
+class Rendered:
+    docs: list[dict[str, Any]]
+    notes: str
+
+    def kinds(self) -> set[str]:
+        return {doc["kind"] for doc in self.docs}
+
+    def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [
+            doc
+            for doc in self.docs
+            if doc["kind"] == kind and name in (None, doc["metadata"]["name"])
+        ]
+        assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in found])
+        return found[0]
+
+    def config_text(self) -> str:
+        text: str = self.get("ConfigMap")["data"]["config.yaml"]
+        return text
+
+
+@dataclass
+class HelmResults:
+    lint: dict[str, Any]
+    rendered: dict[str, Rendered]
+    errors: dict[str, str]
+
+
+def example_chart(tmp: Path) -> Path:
+    """The example application chart with gemini-breaker vendored, as `helm dependency
+    update` leaves it."""
+    target = tmp / "app-with-sidecar"
+    shutil.copytree(EXAMPLE, target)
+    shutil.copytree(CHART, target / "charts" / "gemini-breaker")
+    return target
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HelmResults]:
+    python = helm_python()
+    tmp = tmp_path_factory.mktemp("helm")
+    renders = [{"chart": str(CHART), "release": RELEASE, "values": v} for v in CASES.values()]
+    renders += [{"chart": str(CHART), "release": RELEASE, "values": v} for v, _ in INVALID.values()]
+    renders.append({"chart": str(example_chart(tmp)), "release": RELEASE, "values": {}})
+    env = {
+        **os.environ,
+        "HELM_DRIVER": "memory",  # releases stay in the driver's memory
+        "HELM_CACHE_HOME": str(tmp / "cache"),
+        "HELM_CONFIG_HOME": str(tmp / "config"),
+        "HELM_DATA_HOME": str(tmp / "data"),
+        "KUBECACHEDIR": str(tmp / "kube-cache"),
+    }
+    env.pop("KUBECONFIG", None)
+    result = subprocess.run(
+        [str(python), str(DRIVER)],
+        input=json.dumps({"lint": str(CHART), "renders": renders}),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout)
+    names = [*CASES, *(f"invalid: {name}" for name in INVALID), "example"]
+    rendered: dict[str, Rendered] = {}
+    errors: dict[str, str] = {}
+    for name, outcome in zip(names, answer["renders"], strict=True):
+        if "error" in outcome:
+            errors[name] = outcome["error"]
+        else:
+            docs = [d for d in yaml.safe_load_all(outcome["manifest"]) if d]
+            rendered[name] = Rendered(docs, outcome["notes"])
+    yield HelmResults(answer["lint"], rendered, errors)
+
+
+def render(helm: HelmResults, case: str) -> Rendered:
+    assert case in helm.rendered, helm.errors.get(case)
+    return helm.rendered[case]
+
+
+# ---- reading manifests ----
+
+
+def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def proxy_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == "gemini-breaker"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+def settings_from(rendered: Rendered, deployment: dict[str, Any], tmp_path: Path) -> Settings:
+    """What the proxy in that container would load: the mounted file plus its environment,
+    with each secret reference standing for a value."""
+    path = tmp_path / "config.yaml"
+    path.write_text(rendered.config_text())
+    container = proxy_container(deployment)
+    env = {}
+    for name, value in env_of(container).items():
+        if isinstance(value, dict):
+            ref = value["secretKeyRef"]
+            value = f"{ref['name']}/{ref['key']}"
+        env[name] = value
+    assert env["GEMINI_BREAKER_CONFIG"] == "/etc/gemini-breaker/config.yaml"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    config_mount = mounts["/etc/gemini-breaker/config.yaml"]
+    assert config_mount["readOnly"] and config_mount["subPath"] == "config.yaml"
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert (
+        volumes[config_mount["name"]]["configMap"]["name"]
+        == rendered.get("ConfigMap")["metadata"]["name"]
+    )
+    return load_settings(path, env=env)
+
+
+def gateway(helm: HelmResults, case: str) -> tuple[Rendered, dict[str, Any]]:
+    rendered = render(helm, case)
+    return rendered, rendered.get("Deployment", FULLNAME)
+
+
+# ---- the tests ----
+
+
+def test_the_chart_keeps_a_copy_of_the_alert_rules() -> None:
+    """Helm reads only files inside the chart: its copy must stay the deploy/ file."""
+    assert (CHART / "files" / "alerts.yml").read_text() == ALERTS.read_text()
+
+
+def test_the_image_is_the_one_the_dockerfile_builds() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == "gemini-breaker" and values["image"]["tag"] == ""
+
+
+def test_helm_lint_passes(helm: HelmResults) -> None:
+    # Severity 1 is informational (the chart has no icon); 2 is a warning, 4 an error.
+    assert helm.lint["errors"] == 0
+    assert [m for m in helm.lint["messages"] if m["severity"] >= 2] == []
+
+
+def test_standalone_mode_is_a_gateway(helm: HelmResults) -> None:
+    rendered, deployment = gateway(helm, "defaults")
+    assert rendered.kinds() == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = rendered.get("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+    hpa = rendered.get("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": FULLNAME,
+    }
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
+    pdb = rendered.get("PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    container = proxy_container(deployment)
+    assert env_of(container)["GEMINI_BREAKER_HOST"] == "0.0.0.0"
+    assert container["image"] == "gemini-breaker:0.1.0"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_fixed_replicas_without_autoscaler(helm: HelmResults) -> None:
+    rendered, deployment = gateway(helm, "fixed-replicas")
+    assert "HorizontalPodAutoscaler" not in rendered.kinds()
+    assert deployment["spec"]["replicas"] == 3
+    assert rendered.get("PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+
+
+def test_sidecar_mode_renders_configuration_only(helm: HelmResults) -> None:
+    rendered = render(helm, "sidecar")
+    # No gateway, and no ServiceMonitor: sidecars listen on loopback, out of Prometheus' reach.
+    assert rendered.kinds() == {"ConfigMap"}
+    assert "sidecar" in rendered.notes and "serviceMonitor is ignored" in rendered.notes
+
+
+def test_sidecar_example_app(helm: HelmResults) -> None:
+    rendered = render(helm, "sidecar-example")
+    assert rendered.kinds() == {"ConfigMap", "Deployment"}
+    app = rendered.get("Deployment", f"{FULLNAME}-example-app")
+    containers = pod_spec(app)["containers"]
+    assert [c["name"] for c in containers] == ["app", "gemini-breaker"]
+    assert env_of(containers[0])["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:8080"
+    proxy = proxy_container(app)
+    assert env_of(proxy)["GEMINI_BREAKER_HOST"] == "127.0.0.1"
+    assert env_of(proxy)["GEMINI_API_KEY"] == {"secretKeyRef": {"name": "gemini", "key": "key"}}
+    # The kubelet probes the pod's IP, never its loopback: the probes run in the container.
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        command = proxy[probe]["exec"]["command"]
+        assert command[0] == "python" and command[-1] == f"http://127.0.0.1:8080{path}"
+        assert "httpGet" not in proxy[probe]
+
+
+def test_the_sidecar_probe_command_asks_the_proxy(helm: HelmResults, proxy_url: str) -> None:
+    """The in-container probe, run against a real proxy: it passes on /healthz and /readyz,
+    and fails where nothing answers or the answer is not 2xx."""
+    proxy = proxy_container(render(helm, "sidecar-example").get("Deployment"))
+    command = proxy["readinessProbe"]["exec"]["command"]
+    assert command[0] == "python"
+
+    def probe(url: str) -> int:
+        return subprocess.run([sys.executable, *command[1:-1], url], timeout=60).returncode
+
+    assert probe(f"{proxy_url}/healthz") == 0
+    assert probe(f"{proxy_url}/readyz") == 0
+    refused = f"{proxy_url}/admin/no-such-action"
+    assert httpx.get(refused).status_code >= 400
+    assert probe(refused) != 0
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert probe(f"http://127.0.0.1:{port}/healthz") != 0
+
+
+def test_the_sidecar_template_serves_an_application_chart(
+    helm: HelmResults, tmp_path: Path
+) -> None:
+    rendered = render(helm, "example")
+    # The dependency in sidecar mode renders its ConfigMap; the application owns the pod.
+    assert rendered.kinds() == {"ConfigMap", "Deployment"}
+    app = rendered.get("Deployment", f"{RELEASE}-app")
+    assert [c["name"] for c in pod_spec(app)["containers"]] == ["app", "gemini-breaker"]
+    proxy = proxy_container(app)
+    assert proxy["image"] == "gemini-breaker:0.1.0"
+    assert env_of(proxy)["GEMINI_API_KEY"] == {
+        "secretKeyRef": {"name": "gemini-api-key", "key": "api-key"}
+    }
+    annotations = app["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/config"]
+    settings = settings_from(rendered, app, tmp_path)
+    assert settings.server.host == "127.0.0.1"
+    assert settings.redis.url == "redis://redis:6379/0"
+
+
+def test_probes(helm: HelmResults) -> None:
+    _, deployment = gateway(helm, "defaults")
+    container = proxy_container(deployment)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # /readyz answers 200 while Redis is down (fail-static), so Redis never unreadies pods.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["failureThreshold"] >= 10
+
+
+@pytest.mark.parametrize("case", ["defaults", "standalone", "sidecar-example", "example"])
+def test_security_context(helm: HelmResults, case: str) -> None:
+    rendered = render(helm, case)
+    for deployment in (d for d in rendered.docs if d["kind"] == "Deployment"):
+        spec = pod_spec(deployment)
+        assert spec["automountServiceAccountToken"] is False
+        container = proxy_container(deployment)
+        assert container["securityContext"].items() >= PROXY_SECURITY.items()
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == tmp["name"]]
+        assert "emptyDir" in volume
+
+
+def test_secrets_are_referenced_never_inlined(helm: HelmResults) -> None:
+    rendered, deployment = gateway(helm, "standalone")
+    env = env_of(proxy_container(deployment))
+    assert env["GEMINI_API_KEY"] == {"secretKeyRef": {"name": FULLNAME, "key": "api-key"}}
+    assert env["GEMINI_BREAKER_ADMIN_TOKEN"] == {
+        "secretKeyRef": {"name": "ops-tokens", "key": "gemini-breaker"}
+    }
+    assert env["GEMINI_BREAKER_REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": "redis-auth", "key": "password"}
+    }
+    assert "GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD" not in env
+    # The chart's Secret holds only the value given to the chart.
+    secret = rendered.get("Secret", FULLNAME)
+    assert secret["data"] == {"api-key": base64.b64encode(API_KEY.encode()).decode()}
+    for doc in rendered.docs:
+        if doc["kind"] != "Secret":
+            assert API_KEY not in yaml.safe_dump(doc), doc["kind"]
+    config = yaml.safe_load(rendered.config_text())
+    assert "api_key" not in config["upstream"] and "password" not in config["redis"]
+    assert "admin" not in config
+
+
+def test_no_secret_without_values(helm: HelmResults) -> None:
+    for case in ("defaults", "sidecar-example"):
+        assert "Secret" not in render(helm, case).kinds(), case
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "sidecar"])
+def test_the_proxy_accepts_the_rendered_configuration(
+    helm: HelmResults, case: str, tmp_path: Path
+) -> None:
+    rendered = render(helm, case)
+    deployments = [d for d in rendered.docs if d["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        settings = settings_from(rendered, deployment, tmp_path)
+        port = CASES[case].get("server", {}).get("port", 8080)
+        assert settings.server.port == port
+        assert proxy_container(deployment)["ports"][0]["containerPort"] == port
+        assert settings.server.log_format == "json"
+        assert settings.routes  # the chart's default routes, or the case's
+
+
+def test_the_configuration_of_the_gateway(helm: HelmResults, tmp_path: Path) -> None:
+    rendered, deployment = gateway(helm, "standalone")
+    settings = settings_from(rendered, deployment, tmp_path)
+    assert settings.server.host == "0.0.0.0"
+    assert settings.redis.url == "redis://redis-master:6379/0"
+    assert settings.redis.username == "breaker"
+    assert settings.redis.password == "redis-auth/password"  # from the Secret reference
+    assert settings.upstream.api_key == f"{FULLNAME}/api-key"
+    assert settings.admin.token == "ops-tokens/gemini-breaker"
+    assert settings.telemetry.otlp_endpoint == "http://otel-collector:4318"
+    assert settings.model_defaults.first_byte_timeout == 60
+    assert settings.quota.max_retry_wait == 5
+    assert settings.chain_for("gemini-2.5-pro") == (
+        "gemini-2.5-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+    )
+
+
+def test_sentinel_values(helm: HelmResults, tmp_path: Path) -> None:
+    rendered, deployment = gateway(helm, "sentinel")
+    config = yaml.safe_load(rendered.config_text())
+    assert config["redis"] == {
+        "namespace": "default",
+        "sentinel": {
+            "master_name": "mymaster",
+            "addresses": ["sentinel-0:26379", "sentinel-1:26379", "sentinel-2:26379"],
+        },
+    }
+    settings = settings_from(rendered, deployment, tmp_path)
+    assert settings.redis.sentinel.master_name == "mymaster"
+    assert len(settings.redis.sentinel.addresses) == 3
+    assert settings.redis.sentinel.password == "sentinel-auth/password"
+    assert settings.redis.password == f"{FULLNAME}/redis-password"
+    assert settings.redis.url is None and not settings.redis.cluster.nodes
+    assert settings.server.workers == 2
+    assert "Sentinel" in rendered.notes and "mymaster" in rendered.notes
+
+
+def test_cluster_values_with_tls(helm: HelmResults, tmp_path: Path) -> None:
+    rendered, deployment = gateway(helm, "cluster-tls")
+    config = yaml.safe_load(rendered.config_text())
+    tls_dir = "/etc/gemini-breaker/redis-tls"
+    assert config["redis"] == {
+        "namespace": "default",
+        "cluster": {"nodes": ["redis-0:6379", "redis-1:6379", "redis-2:6379"]},
+        "tls": {
+            "enabled": True,
+            "check_hostname": True,
+            "ca_file": f"{tls_dir}/ca.crt",
+            "cert_file": f"{tls_dir}/tls.crt",
+            "key_file": f"{tls_dir}/tls.key",
+        },
+    }
+    settings = settings_from(rendered, deployment, tmp_path)
+    assert settings.redis.cluster.nodes == ("redis-0:6379", "redis-1:6379", "redis-2:6379")
+    assert settings.redis.tls.enabled and settings.redis.tls.ca_file == f"{tls_dir}/ca.crt"
+    container = proxy_container(deployment)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == tls_dir]
+    assert mount["readOnly"]
+    (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "redis-tls"
+
+
+def test_configuration_changes_roll_the_pods(helm: HelmResults) -> None:
+    def checksum(case: str) -> str:
+        _, deployment = gateway(helm, case)
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    assert checksum("standalone") != checksum("standalone-new-routes")
+    # An application chart computes the same digest as the ConfigMap its dependency renders.
+    for case, name in (("sidecar-example", f"{FULLNAME}-example-app"), ("example", "demo-app")):
+        rendered = render(helm, case)
+        annotations = rendered.get("Deployment", name)["spec"]["template"]["metadata"]
+        config = rendered.config_text().rstrip("\n").encode()
+        assert annotations["annotations"]["checksum/config"] == hashlib.sha256(config).hexdigest()
+    assert checksum("defaults") == checksum("fixed-replicas")  # same file, same pods
+    _, deployment = gateway(helm, "standalone")
+    # The chart's Secret rolls them too, through a digest that does not reveal it.
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/secret"]) == 64
+    assert API_KEY not in json.dumps(annotations)
+
+
+def test_monitoring(helm: HelmResults) -> None:
+    rendered = render(helm, "standalone")
+    monitor = rendered.get("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    service_labels = rendered.get("Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    rule = rendered.get("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    assert not {"ServiceMonitor", "PrometheusRule"} & render(helm, "defaults").kinds()
+
+
+def test_notes(helm: HelmResults) -> None:
+    notes = render(helm, "standalone").notes
+    assert f"http://{FULLNAME}.default.svc:8080" in notes
+    assert "fail-static" in notes and "WARNING" not in notes
+    assert "WARNING: no Redis is configured" in render(helm, "defaults").notes
+    assert "admin API (/admin) is off" in render(helm, "defaults").notes
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_values_are_rejected(helm: HelmResults, case: str) -> None:
+    name = f"invalid: {case}"
+    assert name not in helm.rendered, "rendered, though invalid"
+    assert INVALID[case][1] in helm.errors[name], helm.errors[name]
+
+
+def test_a_refused_url_is_not_echoed(helm: HelmResults) -> None:
+    """Helm prints the value a pattern refused; a URL with a password is refused without one."""
+    assert "hunter2" not in helm.errors["invalid: credentials in the url"]
+
+
+def test_the_driver_refuses_a_persistent_release_store() -> None:
+    """The driver refuses to run without the in-memory release store, so it can never write
+    releases into a real cluster that a KUBECONFIG names."""
+    result = subprocess.run(
+        [sys.executable, str(DRIVER)],
+        input="{}",
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "HELM_DRIVER"},
+        timeout=60,
+    )
+    assert result.returncode == 2 and "HELM_DRIVER=memory" in result.stderr
