@@ -305,6 +305,13 @@ def test_the_image_is_the_one_the_dockerfile_builds() -> None:
     assert chart["appVersion"] == project["version"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["repository"] == "gemini-breaker" and values["image"]["tag"] == ""
+    # The chart runs the image's own user.
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "USER 10001:10001" in dockerfile
+    assert values["securityContext"]["runAsUser"] == values["podSecurityContext"]["runAsUser"]
+    assert values["securityContext"]["runAsUser"] == 10001
+    # The command (gemini-breaker) and the probes' python are both in the image's venv on PATH.
+    assert "PATH=/opt/gemini-breaker/bin:" in dockerfile
 
 
 def test_helm_lint_passes(helm: HelmResults) -> None:
