@@ -72,6 +72,7 @@ CASES: dict[str, dict[str, Any]] = {
         "autoscaling": {"enabled": False},
         "podDisruptionBudget": {"maxUnavailable": 1},
     },
+    "single-replica": {"replicaCount": 1, "autoscaling": {"enabled": False}},
     "sidecar": {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
     "sidecar-example": {
         "mode": "sidecar",
@@ -362,6 +363,13 @@ def test_fixed_replicas_without_autoscaler(helm: HelmResults) -> None:
     }
 
 
+def test_no_disruption_budget_for_a_single_replica(helm: HelmResults) -> None:
+    """A budget of one available pod out of one would block every node drain."""
+    rendered, deployment = gateway(helm, "single-replica")
+    assert deployment["spec"]["replicas"] == 1
+    assert "PodDisruptionBudget" not in rendered.kinds()
+
+
 def test_sidecar_mode_renders_configuration_only(helm: HelmResults) -> None:
     rendered = render(helm, "sidecar")
     # No gateway, and no ServiceMonitor: sidecars listen on loopback, out of Prometheus' reach.
@@ -560,6 +568,8 @@ def test_cluster_values_with_tls(helm: HelmResults, tmp_path: Path) -> None:
     assert mount["readOnly"]
     (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"] == "redis-tls"
+    # Readable by UID 10001 even in an application's pod that sets no fsGroup.
+    assert volume["secret"]["defaultMode"] & 0o004
 
 
 def test_configuration_changes_roll_the_pods(helm: HelmResults) -> None:

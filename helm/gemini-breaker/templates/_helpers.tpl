@@ -235,7 +235,8 @@ and the pod annotation {{ include "gemini-breaker.checksums" $ctx }} to roll on 
 - name: gemini-breaker-redis-tls
   secret:
     secretName: {{ . }}
-    defaultMode: 0440
+    # Readable by the proxy's user without an fsGroup (an application's pod may have none).
+    defaultMode: 0444
 {{- end }}
 {{- end }}
 
