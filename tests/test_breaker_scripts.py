@@ -1024,18 +1024,28 @@ async def test_every_new_epoch_is_taken_above_the_floor(backend: Backend) -> Non
     floor = 1000
     store = BreakerStore(backend.redis, backend.keys, lambda: floor)
     await backend.store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
+
+    async def trip_a() -> object:
+        epoch = (await breaker(store, "a")).epoch
+        return await store.report([Outcome("a", epoch, 1, 1)], {"a": p})
+
     transitions: list[tuple[str, Callable[[], Any]]] = [
         ("force", lambda: store.force("b", "open", "ops", "why", p)),
         ("pin", lambda: store.pin("pro", "b", 60, "ops", "why")),
         ("unpin", lambda: store.unpin("pro", "ops", "why")),
         ("quota_feedback", lambda: store.quota_feedback("k", "m", 1.0, False, "", QuotaParams())),
-        ("report", lambda: store.report([Outcome("a", 0, 1, 1)], {"a": p})),
+        ("report", trip_a),
         ("register_routes", lambda: store.register_routes({"new": ["b", "a"]}, "r1", "d2", {})),
     ]
     for name, call in transitions:
         await lose_the_counter(backend)
         await call()
-        assert (await backend.store.snapshot()).epoch == floor + 1, name
+        snapshot = await backend.store.snapshot()
+        assert snapshot.epoch == floor + 1, name
+        # The state the store kept is issued again at that epoch, with the transition.
+        assert {b.epoch for b in snapshot.breakers.values()} == {floor + 1}, name
+        assert {a.epoch for a in snapshot.active.values()} == {floor + 1}, name
+    assert (await breaker(store, "a")).state == OPEN  # the report tripped it
     # acquire (open -> half-open) and probe_done (half-open -> closed) take epochs as well.
     await wait_for_redis_time(backend.store, (await breaker(store, "a")).open_until_ms)
     await lose_the_counter(backend)

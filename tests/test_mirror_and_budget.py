@@ -53,6 +53,10 @@ def test_adopt_replaces_everything_merge_is_fenced() -> None:
     assert mirror.breaker("m").state == "open"
     mirror.adopt(empty)  # the store lost its state: it is still the truth
     assert mirror.breaker("m").state == "closed" and mirror.active == {}
+    # ... but the epochs this replica saw are not forgotten: new ones are taken above them.
+    assert mirror.highest_epoch == 1 and mirror.epoch_floor == 9
+    mirror.apply(change(breaker("open", 12), 3_000))
+    assert mirror.epoch_floor == 12
 
 
 def test_retry_budget_allows_a_ratio_of_requests_over_a_floor() -> None:

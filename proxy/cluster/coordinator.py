@@ -624,7 +624,7 @@ class Coordinator:
         await self._register_on(local)()
 
     def _epoch_floor(self) -> int:
-        return self.mirror.highest_epoch
+        return self.mirror.epoch_floor
 
     def mirror_snapshot(self) -> Snapshot:
         """The mirror as a snapshot (to seed the local store)."""

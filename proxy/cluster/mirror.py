@@ -46,9 +46,17 @@ class Mirror:
         """Operator pins by route, as last heard of (``pin`` says whether one still holds)."""
         self._pin_epochs: dict[str, int] = {}
         self.highest_epoch = 0
+        """The highest epoch of the state this mirror follows (reset when it adopts another)."""
+        self._floor = 0
         self._as_of_ms: dict[str, int] = {}
         self._clock = clock
         self._offset_ms = 0.0
+
+    @property
+    def epoch_floor(self) -> int:
+        """The highest epoch this replica ever saw, kept when the mirror adopts a store's state:
+        every new epoch is taken above it, so epochs never go backwards after Redis lost writes."""
+        return max(self._floor, self.highest_epoch)
 
     def breaker(self, model: str) -> BreakerState:
         return self.breakers.get(model) or BreakerState.initial(model)
@@ -212,6 +220,7 @@ class Mirror:
         self.quotas = {}
         self.pins = {}
         self._pin_epochs = {}
+        self._floor = self.epoch_floor
         self.highest_epoch = 0
         self.merge(snapshot)
 

@@ -94,14 +94,17 @@ class BreakerStore:
         self._register_routes = redis.register_script(script_source("register_routes"))
         self._snapshot = redis.register_script(script_source("snapshot"))
         self._seed = redis.register_script(script_source("seed"))
-        self._reissue = redis.register_script(script_source("reissue", (*_PRELUDE, "quota.lua")))
+        self._reissue = redis.register_script(script_source("reissue"))
         self._pin = redis.register_script(script_source("pin"))
         self._unpin = redis.register_script(script_source("unpin"))
         self._heartbeat = redis.register_script(script_source("heartbeat", ("common.lua",)))
-        quota_prelude = ("common.lua", "quota.lua")
         self._budget = redis.register_script(script_source("budget", ("common.lua",)))
+        # quota_feedback takes an epoch, so it needs view.lua's reissue_state (see next_epoch).
+        quota_prelude = (*_PRELUDE, "quota.lua")
         self._quota_feedback = redis.register_script(script_source("quota_feedback", quota_prelude))
-        self._quota_snapshot = redis.register_script(script_source("quota_snapshot", quota_prelude))
+        self._quota_snapshot = redis.register_script(
+            script_source("quota_snapshot", ("common.lua", "quota.lua"))
+        )
 
     @property
     def keys(self) -> Keys:
@@ -228,9 +231,10 @@ class BreakerStore:
         return _parse(await self._call(self._seed, [payload]), snapshot_from_json)
 
     async def reissue(self, models: Sequence[str]) -> Snapshot:
-        """The store lost writes (its epoch counter is below the floor): issue its whole state
-        again at one new epoch above the floor, published, so every replica adopts it.
-        ``models`` are the caller's configured models (breakers Redis may have forgotten)."""
+        """When the store lost writes (its epoch counter is below the floor), issue its whole
+        state again at one new epoch above the floor, published, so every replica adopts it;
+        any script that takes an epoch does the same. ``models`` are the caller's configured
+        models (breakers the store may have forgotten). Answers the snapshot after it."""
         return _parse(await self._call(self._reissue, list(models)), snapshot_from_json)
 
     async def quota_feedback(

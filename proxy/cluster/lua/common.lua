@@ -20,6 +20,12 @@ local REPLICAS_KEY = PREFIX .. 'replicas'
 -- The audit stream keeps about this many entries (XADD MAXLEN ~: trimmed by whole nodes).
 local AUDIT_MAXLEN = 1000
 
+local QUOTAS_KEY = PREFIX .. 'quotas'
+
+local function quota_key(scope, model)
+  return PREFIX .. 'quota:' .. scope .. ':' .. model
+end
+
 local function breaker_key(model)
   return PREFIX .. 'breaker:' .. model
 end
@@ -28,14 +34,24 @@ local function window_key(model)
   return PREFIX .. 'window:' .. model
 end
 
--- The next epoch, above every epoch the caller has seen: after a failover that lost the last
--- writes (or a restart without persistence) the counter may be behind what the replicas saw,
--- and an epoch taken from it would be ignored by them as stale. So it never goes backwards.
+-- Set by view.lua (scripts without it take no epochs): re-stamps the whole state at an epoch.
+local reissue_state = nil
+
+-- The next epoch, above every epoch the caller has seen. After a failover that lost the last
+-- writes (or a restart without persistence) the counter is behind what the replicas saw: an
+-- epoch taken from it would be ignored by them as stale, and so would the state the store
+-- kept, which carries older epochs still. So the counter is raised to the floor and, in the
+-- same step, the store's whole state is issued again at the new epoch (see reissue_state).
 local function next_epoch()
-  if (tonumber(redis.call('GET', EPOCH_KEY)) or 0) < EPOCH_FLOOR then
+  local lost = (tonumber(redis.call('GET', EPOCH_KEY)) or 0) < EPOCH_FLOOR
+  if lost then
     redis.call('SET', EPOCH_KEY, EPOCH_FLOOR)
   end
-  return redis.call('INCR', EPOCH_KEY)
+  local epoch = redis.call('INCR', EPOCH_KEY)
+  if lost and reissue_state then
+    reissue_state(epoch)
+  end
+  return epoch
 end
 
 -- Redis's clock, never a replica's: every replica then sees the same time.

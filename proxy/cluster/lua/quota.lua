@@ -1,11 +1,5 @@
 -- Quota helpers (prepended to the quota scripts after common.lua).
 
-local QUOTAS_KEY = PREFIX .. 'quotas'
-
-local function quota_key(scope, model)
-  return PREFIX .. 'quota:' .. scope .. ':' .. model
-end
-
 local function load_quota(key)
   local h = redis.call('HMGET', key, 'until_ms', 'scale', 'scale_from_ms', 'per_day',
     'quota_id', 'epoch', 'decreased_ms')

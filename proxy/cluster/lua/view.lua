@@ -108,3 +108,64 @@ local function snapshot_json(now)
     pins = live_pins(now),
   })
 end
+
+-- The store lost writes (see next_epoch): issue its whole state again at `epoch`, so replicas
+-- holding newer epochs from the lost history adopt it. Every breaker (state, wait and window
+-- kept; permits handed out under the lost epochs void, so they are handed out again), the
+-- active model of every route, every pin and quota condition get the new epoch; a Change per
+-- breaker and a PinChange per pin are published. The calling script then goes on with its
+-- own change at the same epoch, published after these.
+reissue_state = function(epoch)
+  local now = now_ms()
+  local routes = load_routes()
+  local models = {}
+  for _, m in ipairs(redis.call('SMEMBERS', MODELS_KEY)) do
+    models[m] = true
+  end
+  for _, chain in pairs(routes) do
+    for _, m in ipairs(chain) do
+      models[m] = true
+    end
+  end
+  for route, chain in pairs(routes) do
+    write_active(route, chain, epoch)
+  end
+  local function active_of(model)
+    local active = {}
+    for route, chain in pairs(routes) do
+      if chain_has(chain, model) then
+        active[route] = cjson.decode(redis.call('HGET', ACTIVE_KEY, route))
+      end
+    end
+    return active
+  end
+  local flat = redis.call('HGETALL', PINS_KEY)
+  for i = 1, #flat, 2 do
+    local route, pin = flat[i], cjson.decode(flat[i + 1])
+    pin.epoch = epoch
+    redis.call('HSET', PINS_KEY, route, cjson.encode(pin))
+    local active = {}
+    if routes[route] then
+      active[route] = cjson.decode(redis.call('HGET', ACTIVE_KEY, route))
+    end
+    pin_change_json(now, route, pin, epoch, active, true, 'reissue')
+  end
+  for _, member in ipairs(redis.call('SMEMBERS', QUOTAS_KEY)) do
+    local sep = string.find(member, '|', 1, true)
+    local key = quota_key(string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HSET', key, 'epoch', epoch)
+    end
+  end
+  for model in pairs(models) do
+    local b = load_breaker(model)
+    b.epoch = epoch
+    b.probes_issued = b.probes_ok + b.probes_failed
+    save_breaker(b)
+    local calls, failures = window_view(model, now)
+    redis.call('PUBLISH', EVENTS_CHANNEL, cjson.encode({
+      now_ms = now, breaker = breaker_json(b, calls, failures), active = active_of(model),
+      changed = true,
+    }))
+  end
+end

@@ -1,0 +1,170 @@
+"""Epochs never go backwards, also when Redis loses its last writes: two replicas (their
+coordinators, with their mirrors and event subscriptions) on a real redis-server, which is made
+to lose writes the replicas already saw by restoring the keys as they were before them."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from proxy.cluster.connect import store_client
+from proxy.cluster.coordinator import Coordinator
+from proxy.config import Settings, build_settings
+
+from .redis_support import RedisServer
+from .redis_support import redis_server as redis_server  # the fixture
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+DEADLINE = 10.0
+
+
+def settings_for(url: str, namespace: str) -> Settings:
+    # No periodic snapshot during the test: what moves the mirrors is the scripts' answers
+    # and the events channel (each coordinator reconciles once, when it subscribes).
+    return build_settings(
+        {
+            "redis": {
+                "url": url,
+                "namespace": namespace,
+                "reconcile_interval": 600,
+                "flush_interval": 0.05,
+            },
+            "routes": {"pro": ["a", "b"]},
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def replica(settings: Settings, name: str) -> AsyncIterator[Coordinator]:
+    client = store_client(settings.redis)
+    coordinator = Coordinator(settings, client, embedded=False, replica=name)
+    await coordinator.start()
+    try:
+        yield coordinator
+    finally:
+        await coordinator.stop()
+        await client.aclose()
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await anyio.sleep(0.01)
+
+
+class Keyspace:
+    """Saves a namespace's keys and puts them back later: Redis losing the writes between."""
+
+    def __init__(self, client: Redis, namespace: str) -> None:
+        self._client = client
+        self._pattern = f"gb:{{{namespace}}}:*"
+        self._saved: dict[bytes, bytes] = {}
+
+    async def save(self) -> None:
+        self._saved = {}
+        async for key in self._client.scan_iter(match=self._pattern):
+            dumped = await self._client.dump(key)
+            if dumped is not None:
+                self._saved[key] = dumped
+
+    async def lose_later_writes(self) -> None:
+        async for key in self._client.scan_iter(match=self._pattern):
+            if key not in self._saved:
+                await self._client.delete(key)
+        for key, dumped in self._saved.items():
+            await self._client.restore(key, 0, dumped, replace=True)
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(
+    server: RedisServer,
+) -> AsyncIterator[tuple[Coordinator, Coordinator, Keyspace]]:
+    namespace = f"epochs-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(server.url, namespace)
+    raw = Redis.from_url(server.url)
+    try:
+        async with replica(settings, "A") as a, replica(settings, "B") as b:
+            # Both subscribed (their first reconcile runs right after subscribing).
+            await eventually(lambda: b.mirror.routes and a.mirror.routes, "replicas started")
+            yield a, b, Keyspace(raw, namespace)
+    finally:
+        await raw.aclose()
+
+
+async def lost_writes(a: Coordinator, b: Coordinator, keyspace: Keyspace) -> int:
+    """Open ``a``, then make writes both replicas see (``b`` forced open, ``a`` reset) and
+    that Redis then loses; answers the highest epoch the replicas saw."""
+    opened = await a.operator_breaker("a", "open", "ops", "before the loss")
+    await eventually(lambda: b.mirror.breaker("a").state == "open", "B saw a open")
+    await keyspace.save()
+    await a.operator_breaker("b", "force_open", "ops", "lost")
+    reset = await b.operator_breaker("a", "reset", "ops", "lost")
+    assert reset.breaker is not None and opened.breaker is not None
+    seen = reset.breaker.epoch
+    await eventually(
+        lambda: (
+            a.mirror.breaker("a").epoch == seen and b.mirror.breaker("b").state == "forced_open"
+        ),
+        "both replicas saw the writes that will be lost",
+    )
+    await keyspace.lose_later_writes()
+    return seen
+
+
+async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
+    redis_server: RedisServer,
+) -> None:
+    async with two_replicas(redis_server) as (a, b, keyspace):
+        seen = await lost_writes(a, b, keyspace)
+        floor = max(a.mirror.epoch_floor, b.mirror.epoch_floor)
+        assert floor == seen
+
+        change = await a.operator_breaker("b", "disable", "ops", "after the loss")
+        assert change.breaker is not None and change.breaker.epoch > floor
+        epoch = change.breaker.epoch
+        # Every replica adopts the transition and, with it, what the store kept: ``a`` is
+        # open again (its reset was lost), at the new epoch, not stuck at the lost one.
+        for mirror in (a.mirror, b.mirror):
+            await eventually(
+                lambda mirror=mirror: (
+                    mirror.breaker("b").state == "disabled"
+                    and mirror.breaker("a").state == "open"
+                    and mirror.breaker("a").epoch == epoch
+                    and mirror.active["pro"].epoch == epoch
+                ),
+                "a replica kept state from the lost history",
+            )
+        assert a.mirror.active["pro"].model == b.mirror.active["pro"].model == "b"
+        # And epochs go on from there.
+        later = await b.operator_breaker("a", "close", "ops", "later")
+        assert later.breaker is not None and later.breaker.epoch > epoch
+        await eventually(lambda: a.mirror.breaker("a").epoch == later.breaker.epoch, "A")  # type: ignore[union-attr]
+
+
+async def test_a_reconcile_that_finds_lost_writes_reissues_the_store_state(
+    redis_server: RedisServer,
+) -> None:
+    async with two_replicas(redis_server) as (a, b, keyspace):
+        seen = await lost_writes(a, b, keyspace)
+        # No transition happens; one replica's periodic snapshot shows the counter went back.
+        await a.reconcile()
+        for mirror in (a.mirror, b.mirror):  # B learns it from the events alone
+            await eventually(
+                lambda mirror=mirror: (
+                    mirror.breaker("a").state == "open"
+                    and mirror.breaker("b").state == "closed"
+                    and mirror.breaker("a").epoch > seen
+                    and mirror.active["pro"].model == "b"
+                ),
+                "a replica kept state from the lost history",
+            )
+        assert a.mirror.breaker("a").epoch == b.mirror.breaker("a").epoch
+        assert a.mirror.epoch_floor == b.mirror.epoch_floor > seen
