@@ -146,7 +146,8 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
         # And epochs go on from there.
         later = await b.operator_breaker("a", "close", "ops", "later")
         assert later.breaker is not None and later.breaker.epoch > epoch
-        await eventually(lambda: a.mirror.breaker("a").epoch == later.breaker.epoch, "A")  # type: ignore[union-attr]
+        closed_at = later.breaker.epoch
+        await eventually(lambda: a.mirror.breaker("a").epoch == closed_at, "A saw the close")
 
 
 async def test_a_reconcile_that_finds_lost_writes_reissues_the_store_state(
