@@ -24,8 +24,9 @@ from proxy.cluster.state import parse_event
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import calls
-from .redis_support import RedisServer
+from .redis_support import RedisServer, require_redis
 from .redis_support import redis_server as redis_server  # the fixture
+from .redis_topologies import start_cluster
 from .support import free_port, running
 from .test_sdk_e2e import sdk
 
@@ -42,46 +43,50 @@ BREAKER = {
 Cluster = Callable[..., list[str]]
 
 
+def replica_starter(
+    stack: contextlib.ExitStack, redis_section: dict[str, Any], simulator_url: str, tmp_path: Path
+) -> Cluster:
+    """Starts replicas of the proxy as separate processes on the Redis that ``redis_section``
+    names (a url, a sentinel set or a cluster); ``breaker`` overrides BREAKER."""
+
+    def start(count: int = 3, models: dict[str, Any] | None = None, **breaker: Any) -> list[str]:
+        config = {
+            "upstream": {"base_url": simulator_url},
+            "redis": {
+                **redis_section,
+                "flush_interval": 0.02,
+                "reconcile_interval": 0.2,
+                "retry_seconds": 0.3,
+                "operation_timeout": 0.2,
+            },
+            "model_defaults": {
+                "max_attempts": 2,
+                "backoff_initial": 0.01,
+                "backoff_max": 0.02,
+                "first_byte_timeout": 5,
+                "breaker": {**BREAKER, **breaker},
+            },
+            "models": models or {},
+            "routes": {PRO: [PRO, FLASH]},
+            "admin": {"allow_unauthenticated_loopback": True},
+        }
+        path = tmp_path / "cluster.yaml"
+        path.write_text(yaml.safe_dump(config))
+        urls = []
+        for _ in range(count):
+            port = free_port()
+            stack.enter_context(running(["serve", "--config", str(path), "--port", str(port)], {}))
+            urls.append(f"http://127.0.0.1:{port}")
+        return urls
+
+    return start
+
+
 @pytest.fixture
 def cluster(redis_server: RedisServer, simulator_url: str, tmp_path: Path) -> Iterator[Cluster]:
-    """Starts replicas of the proxy as separate processes; ``breaker`` overrides BREAKER."""
+    """Starts replicas of the proxy as separate processes sharing one redis-server."""
     with contextlib.ExitStack() as stack:
-
-        def start(
-            count: int = 3, models: dict[str, Any] | None = None, **breaker: Any
-        ) -> list[str]:
-            config = {
-                "upstream": {"base_url": simulator_url},
-                "redis": {
-                    "url": redis_server.url,
-                    "flush_interval": 0.02,
-                    "reconcile_interval": 0.2,
-                    "retry_seconds": 0.3,
-                    "operation_timeout": 0.2,
-                },
-                "model_defaults": {
-                    "max_attempts": 2,
-                    "backoff_initial": 0.01,
-                    "backoff_max": 0.02,
-                    "first_byte_timeout": 5,
-                    "breaker": {**BREAKER, **breaker},
-                },
-                "models": models or {},
-                "routes": {PRO: [PRO, FLASH]},
-                "admin": {"allow_unauthenticated_loopback": True},
-            }
-            path = tmp_path / "cluster.yaml"
-            path.write_text(yaml.safe_dump(config))
-            urls = []
-            for _ in range(count):
-                port = free_port()
-                stack.enter_context(
-                    running(["serve", "--config", str(path), "--port", str(port)], {})
-                )
-                urls.append(f"http://127.0.0.1:{port}")
-            return urls
-
-        yield start
+        yield replica_starter(stack, {"url": redis_server.url}, simulator_url, tmp_path)
 
 
 def state(url: str) -> dict[str, Any]:
@@ -366,3 +371,45 @@ def test_a_model_budget_is_shared_by_the_whole_cluster(
         "budget"
     }
     assert len(calls(simulator, model=PRO)) == len(served)
+
+
+@pytest.fixture
+def cluster_on_redis_cluster(simulator_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Proxy replicas on a three-node Redis Cluster (``redis.cluster.nodes``)."""
+    require_redis()
+    nodes_dir = tmp_path / "redis-cluster"
+    nodes_dir.mkdir()
+    with contextlib.ExitStack() as stack:
+        topology = stack.enter_context(start_cluster(nodes_dir))
+        redis_section = {"cluster": {"nodes": topology.nodes}}
+        yield replica_starter(stack, redis_section, simulator_url, tmp_path)
+
+
+def test_failover_and_recovery_on_a_redis_cluster(
+    cluster_on_redis_cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    replicas = cluster_on_redis_cluster(open_seconds=1.0, open_max_seconds=2.0)
+    assert all(httpx.get(url + "/readyz").json()["store"] == "ok" for url in replicas)
+    assert {served for served, _, _ in spread(replicas, 6)} == {PRO}
+
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    assert {served for served, _, _ in spread(replicas, 6)} == {FLASH}
+    states = wait_all(
+        replicas,
+        lambda s: s["breakers"][PRO]["state"] == "open" and s["routes"][PRO]["active"] == FLASH,
+    )
+    assert len({s["breakers"][PRO]["epoch"] for s in states}) == 1  # one truth, one epoch
+
+    simulator.clear_faults()
+    deadline = time.monotonic() + 20
+    while not all(s["routes"][PRO]["active"] == PRO for s in map(state, replicas)):
+        assert time.monotonic() < deadline, "the primary never came back"
+        spread(replicas, 3)
+    closed = wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "closed")
+    assert len({s["breakers"][PRO]["epoch"] for s in closed}) == 1
+    # An operator action on one replica reaches the others through the events channel.
+    httpx.post(
+        replicas[0] + f"/admin/breakers/{FLASH}/force_open", json={"reason": "drill"}
+    ).raise_for_status()
+    wait_all(replicas, lambda s: s["breakers"][FLASH]["state"] == "forced_open")
+    assert not any(httpx.get(url + "/readyz").json()["store"] == "degraded" for url in replicas)

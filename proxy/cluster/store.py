@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.typing import EncodableT
 
-from .connect import StoreClient
 from .keys import Keys
 from .state import (
     ACTIONS,
@@ -45,6 +44,9 @@ from .state import (
     snapshot_from_json,
     snapshot_to_json,
 )
+
+if TYPE_CHECKING:  # connect imports the configuration, which imports this package
+    from .connect import StoreClient
 
 T = TypeVar("T")
 
