@@ -10,12 +10,11 @@ error carrying the original failure: never a silent close, never the fallback's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
-import anyio
-import httpx
 from starlette.types import Send
 
 from .cluster.coordinator import Admission, Coordinator
@@ -32,7 +31,7 @@ from .gemini.sse import (
 )
 from .headers import Headers, client_response_headers
 from .outcomes import Verdict, classify_status
-from .upstream import Upstream, UpstreamBodyError, UpstreamError
+from .upstream import Upstream, UpstreamBodyError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gemini_breaker.streams")
 
@@ -54,7 +53,7 @@ class Continuation:
     """The models after the broken one, in chain order."""
     build_body: Callable[[str], bytes]
     """The continuation request for the text delivered so far."""
-    open: Callable[[str, ModelSettings, bytes], Awaitable[httpx.Response]]
+    open: Callable[[str, ModelSettings, bytes], Awaitable[UpstreamResponse]]
     """Sends a continuation request to a model."""
     admit: Callable[[str], Awaitable[Admission | None]]
     """Admission for a model (breaker, quota, capability), or None to skip it."""
@@ -86,7 +85,7 @@ class SseRelay:
         """Called as the first event goes out (time to first token)."""
 
     async def events(
-        self, response: httpx.Response, limits: ModelSettings
+        self, response: UpstreamResponse, limits: ModelSettings
     ) -> AsyncGenerator[tuple[bytes, dict[str, object]], None]:
         """Complete, parsed events; ``StreamBroken`` on a stall, a cut or a corrupt event."""
         splitter = EventSplitter()
@@ -114,7 +113,7 @@ class SseRelay:
             raise StreamBroken("The upstream's stream ended in the middle of a chunk.")
 
     async def first(
-        self, response: httpx.Response, limits: ModelSettings, extra: Headers
+        self, response: UpstreamResponse, limits: ModelSettings, extra: Headers
     ) -> StreamBroken | None:
         """Relay a stream from its start. Returns the failure if it broke before anything
         reached the client (an ordinary failure then); None once the stream is the client's
@@ -150,8 +149,7 @@ class SseRelay:
             return None
         finally:
             await events.aclose()
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            await response.aclose()  # never suspends, so a cancellation cannot cut it short
 
     async def _forward(self, raw: bytes, chunk: dict[str, object]) -> None:
         self.delivered.take(chunk)
@@ -174,7 +172,7 @@ class SseRelay:
         """Finish the answer on the next models that can; False if none could (the caller
         then ends the stream with the original failure)."""
         for model in continuation.models:
-            if anyio.current_time() >= self.deadline:
+            if asyncio.get_running_loop().time() >= self.deadline:
                 return False
             admission = await continuation.admit(model)
             if admission is None:
@@ -192,8 +190,7 @@ class SseRelay:
                 # A model that rejects the prefill (400) or fails (5xx) cannot continue; the
                 # client is told the original failure, never this model's own answer.
                 self.coordinator.record(admission, classify_status(response.status_code))
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+                await response.aclose()
                 log.info("%s could not continue the stream (%d)", model, response.status_code)
                 continue
             if await self._relay_continuation(response, limits, admission):
@@ -202,7 +199,7 @@ class SseRelay:
         return False
 
     async def _relay_continuation(
-        self, response: httpx.Response, limits: ModelSettings, admission: Admission
+        self, response: UpstreamResponse, limits: ModelSettings, admission: Admission
     ) -> bool:
         usage_before = self.delivered.usage
         try:
@@ -221,8 +218,7 @@ class SseRelay:
             self.coordinator.record(admission, Verdict.FAILURE)
             return False
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            await response.aclose()  # never suspends, so a cancellation cannot cut it short
         finished = self.delivered.finish_reason is not None
         self.coordinator.record(admission, Verdict.SUCCESS if finished else Verdict.FAILURE)
         return finished
