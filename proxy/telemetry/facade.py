@@ -77,6 +77,8 @@ class Telemetry(MetricsRecorder):
         for processor in processors:
             self.tracer_provider.add_span_processor(processor)
         self.tracer: Tracer = self.tracer_provider.get_tracer(SCOPE)
+        # With nothing to export spans to, none is sampled: the spans are made directly.
+        self._span_tracer: Tracer | None = self.tracer if processors else None
         self._shutdown_lock = threading.Lock()
         self._closed = False
         super().__init__(self.meter_provider.get_meter(SCOPE))
@@ -95,7 +97,7 @@ class Telemetry(MetricsRecorder):
         an exception out of the block finishes it as 500 (499 when cancelled)."""
         headers = headers if isinstance(headers, Mapping) else list(headers)
         return request_span(
-            self.tracer,
+            self._span_tracer,
             self,
             http_method,
             headers,
@@ -120,7 +122,7 @@ class Telemetry(MetricsRecorder):
         the request's attempts from 1; ``retry``: same model again; ``failover``: not the
         requested model; ``probe``: a half-open permit. Report on what it yields."""
         return attempt_span(
-            self.tracer,
+            self._span_tracer,
             self,
             model,
             number,

@@ -4,21 +4,36 @@ upstream attempt. Attribute names follow the HTTP and GenAI semantic conventions
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
 
+from opentelemetry import context as context_api
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, use_span
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..gemini.paths import GeminiPath
 from . import names
-from .jsonlog import bound_request_id
+from .jsonlog import REQUEST_ID
 from .metrics import MetricsRecorder
 from .names import label, operation_name
 
 _PROPAGATED = (b"traceparent", b"tracestate")
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def route_template(path: GeminiPath | None) -> str | None:
@@ -47,7 +62,7 @@ def parent_context(headers: Iterable[tuple[bytes, bytes]] | Mapping[str, str]) -
             for k, v in headers
             if k.lower() in _PROPAGATED
         }
-    return TraceContextTextMapPropagator().extract(carrier)
+    return _PROPAGATOR.extract(carrier)
 
 
 class RequestSpan:
@@ -154,9 +169,64 @@ class AttemptSpan:
             self.span.set_status(Status(StatusCode.ERROR))
 
 
-@contextmanager
+def quiet_span(parent: Context | None = None) -> Span:
+    """The span the SDK's tracer would return for a span its sampler drops (tracing off),
+    made directly: the SDK's ``start_span`` costs about 15 us even then. It continues the
+    parent's trace (so logs still carry the caller's trace id) with a span id of its own."""
+    parent_context = get_current_span(parent).get_span_context()
+    trace_id = parent_context.trace_id if parent_context.is_valid else _random_id(128)
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            _random_id(64),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            trace_state=parent_context.trace_state,
+        )
+    )
+
+
+def _random_id(bits: int) -> int:
+    while True:  # zero is the invalid id
+        value = random.getrandbits(bits)
+        if value:
+            return value
+
+
+class _RequestScope:
+    """The block around one client request: its span current, its request id bound."""
+
+    __slots__ = ("_context_token", "_handle", "_id_token")
+
+    def __init__(self, handle: RequestSpan) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> RequestSpan:
+        self._id_token = REQUEST_ID.set(self._handle.request_id)
+        self._context_token = context_api.attach(set_span_in_context(self._handle.span))
+        return self._handle
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        handle = self._handle
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                handle.finish(499)  # the client went away (nginx's "client closed request")
+            elif exc is not None:
+                handle.span.record_exception(exc)
+                handle.finish(500)
+        finally:
+            context_api.detach(self._context_token)
+            handle.span.end()
+            REQUEST_ID.reset(self._id_token)
+
+
 def request_span(
-    tracer: Tracer,
+    tracer: Tracer | None,
     recorder: MetricsRecorder,
     http_method: str,
     headers: Iterable[tuple[bytes, bytes]] | Mapping[str, str],
@@ -165,42 +235,64 @@ def request_span(
     route: str | None,
     requested_model: str | None,
     method: str | None,
-) -> Iterator[RequestSpan]:
-    """Open the request's span (current for the block) with the request id bound."""
-    attributes: dict[str, str] = {
-        names.HTTP_REQUEST_METHOD: http_method,
-        names.REQUEST_ID: request_id,
-        names.GEN_AI_OPERATION_NAME: operation_name(method),
-    }
-    if route is not None:
-        attributes[names.HTTP_ROUTE] = route
-    if requested_model:
-        attributes[names.GEN_AI_REQUEST_MODEL] = label(requested_model)
-    span = tracer.start_span(
-        f"{http_method} {route}" if route else http_method,
-        context=parent_context(headers),
-        kind=SpanKind.SERVER,
-        attributes=attributes,
-    )
-    handle = RequestSpan(span, recorder, request_id, requested_model, method)
-    with (
-        bound_request_id(request_id),
-        use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False),
-    ):
+) -> AbstractContextManager[RequestSpan]:
+    """Open the request's span (current for the block) with the request id bound.
+    ``tracer`` None: tracing is off, and the span is a ``quiet_span``."""
+    if tracer is None:
+        span = quiet_span(parent_context(headers))
+    else:
+        attributes: dict[str, str] = {
+            names.HTTP_REQUEST_METHOD: http_method,
+            names.REQUEST_ID: request_id,
+            names.GEN_AI_OPERATION_NAME: operation_name(method),
+        }
+        if route is not None:
+            attributes[names.HTTP_ROUTE] = route
+        if requested_model:
+            attributes[names.GEN_AI_REQUEST_MODEL] = label(requested_model)
+        span = tracer.start_span(
+            f"{http_method} {route}" if route else http_method,
+            context=parent_context(headers),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
+    return _RequestScope(RequestSpan(span, recorder, request_id, requested_model, method))
+
+
+class _AttemptScope:
+    """The block around one upstream attempt: its span current."""
+
+    __slots__ = ("_context_token", "_handle")
+
+    def __init__(self, handle: AttemptSpan) -> None:
+        self._handle = handle
+
+    def __enter__(self) -> AttemptSpan:
+        self._context_token = context_api.attach(set_span_in_context(self._handle.span))
+        return self._handle
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        handle = self._handle
         try:
-            yield handle
-        except asyncio.CancelledError:
-            handle.finish(499)  # the client went away (nginx's "client closed request")
-            raise
-        except BaseException as exc:
-            span.record_exception(exc)
-            handle.finish(500)
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                if not handle.outcome_set:
+                    handle.outcome("cancelled")
+            elif exc is not None:
+                handle.span.record_exception(exc)
+                if not handle.outcome_set:
+                    handle.outcome("error", error_type=type(exc).__qualname__)
+        finally:
+            context_api.detach(self._context_token)
+            handle.span.end()
 
 
-@contextmanager
 def attempt_span(
-    tracer: Tracer,
+    tracer: Tracer | None,
     recorder: MetricsRecorder,
     model: str,
     number: int,
@@ -210,8 +302,11 @@ def attempt_span(
     probe: bool,
     method: str | None,
     server_address: str | None,
-) -> Iterator[AttemptSpan]:
-    """Open an upstream attempt's span as a child of the current (request) span."""
+) -> AbstractContextManager[AttemptSpan]:
+    """Open an upstream attempt's span as a child of the current (request) span.
+    ``tracer`` None: tracing is off, and the span is a ``quiet_span``."""
+    if tracer is None:
+        return _AttemptScope(AttemptSpan(quiet_span(), recorder, model, method))
     operation = operation_name(method)
     attributes: dict[str, str | int | bool] = {
         names.GEN_AI_OPERATION_NAME: operation,
@@ -227,16 +322,4 @@ def attempt_span(
     span = tracer.start_span(
         f"{operation} {label(model)}", kind=SpanKind.CLIENT, attributes=attributes
     )
-    handle = AttemptSpan(span, recorder, model, method)
-    with use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-        try:
-            yield handle
-        except asyncio.CancelledError:
-            if not handle.outcome_set:
-                handle.outcome("cancelled")
-            raise
-        except BaseException as exc:
-            span.record_exception(exc)
-            if not handle.outcome_set:
-                handle.outcome("error", error_type=type(exc).__qualname__)
-            raise
+    return _AttemptScope(AttemptSpan(span, recorder, model, method))
