@@ -695,9 +695,16 @@ def test_the_wheel_ships_the_lua_scripts_and_its_console_script_serves(tmp_path:
         )
         assert answer.status_code == 200, proxy_log.read_text()
         assert answer.headers["x-gemini-breaker-model"] == FLASH
-        state = httpx.get(
-            f"{proxy}/admin/state",
-            headers={"authorization": "Bearer packaging-test-token"},
-            timeout=10,
-        )
-        assert state.status_code == 200 and FLASH in state.json()["breakers"]
+        # The outcome reaches the store through report.lua, and the breaker it creates comes
+        # back into the replica's mirror: the wheel's scripts ran.
+        while True:
+            state = httpx.get(
+                f"{proxy}/admin/state",
+                headers={"authorization": "Bearer packaging-test-token"},
+                timeout=10,
+            )
+            assert state.status_code == 200, state.text
+            if state.json()["breakers"].get(FLASH, {}).get("calls"):
+                break
+            assert time.monotonic() < deadline, state.text
+            time.sleep(0.1)
