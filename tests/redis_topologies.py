@@ -140,6 +140,18 @@ class SentinelTopology:
             "the replica never acknowledged the master's writes",
         )
 
+    def cut_replication(self) -> None:
+        """From now on the replica gets nothing more from the master: its link is cut and it
+        may not sync again (what a lagging replica is when the master dies). Pausing the
+        replica would not do: the master's writes would wait in its socket buffer."""
+        master = admin(self.master.port)
+        master.execute_command("ACL", "SETUSER", "default", "-psync", "-sync", "-replconf")
+        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        wait_until(
+            lambda: admin(self.replica.port).info("replication")["master_link_status"] == "down",
+            "the replica never lost its link to the master",
+        )
+
     def wait_promoted(self) -> None:
         """Until the sentinels name the replica as master and it accepts writes."""
 

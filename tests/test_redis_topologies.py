@@ -1,0 +1,243 @@
+"""The proxy on highly available and secured Redis set-ups, all real and private: a Sentinel
+set whose master is killed during traffic, a failover that loses the last writes, a server that
+only lets an ACL user in, and a server that speaks TLS (mutual)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from google.genai import errors
+
+from proxy.app import create_app
+from proxy.cluster.keys import Keys
+
+from .conftest import proxy_settings
+from .redis_support import require_redis
+from .redis_topologies import (
+    ACL_PASSWORD,
+    ACL_USER,
+    SentinelTopology,
+    start_acl_redis,
+    start_sentinel_set,
+    start_tls_redis,
+    tls_supported,
+)
+from .support import serve
+from .test_cluster_e2e import FLASH, PRO, Cluster, ask, replica_starter, spread, wait_all, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelTopology]:
+    require_redis()
+    directory = tmp_path / "sentinel"
+    directory.mkdir()
+    with start_sentinel_set(directory) as topology:
+        yield topology
+
+
+@pytest.fixture
+def on_sentinel(
+    sentinel_set: SentinelTopology, simulator_url: str, tmp_path: Path
+) -> Iterator[Cluster]:
+    """Proxy replicas (processes) that find the master through the sentinels."""
+    section = {
+        "sentinel": {"master_name": sentinel_set.master_name, "addresses": sentinel_set.addresses}
+    }
+    with contextlib.ExitStack() as stack:
+        yield replica_starter(stack, section, simulator_url, tmp_path)
+
+
+def breaker_action(replica: str, model: str, action: str) -> int:
+    """An operator action through one replica's admin API; answers the resulting epoch."""
+    response = httpx.post(
+        f"{replica}/admin/breakers/{model}/{action}", json={"reason": "test"}, timeout=10
+    )
+    response.raise_for_status()
+    epoch: int = response.json()["breaker"]["epoch"]
+    return epoch
+
+
+@contextlib.contextmanager
+def traffic(replicas: list[str]) -> Iterator[tuple[list[str], list[BaseException]]]:
+    """SDK calls spread over the replicas in a thread until the block ends; yields the models
+    that served and the failures."""
+    served: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        for url in itertools.cycle(replicas):
+            if stop.is_set():
+                return
+            try:
+                served.append(ask(url)[0])
+            except (errors.APIError, httpx.HTTPError) as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield served, failures
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def breaker_on(port: int, model: str) -> dict[str, str]:
+    """The breaker hash as one Redis node holds it."""
+    client = redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+    fields: dict[str, str] = client.hgetall(Keys().breaker(model))  # type: ignore[assignment]
+    client.close()
+    return fields
+
+
+def test_the_proxy_follows_a_sentinel_promotion_and_the_breaker_state_survives(
+    sentinel_set: SentinelTopology, on_sentinel: Cluster, simulator: Any
+) -> None:
+    replicas = on_sentinel(count=2, open_seconds=120)
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    assert {served for served, _, _ in spread(replicas, 6)} == {FLASH}
+    states = wait_all(
+        replicas,
+        lambda s: s["breakers"][PRO]["state"] == "open" and s["routes"][PRO]["active"] == FLASH,
+    )
+    opened_at = states[0]["breakers"][PRO]["epoch"]
+    sentinel_set.wait_replicated()  # the open breaker is on the replica too
+
+    with traffic(replicas) as (served, failures):
+        wait_for(lambda: len(served) >= 10)
+        sentinel_set.master.kill()
+        sentinel_set.wait_promoted()
+        for url in replicas:
+            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+        # The new master kept the breaker: every replica still has it open, same epoch.
+        assert breaker_on(sentinel_set.replica.port, PRO)["epoch"] == str(opened_at)
+        wait_all(
+            replicas,
+            lambda s: (
+                s["breakers"][PRO]["state"] == "open"
+                and s["breakers"][PRO]["epoch"] == opened_at
+                and not s["store"]["degraded"]
+            ),
+        )
+        # Transitions go through the new master and reach every replica.
+        reset_at = breaker_action(replicas[0], PRO, "reset")
+        assert reset_at > opened_at
+        simulator.clear_faults()
+        wait_all(
+            replicas,
+            lambda s: (
+                s["breakers"][PRO]["state"] == "closed" and s["breakers"][PRO]["epoch"] == reset_at
+            ),
+        )
+        count = len(served)
+        wait_for(lambda: len(served) >= count + 10)
+    assert failures == []  # every request was answered, through the failover
+
+
+def test_a_failover_that_lost_writes_never_takes_epochs_backwards(
+    sentinel_set: SentinelTopology, on_sentinel: Cluster, simulator: Any
+) -> None:
+    replicas = on_sentinel(count=2)
+    forced_at = breaker_action(replicas[0], PRO, "force_open")
+    wait_all(replicas, lambda s: s["breakers"][PRO]["epoch"] == forced_at)
+    sentinel_set.wait_replicated()
+    sentinel_set.cut_replication()  # from here on the replica misses the master's writes
+    reset_at = breaker_action(replicas[1], PRO, "reset")  # seen by every proxy, then lost
+    wait_all(replicas, lambda s: s["breakers"][PRO]["epoch"] == reset_at)
+    sentinel_set.master.kill()
+    sentinel_set.wait_promoted()
+    assert breaker_on(sentinel_set.replica.port, PRO)["epoch"] == str(forced_at)  # it lagged
+
+    # Every replica converges on what the new master kept (the reset is lost) ...
+    wait_all(
+        replicas,
+        lambda s: s["breakers"][PRO]["state"] == "forced_open" and not s["store"]["degraded"],
+    )
+    # ... and the next transition takes an epoch above all the proxies saw, which all adopt.
+    disabled_at = breaker_action(replicas[0], FLASH, "disable")
+    assert disabled_at > reset_at
+    states = wait_all(replicas, lambda s: s["breakers"][FLASH]["epoch"] == disabled_at)
+    assert {s["breakers"][PRO]["state"] for s in states} == {"forced_open"}
+    assert {s["routes"][PRO]["active"] for s in states} == {FLASH}
+    assert {served for served, _, _ in spread(replicas, 4)} == {FLASH}
+
+
+# -- ACL and TLS --------------------------------------------------------------------------------
+
+
+def readiness(url: str) -> str:
+    store: str = httpx.get(url + "/readyz", timeout=5).json()["store"]
+    return store
+
+
+def test_an_acl_user_with_a_password(
+    tmp_path: Path, simulator_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_redis()
+    with start_acl_redis(tmp_path) as server:
+        good = proxy_settings(
+            simulator_url, redis={"url": server.url, "username": ACL_USER, "password": ACL_PASSWORD}
+        )
+        with serve(create_app(good)) as url:
+            assert readiness(url) == "ok"
+            breaker_action(url, PRO, "force_open")
+        # The script ran as that user, on the server: the breaker is there.
+        client = redis.Redis(
+            port=server.port, username=ACL_USER, password=ACL_PASSWORD, decode_responses=True
+        )
+        assert client.hget(Keys().breaker(PRO), "state") == "forced_open"
+        client.close()
+
+        wrong = proxy_settings(
+            simulator_url, redis={"url": server.url, "username": ACL_USER, "password": "wrong-pw"}
+        )
+        with caplog.at_level(logging.DEBUG), serve(create_app(wrong)) as url:
+            assert readiness(url) == "degraded"  # refused, and still serving (fail-static)
+            assert ask(url)[0] == PRO
+    assert caplog.records and not any(
+        "wrong-pw" in r.getMessage() or ACL_PASSWORD in r.getMessage() for r in caplog.records
+    )
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path, simulator_url: str) -> None:
+    require_redis()
+    if not tls_supported():
+        pytest.skip("this redis-server was built without TLS support")
+    with start_tls_redis(tmp_path) as server:
+        files = server.files
+        tls = {
+            "ca_file": str(files.ca),
+            "cert_file": str(files.client_cert),
+            "key_file": str(files.client_key),
+        }
+        settings = proxy_settings(simulator_url, redis={"url": server.url, "tls": tls})
+        with serve(create_app(settings)) as url:
+            assert readiness(url) == "ok"
+            breaker_action(url, PRO, "force_open")
+        # A redis:// URL with tls.enabled is TLS as well.
+        plain_url = server.url.replace("rediss://", "redis://")
+        enabled = proxy_settings(
+            simulator_url, redis={"url": plain_url, "tls": {**tls, "enabled": True}}
+        )
+        with serve(create_app(enabled)) as url:
+            assert readiness(url) == "ok"
+            state = httpx.get(url + "/admin/state", timeout=5).json()
+            assert state["breakers"][PRO]["state"] == "forced_open"
+        # The server requires a client certificate: without one the store is unreachable.
+        no_cert = proxy_settings(
+            simulator_url, redis={"url": server.url, "tls": {"ca_file": str(files.ca)}}
+        )
+        with serve(create_app(no_cert)) as url:
+            assert readiness(url) == "degraded"
