@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import selectors
 import socket
@@ -49,11 +50,13 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
 def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
     """Start ``python -m proxy ARGS``, wait for uvicorn's start-up line on stderr, and yield
     the stderr lines (kept being collected, so the pipe never fills and blocks the process)."""
+    # Unbuffered bytes: a buffered reader could take several lines off the pipe at once and
+    # leave select() waiting for data that was already read.
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", *args],
         env={**os.environ, "GEMINI_BREAKER_CONFIG": "", **env},
         stderr=subprocess.PIPE,
-        text=True,
+        bufsize=0,
     )
     assert proc.stderr is not None
     selector = selectors.DefaultSelector()
@@ -64,13 +67,17 @@ def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
         while True:
             if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
                 raise AssertionError(f"no start-up line within 60 s: {seen}")
-            line = proc.stderr.readline()
+            line = proc.stderr.readline().decode(errors="replace")
             if not line:
                 raise AssertionError(f"exited with {proc.wait()}: {''.join(seen)}")
             seen.append(line)
             if "Uvicorn running on" in line:
                 break
-        drain = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+        # Nothing past the start-up line was read yet, so buffering may start here.
+        rest = io.BufferedReader(proc.stderr)  # type: ignore[arg-type]
+        drain = threading.Thread(
+            target=lambda: seen.extend(raw.decode(errors="replace") for raw in rest), daemon=True
+        )
         drain.start()
         yield seen
     finally:
