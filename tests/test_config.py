@@ -112,3 +112,64 @@ def test_unreadable_and_malformed_files_fail_clearly(tmp_path: Path) -> None:
 def test_bad_port_in_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="GEMINI_BREAKER_PORT"):
         load_settings(None, env={"GEMINI_BREAKER_PORT": "http"})
+
+
+def test_redis_topologies_credentials_and_tls(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+redis:
+  sentinel:
+    master_name: mymaster
+    addresses: ["sentinel-0:26379", "[::1]:26380"]
+    username: watcher
+  username: breaker
+  tls: {enabled: true, ca_file: /etc/ca.pem, cert_file: /etc/c.pem, key_file: /etc/c.key}
+""",
+    )
+    env = {
+        "GEMINI_BREAKER_REDIS_PASSWORD": "data-SECRET",
+        "GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD": "sentinel-SECRET",
+    }
+    redis = load_settings(path, env=env).redis
+    assert redis.shared and redis.uses_tls and redis.url is None
+    assert redis.sentinel.addresses == ("sentinel-0:26379", "[::1]:26380")
+    assert (redis.sentinel.username, redis.sentinel.password) == ("watcher", "sentinel-SECRET")
+    assert (redis.username, redis.password) == ("breaker", "data-SECRET")
+    assert "SECRET" not in repr(redis)
+
+    cluster = build_settings(
+        {"redis": {"cluster": {"nodes": ["r0:6379", "r1:6379"]}}, "server": {"workers": 2}}
+    )
+    assert cluster.redis.shared and cluster.redis.cluster.nodes == ("r0:6379", "r1:6379")
+    assert build_settings({"redis": {"url": "rediss://r:6380/0"}}).redis.uses_tls
+    # A sentinel password from the environment alone configures nothing.
+    env_only = load_settings(None, env={"GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD": "x"})
+    assert not env_only.redis.shared
+
+
+@pytest.mark.parametrize(
+    ("redis", "named"),
+    [
+        ({"url": "redis://r:1", "cluster": {"nodes": ["r:1"]}}, "redis.cluster"),
+        (
+            {"url": "redis://r:1", "sentinel": {"master_name": "m", "addresses": ["s:1"]}},
+            "redis.sentinel",
+        ),
+        ({"sentinel": {"master_name": "m"}}, "redis.sentinel.addresses"),
+        ({"sentinel": {"addresses": ["s:1"]}}, "redis.sentinel.master_name"),
+        ({"sentinel": {"master_name": "m", "addresses": ["s"]}}, "redis.sentinel.addresses[0]"),
+        ({"cluster": {"nodes": ["r:70000"]}}, "redis.cluster.nodes[0]"),
+        ({"cluster": {"nodes": "r:1"}}, "redis.cluster.nodes"),
+        ({"url": "redis://r:1", "tls": {"cert_file": "c.pem"}}, "redis.tls"),
+        ({"url": "redis://r:1", "tls": {"ca_file": "ca.pem"}}, "redis.tls"),
+        ({"url": "unix:///tmp/r.sock", "tls": {"enabled": True}}, "redis.tls.enabled"),
+        ({"password": "p"}, "redis"),
+        ({"tls": {"enabled": "yes"}}, "redis.tls.enabled"),
+        ({"sentinel": {"master": "m"}}, "redis.sentinel.master"),
+    ],
+)
+def test_invalid_redis_settings_name_the_key(redis: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"redis": redis})
+    assert str(caught.value).startswith(named)
