@@ -1,0 +1,267 @@
+"""The proxy's cost side by side: direct, nginx, gemini-breaker, gemini-breaker with quotas.
+
+One run, one canned upstream (bench/fast_upstream.py), four targets measured one after the
+other with nothing else running: the upstream directly, Debian's nginx as a plain reverse
+proxy (the floor for any proxy), gemini-breaker with its breakers closed (embedded store), and
+gemini-breaker with the cluster quota limiter on (a model budget, so one Redis call per
+request, on a private redis-server). The load generator, the upstream and Redis run on core 0,
+the proxy under test (nginx or gemini-breaker, one process) on core 1.
+
+For each target:
+- unary latency at a steady offered rate (open loop, latency from the scheduled send time),
+  p50 and p99, and what the proxy adds to the direct figures;
+- stream time to first byte (open loop), p50, and what the proxy adds;
+- closed-loop requests per second of the one proxy process (``wrk`` from Debian, else the
+  raw asyncio client of bench/loadgen.py), and its CPU per request from /proc/<pid>/stat.
+
+Prints tables, then each issue target next to its figure; asserts nothing. ``--source DIR``
+runs the proxy from another checkout (to measure an older version the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import harness
+import loadgen
+import uvloop
+from harness import BODY, HEADERS, STREAM, UNARY, pct
+
+
+@dataclass
+class Figures:
+    name: str
+    p50: float = float("nan")
+    p99: float = float("nan")
+    ttfb50: float = float("nan")
+    errors: int = 0
+    rps: float = float("nan")
+    cpu_us: float = float("nan")
+    client: str = ""
+
+
+def measure_latency(url: str, args: argparse.Namespace, figures: Figures) -> None:
+    unary = loadgen.request_bytes(url, UNARY, BODY, HEADERS)
+    stream = loadgen.request_bytes(url, STREAM, BODY, HEADERS)
+
+    async def run() -> None:
+        await loadgen.closed_loop(url, unary, 8, 1.0)  # warm up connections and code paths
+        await loadgen.closed_loop(url, stream, 8, 0.5)
+        result = await loadgen.open_loop(url, unary, args.rate, args.seconds)
+        ok = [r for r in result.results if r.status == 200]
+        latencies = [(r.done - r.started) * 1000 for r in ok]
+        figures.p50, figures.p99 = pct(latencies, 50), pct(latencies, 99)
+        streams = await loadgen.open_loop(url, stream, args.stream_rate, args.stream_seconds)
+        ok_streams = [r for r in streams.results if r.status == 200]
+        figures.ttfb50 = pct([(r.first_byte - r.started) * 1000 for r in ok_streams], 50)
+        figures.errors = (
+            result.errors
+            + streams.errors
+            + len(result.results)
+            - len(ok)
+            + len(streams.results)
+            - len(ok_streams)
+        )
+
+    uvloop.run(run())
+
+
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{body}'
+{headers}
+"""
+
+
+def measure_throughput(
+    url: str, pids: Callable[[], list[int]], args: argparse.Namespace, figures: Figures, work: Path
+) -> None:
+    """Closed loop for ``args.closed_seconds``; CPU of ``pids`` per completed request."""
+    wrk = shutil.which("wrk")
+    before = harness.cpu_seconds(pids())
+    if wrk:
+        script = work / "post.lua"
+        script.write_text(
+            WRK_SCRIPT.format(
+                body=BODY.decode(),
+                headers="\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in HEADERS.items()),
+            )
+        )
+        command = harness.pinned(
+            [
+                wrk,
+                "-t1",
+                f"-c{args.concurrency}",
+                f"-d{args.closed_seconds:g}s",
+                "-s",
+                str(script),
+                url + UNARY,
+            ],
+            harness.LOADGEN_CPU,
+        )
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+        figures.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+        figures.client = "wrk"
+    else:
+        payload = loadgen.request_bytes(url, UNARY, BODY, HEADERS)
+        started = time.perf_counter()
+        figures.rps = uvloop.run(
+            loadgen.closed_loop(url, payload, args.concurrency, args.closed_seconds)
+        )
+        requests = int(figures.rps * (time.perf_counter() - started))
+        figures.client = "asyncio"
+    used = harness.cpu_seconds(pids()) - before
+    if requests:
+        figures.cpu_us = used / requests * 1e6
+
+
+@contextlib.contextmanager
+def target(
+    name: str, work: Path, upstream: str, args: argparse.Namespace
+) -> Iterator[tuple[str, Callable[[], list[int]]]]:
+    """Start one target; yield its URL and a function listing the processes to charge."""
+    if name == "direct":
+        yield upstream, list
+    elif name == "nginx":
+        with harness.nginx(work, upstream) as (url, proc):
+            yield url, lambda: harness.process_tree(proc.pid)
+    elif name == "gemini-breaker":
+        with harness.proxy(work, upstream, "proxy", source=args.source) as (url, proc):
+            yield url, lambda: [proc.pid]
+    else:
+        with harness.private_redis(work) as redis_url:
+            config = {
+                "redis": {"url": redis_url},
+                # A budget far above the offered load: every request is checked, none refused.
+                "models": {"gemini-2.5-flash": {"requests_per_minute": 100_000_000}},
+            }
+            with harness.proxy(work, upstream, "proxy-quota", config, source=args.source) as (
+                url,
+                proc,
+            ):
+                yield url, lambda: [proc.pid]
+
+
+TARGETS = ["direct", "nginx", "gemini-breaker", "gemini-breaker+quota"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="unary requests per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="unary open-loop run")
+    parser.add_argument("--stream-rate", type=float, default=50.0)
+    parser.add_argument("--stream-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
+    parser.add_argument("--closed-seconds", type=float, default=5.0)
+    parser.add_argument("--source", type=Path, default=harness.ROOT, help="proxy checkout")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    args = parser.parse_args()
+    harness.pin_self()
+    harness.raise_open_files(16384)
+    rows: list[Figures] = []
+    with tempfile.TemporaryDirectory(prefix="gb-bench-") as tmp:
+        work = Path(tmp)
+        with harness.fast_upstream(work) as upstream:
+            for name in args.targets.split(","):
+                print(f"measuring {name} ...", flush=True)
+                figures = Figures(name)
+                try:
+                    with target(name, work, upstream, args) as (url, pids):
+                        measure_latency(url, args, figures)
+                        if name != "direct":
+                            measure_throughput(url, pids, args, figures, work)
+                except (FileNotFoundError, RuntimeError) as exc:
+                    print(f"{name}: not measured ({exc})")
+                    continue
+                rows.append(figures)
+    report(rows, args)
+
+
+def report(rows: list[Figures], args: argparse.Namespace) -> None:
+    direct = next((r for r in rows if r.name == "direct"), None)
+    base = direct or Figures("none")
+    print(
+        f"\nUnary: {args.rate:g} req/s offered for {args.seconds:g} s (open loop, latency from "
+        f"the scheduled send). Streams: {args.stream_rate:g}/s for {args.stream_seconds:g} s. "
+        f"Closed loop: {args.concurrency} connections for {args.closed_seconds:g} s. "
+        "Latencies in ms; CPU in us per request of the proxy process(es).\n"
+    )
+    harness.table(
+        [
+            "target",
+            "p50",
+            "p99",
+            "added p50",
+            "added p99",
+            "TTFB p50",
+            "added TTFB",
+            "errors",
+            "req/s",
+            "CPU us/req",
+            "client",
+        ],
+        [
+            [
+                r.name,
+                r.p50,
+                r.p99,
+                r.p50 - base.p50 if r is not direct else float("nan"),
+                r.p99 - base.p99 if r is not direct else float("nan"),
+                r.ttfb50,
+                r.ttfb50 - base.ttfb50 if r is not direct else float("nan"),
+                r.errors,
+                r.rps,
+                r.cpu_us,
+                r.client or "-",
+            ]
+            for r in rows
+        ],
+    )
+    by_name = {r.name: r for r in rows}
+    proxy, nginx_row = by_name.get("gemini-breaker"), by_name.get("nginx")
+    if proxy is None:
+        return
+    ratio = proxy.cpu_us / nginx_row.cpu_us if nginx_row else float("nan")
+    print("\nIssue 8 targets (gemini-breaker, breakers closed):")
+    checks = [
+        ("added latency p50 at 200 req/s", proxy.p50 - base.p50, "<= 1 ms", 1.0),
+        ("added latency p99 at 200 req/s", proxy.p99 - base.p99, "<= 3 ms", 3.0),
+        ("stream TTFB overhead p50", proxy.ttfb50 - base.ttfb50, "<= 1 ms", 1.0),
+    ]
+    rows_out: list[list[object]] = [
+        [what, value, goal, "met" if value <= limit else "NOT met"]
+        for what, value, goal, limit in checks
+    ]
+    rows_out.append(
+        [
+            "closed-loop req/s, one process",
+            proxy.rps,
+            ">= 1500",
+            "met" if proxy.rps >= 1500 else "NOT met",
+        ]
+    )
+    rows_out.append(["CPU per request vs nginx (ratio)", ratio, "report", "-"])
+    quota = by_name.get("gemini-breaker+quota")
+    if quota is not None:
+        rows_out.append(
+            [
+                "with quota limiter: added p50 / p99",
+                f"{quota.p50 - base.p50:.2f} / {quota.p99 - base.p99:.2f}",
+                "report",
+                "-",
+            ]
+        )
+    harness.table(["figure", "measured", "target", ""], rows_out)
+
+
+if __name__ == "__main__":
+    main()
