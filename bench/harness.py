@@ -142,7 +142,8 @@ def proxy(
     """``gemini-breaker serve`` (one process) on the server core; ``source``: the checkout
     whose ``proxy`` package runs (another one measures an older version)."""
     port = free_port()
-    settings: dict[str, Any] = {"upstream": {"base_url": upstream}, **(config or {})}
+    settings: dict[str, Any] = dict(config or {})
+    settings["upstream"] = {**settings.get("upstream", {}), "base_url": upstream}
     settings["server"] = {"port": port, "log_level": "warning", **settings.get("server", {})}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(settings))
