@@ -56,23 +56,40 @@ class ClusterTopology:
         """``host:port`` of every node: the seed list of the proxy's ``redis.cluster.nodes``."""
         return [f"127.0.0.1:{s.port}" for s in self.servers]
 
+    def wait_failed_over(self, key: str, dead: RedisServer) -> RedisServer:
+        """Until a replica of the dead node serves ``key``'s slot; answers that node."""
+        alive = [s for s in self.servers if s is not dead]
+        wait_until(
+            lambda: self.find_owner(key, alive) is not None,
+            "no replica took the dead node's slots over",
+        )
+        owner = self.find_owner(key, alive)
+        assert owner is not None
+        return owner
+
     def owner_of(self, key: str) -> RedisServer:
-        """The node serving ``key``'s slot (the others answer MOVED)."""
-        for server in self.servers:
+        """The node serving ``key``'s slot."""
+        owner = self.find_owner(key, self.servers)
+        if owner is None:
+            raise AssertionError(f"no node serves {key!r}")
+        return owner
+
+    @staticmethod
+    def find_owner(key: str, servers: list[RedisServer]) -> RedisServer | None:
+        """The one of ``servers`` that serves ``key``'s slot (the others answer MOVED)."""
+        for server in servers:
             try:
                 admin(server.port).exists(key)
-            except redis.ResponseError as exc:
-                if str(exc).startswith("MOVED"):
-                    continue
-                raise
+            except redis.exceptions.MovedError:
+                continue
             return server
-        raise AssertionError(f"no node serves {key!r}")
+        return None
 
 
 @contextlib.contextmanager
-def start_cluster(directory: Path, count: int = 3) -> Iterator[ClusterTopology]:
-    """``count`` masters with every slot assigned (``redis-cli --cluster create``); yields once
-    every node reports ``cluster_state:ok``."""
+def start_cluster(directory: Path, count: int = 3, replicas: int = 0) -> Iterator[ClusterTopology]:
+    """``count`` masters with every slot assigned (``redis-cli --cluster create``), each with
+    ``replicas`` replicas; yields once every node reports ``cluster_state:ok``."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.skip("redis-cli is not on PATH (it comes with redis-server's package)")
@@ -87,15 +104,25 @@ def start_cluster(directory: Path, count: int = 3) -> Iterator[ClusterTopology]:
 
     with contextlib.ExitStack() as stack:
         servers = [
-            stack.enter_context(start_redis(directory, port_args=node_args)) for _ in range(count)
+            stack.enter_context(start_redis(directory, port_args=node_args))
+            for _ in range(count * (1 + replicas))
         ]
         topology = ClusterTopology(servers)
+        create = ["--cluster", "create", *topology.nodes, "--cluster-replicas", str(replicas)]
         subprocess.run(
-            [cli, "--cluster", "create", *topology.nodes, "--cluster-yes"],
+            [cli, *create, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=READY_SECONDS,
         )
+
+        def replicas_in_sync() -> bool:
+            roles = [admin(s.port).info("replication") for s in servers]
+            synced = [r for r in roles if r.get("master_link_status") == "up"]
+            return len(synced) == count * replicas
+
+        # A replica that never synced with its master cannot take over from it.
+        wait_until(replicas_in_sync, "the cluster's replicas never synced")
         for server in servers:
             wait_until(
                 lambda port=server.port: (

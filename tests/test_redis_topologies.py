@@ -8,17 +8,21 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis
 from google.genai import errors
 
 from proxy.app import create_app
+from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
+from proxy.config import build_settings
 
 from .conftest import proxy_settings
 from .redis_support import require_redis
@@ -27,12 +31,14 @@ from .redis_topologies import (
     ACL_USER,
     SentinelTopology,
     start_acl_redis,
+    start_cluster,
     start_sentinel_set,
     start_tls_redis,
     tls_supported,
 )
 from .support import serve
 from .test_cluster_e2e import FLASH, PRO, Cluster, ask, replica_starter, spread, wait_all, wait_for
+from .test_redis_epochs import replica
 
 pytestmark = pytest.mark.redis
 
@@ -241,3 +247,61 @@ def test_tls_with_a_client_certificate(tmp_path: Path, simulator_url: str) -> No
         )
         with serve(create_app(no_cert)) as url:
             assert readiness(url) == "degraded"
+
+
+# -- Redis Cluster: the events subscription after its node dies ----------------------------------
+
+
+FAILOVER_SECONDS = 30.0
+
+
+async def soon(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Poll ``condition`` (plain or async) until it holds, for at most FAILOVER_SECONDS."""
+    deadline = time.monotonic() + FAILOVER_SECONDS
+    while True:
+        held = condition()
+        if held if isinstance(held, bool) else await held:
+            return
+        assert time.monotonic() < deadline, what
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_the_events_subscription_moves_on_when_its_cluster_node_dies(tmp_path: Path) -> None:
+    require_redis()
+    with start_cluster(tmp_path, count=3, replicas=1) as topology:
+        namespace = "moves-on"
+        settings = build_settings(
+            {
+                "redis": {
+                    "cluster": {"nodes": topology.nodes},
+                    "namespace": namespace,
+                    "reconcile_interval": 600,  # no periodic snapshot: events only
+                    "retry_seconds": 0.2,
+                },
+                "routes": {"pro": ["a", "b"]},
+            }
+        )
+        epoch_key = Keys(namespace).epoch
+        owner = topology.owner_of(epoch_key)
+        async with replica(settings, "A") as a, replica(settings, "B") as b:
+            await a.operator_breaker("a", "open", "ops", "before")
+            await soon(lambda: b.mirror.breaker("a").state == "open", "B saw the open")
+
+            owner.kill()  # every key, and B's subscription, were on this node
+            await anyio.to_thread.run_sync(topology.wait_failed_over, epoch_key, owner)
+
+            async def reset_through_a() -> bool:
+                try:
+                    await a.operator_breaker("a", "reset", "ops", "after")
+                except StoreUnavailable:
+                    return False
+                return True
+
+            await soon(reset_through_a, "A never reached the promoted node")
+            await soon(lambda: b.mirror.breaker("a").state == "closed", "B never resubscribed")
+            # B has subscribed again (it reconciled after doing so): this one comes as an event.
+            forced = await a.operator_breaker("b", "force_open", "ops", "event")
+            assert forced.breaker is not None
+            forced_at = forced.breaker.epoch
+            await soon(lambda: b.mirror.breaker("b").epoch == forced_at, "no event reached B")
