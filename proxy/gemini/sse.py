@@ -29,6 +29,8 @@ class EventSplitter:
     _buffer: bytearray = field(default_factory=bytearray)
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._buffer and chunk.endswith(b"\r\n\r\n") and _one_crlf_event(chunk):
+            return [chunk]  # the usual case: one whole event per chunk, nothing to cut
         self._buffer += chunk
         events: list[bytes] = []
         start = 0
@@ -44,6 +46,13 @@ class EventSplitter:
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (a stream that ends here was cut)."""
         return bytes(self._buffer)
+
+
+def _one_crlf_event(chunk: bytes) -> bool:
+    """Whether ``chunk`` (ending in CRLF CRLF) holds exactly one event."""
+    return (
+        chunk.find(b"\r\n\r\n") == len(chunk) - 4 and b"\n\n" not in chunk and b"\r\r" not in chunk
+    )
 
 
 def parse_event(event: bytes) -> dict[str, Any]:
@@ -75,10 +84,18 @@ class Delivered:
     """What a stream has delivered to the client so far."""
 
     response_id: str | None = None
-    text: str = ""
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     events: int = 0
+    _parts: list[str] = field(default_factory=list)
+    """The text in pieces: adding to one string would copy it whole at every chunk."""
+
+    @property
+    def text(self) -> str:
+        """The answer's text delivered so far (thought summaries left out)."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def take(self, chunk: dict[str, Any]) -> None:
         """Account for one chunk about to be forwarded."""
@@ -103,7 +120,7 @@ class Delivered:
                     and isinstance(part.get("text"), str)
                     and not part.get("thought")
                 ):
-                    self.text += part["text"]
+                    self._parts.append(part["text"])
             if candidate.get("finishReason"):
                 self.finish_reason = candidate["finishReason"]
 
