@@ -34,9 +34,17 @@ class Run:
     delays_ms: list[float] | None = None
     peak_rss: int = 0
     events: int = 0
+    window_events: int = 0
+    window_cpu: float = float("nan")
+    """The proxy's CPU seconds while every stream was open (steady state)."""
 
 
-async def hold_streams(url: str, args: argparse.Namespace, sample: Callable[[], int] | None) -> Run:
+async def hold_streams(
+    url: str,
+    args: argparse.Namespace,
+    sample: Callable[[], int] | None,
+    cpu: Callable[[], float] | None = None,
+) -> Run:
     run = Run(url)
     sink = loadgen.ChunkSink()
     headers = {
@@ -66,6 +74,7 @@ async def hold_streams(url: str, args: argparse.Namespace, sample: Callable[[], 
     # Every stream is open once the ramp is over; measure while they all still flow.
     await asyncio.sleep(args.interval / 1000)
     sink.recording = True
+    cpu_before = cpu() if cpu is not None else 0.0
     stream_seconds = args.chunks * args.interval / 1000
     measure_until = start + stream_seconds - args.interval / 1000
     while time.perf_counter() < measure_until:
@@ -73,6 +82,9 @@ async def hold_streams(url: str, args: argparse.Namespace, sample: Callable[[], 
             run.peak_rss = max(run.peak_rss, sample())
         await asyncio.sleep(0.5)
     sink.recording = False
+    if cpu is not None:
+        run.window_cpu = cpu() - cpu_before
+    run.window_events = len(sink.delays_ms)
     done, pending = await asyncio.wait(finished, timeout=stream_seconds + 30)
     run.errors += len(pending) + sum(
         1 for f in done if f.exception() is not None or f.result().status != 200
@@ -120,7 +132,12 @@ def main() -> None:
                 idle_rss = harness.resident_bytes([proc.pid])
                 print(f"{args.streams} streams through gemini-breaker ...", flush=True)
                 proxied = uvloop.run(
-                    hold_streams(url, args, lambda: harness.resident_bytes([proc.pid]))
+                    hold_streams(
+                        url,
+                        args,
+                        lambda: harness.resident_bytes([proc.pid]),
+                        lambda: harness.cpu_seconds([proc.pid]),
+                    )
                 )
                 proxied.name = "gemini-breaker"
                 runs.append(proxied)
@@ -148,6 +165,12 @@ def main() -> None:
     proxied, direct = runs[-1], runs[0]
     added99 = pct(proxied.delays_ms or [], 99) - pct(direct.delays_ms or [], 99)
     print(f"\nproxy idle RSS before the streams: {idle_rss / 2**20:.0f} MiB")
+    if proxied.window_events:
+        print(
+            "proxy CPU per relayed event while every stream was open: "
+            f"{proxied.window_cpu / proxied.window_events * 1e6:.0f} us "
+            f"({proxied.window_cpu:.1f} s for {proxied.window_events} events)"
+        )
     print("\nIssue 8 targets (5,000 concurrent streams, one process):")
     harness.table(
         ["figure", "measured", "target", ""],
