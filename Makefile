@@ -47,8 +47,20 @@ unit: $(STAMP) browser helm-env
 
 test: lint typecheck unit
 
+# The benchmarks of issue 8 (about 5 minutes; README "Performance"). They compare against
+# Debian's nginx and load with Debian's wrk: both are installed here when missing and running
+# as root (RUNLEVEL=1: the package must not start a system nginx); otherwise nginx is left out
+# and bench/loadgen.py's asyncio client replaces wrk.
 bench: $(STAMP)
-	$(BIN)/python bench/overhead.py $(ARGS)
+	@if { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v wrk >/dev/null; \
+	then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			-o DPkg::Lock::Timeout=300 nginx-light wrk; \
+	else echo "nginx or wrk missing and not root: the benchmarks run without them"; fi
+	$(BIN)/python bench/sidecar.py $(ARGS)
+	$(BIN)/python bench/streams.py
+	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
