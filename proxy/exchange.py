@@ -647,7 +647,11 @@ class Exchange:
             try:
                 async for chunk in self.upstream.iter_body(response, limits, self.deadline):
                     if keep_tail:
-                        tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
+                        tail = (
+                            chunk[-USAGE_TAIL_BYTES:]
+                            if len(chunk) >= USAGE_TAIL_BYTES
+                            else (tail + chunk)[-USAGE_TAIL_BYTES:]
+                        )
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except UpstreamBodyError as exc:
                 log.warning("upstream response broke off: %s", exc.message)

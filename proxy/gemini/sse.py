@@ -66,7 +66,7 @@ def parse_event(event: bytes) -> dict[str, Any]:
     if not data:
         raise CorruptEvent("an event without data")
     try:
-        value = json.loads(b"\n".join(data))
+        value = json.loads(data[0] if len(data) == 1 else b"\n".join(data))
     except ValueError:
         raise CorruptEvent("an event whose data is not JSON") from None
     if not isinstance(value, dict):
