@@ -25,11 +25,11 @@ FIRST_TOKEN_BUCKETS = (
 
 # Distinct label sets kept per counter (and attribute sets cached per histogram): model
 # names come from request paths, so a client must not be able to grow them without bound.
-# Past the limit, new label sets are counted under OpenTelemetry's overflow attribute.
-MAX_SERIES = 2000
-OVERFLOW: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
-
-Labels = tuple[tuple[str, str], ...]
+# Past the limit, new label sets are counted under OpenTelemetry's overflow attribute (as the
+# SDK does past its own limit of 2000, which this stays under).
+MAX_SERIES = 1000
+Labels = tuple[tuple[str, str | bool], ...]
+OVERFLOW: Labels = (("otel.metric.overflow", True),)
 
 
 class Tally:
