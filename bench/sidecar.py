@@ -33,6 +33,7 @@ from pathlib import Path
 
 import harness
 import loadgen
+import redis
 import uvloop
 from harness import BODY, HEADERS, STREAM, UNARY, pct
 
@@ -127,31 +128,78 @@ def measure_throughput(
 @contextlib.contextmanager
 def target(
     name: str, work: Path, upstream: str, args: argparse.Namespace
-) -> Iterator[tuple[str, Callable[[], list[int]]]]:
-    """Start one target; yield its URL and a function listing the processes to charge."""
+) -> Iterator[tuple[str, Callable[[], list[int]], str | None]]:
+    """Start one target; yield its URL, a function listing the processes to charge, and the
+    URL of its Redis (None without one)."""
     if name == "direct":
-        yield upstream, list
+        yield upstream, list, None
     elif name == "nginx":
         with harness.nginx(work, upstream) as (url, proc):
-            yield url, lambda: harness.process_tree(proc.pid)
+            yield url, lambda: harness.process_tree(proc.pid), None
     elif name == "gemini-breaker":
         with harness.proxy(work, upstream, "proxy", source=args.source) as (url, proc):
-            yield url, lambda: [proc.pid]
+            yield url, lambda: [proc.pid], None
     else:
         with harness.private_redis(work) as redis_url:
-            config = {
-                "redis": {"url": redis_url},
+            config: dict[str, object] = {"redis": {"url": redis_url}}
+            if name == "gemini-breaker+quota":
                 # A budget far above the offered load: every request is checked, none refused.
-                "models": {"gemini-2.5-flash": {"requests_per_minute": 100_000_000}},
-            }
-            with harness.proxy(work, upstream, "proxy-quota", config, source=args.source) as (
-                url,
-                proc,
-            ):
-                yield url, lambda: [proc.pid]
+                config["models"] = {"gemini-2.5-flash": {"requests_per_minute": 100_000_000}}
+            with harness.proxy(work, upstream, name, config, source=args.source) as (url, proc):
+                yield url, lambda: [proc.pid], redis_url
 
 
-TARGETS = ["direct", "nginx", "gemini-breaker", "gemini-breaker+quota"]
+TARGETS = ["direct", "nginx", "gemini-breaker", "gemini-breaker+redis", "gemini-breaker+quota"]
+
+
+@dataclass
+class RedisCost:
+    name: str
+    rate: float
+    requests: int
+    commands: float
+    sent: float
+    idle_per_second: float
+    seconds: float
+
+
+def commandstats(redis_url: str) -> dict[str, int]:
+    with redis.Redis.from_url(redis_url) as client:
+        info = client.info("commandstats")
+    return {key.removeprefix("cmdstat_"): value["calls"] for key, value in info.items()}
+
+
+def measure_redis_cost(
+    name: str, url: str, redis_url: str, rate: float, seconds: float
+) -> RedisCost:
+    """Redis commands per request at ``rate`` (open loop), from INFO commandstats deltas,
+    with the idle background rate (reconcile, heartbeats) measured first."""
+
+    def delta(before: dict[str, int]) -> tuple[float, float]:
+        after = commandstats(redis_url)
+        changed = {k: v - before.get(k, 0) for k, v in after.items() if k != "info"}
+        return float(sum(changed.values())), float(
+            sum(v for k, v in changed.items() if k in SENT_BY_CLIENTS)
+        )
+
+    before, started = commandstats(redis_url), time.monotonic()
+    time.sleep(3.0)
+    idle, _ = delta(before)
+    idle_rate = idle / (time.monotonic() - started)
+    payload = loadgen.request_bytes(url, UNARY, BODY, HEADERS)
+    before, started = commandstats(redis_url), time.monotonic()
+    result = uvloop.run(loadgen.open_loop(url, payload, rate, seconds))
+    time.sleep(0.3)  # the last outcomes' flush
+    total, sent = delta(before)
+    elapsed = time.monotonic() - started
+    ok = sum(1 for r in result.results if r.status == 200)
+    return RedisCost(name, rate, ok, total, sent, idle_rate, elapsed)
+
+
+# Commands a replica sends itself; everything else in INFO commandstats ran inside a script.
+SENT_BY_CLIENTS = frozenset(
+    {"evalsha", "eval", "script|load", "script|exists", "subscribe", "ping", "hello", "select"}
+)
 
 
 def main() -> None:
@@ -164,10 +212,13 @@ def main() -> None:
     parser.add_argument("--closed-seconds", type=float, default=5.0)
     parser.add_argument("--source", type=Path, default=harness.ROOT, help="proxy checkout")
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--redis-rate", type=float, default=500.0, help="req/s for Redis cost")
+    parser.add_argument("--redis-seconds", type=float, default=10.0)
     args = parser.parse_args()
     harness.pin_self()
     harness.raise_open_files(16384)
     rows: list[Figures] = []
+    costs: list[RedisCost] = []
     with tempfile.TemporaryDirectory(prefix="gb-bench-") as tmp:
         work = Path(tmp)
         with harness.fast_upstream(work) as upstream:
@@ -175,15 +226,22 @@ def main() -> None:
                 print(f"measuring {name} ...", flush=True)
                 figures = Figures(name)
                 try:
-                    with target(name, work, upstream, args) as (url, pids):
+                    with target(name, work, upstream, args) as (url, pids, redis_url):
                         measure_latency(url, args, figures)
                         if name != "direct":
                             measure_throughput(url, pids, args, figures, work)
+                        if redis_url is not None:
+                            costs.append(
+                                measure_redis_cost(
+                                    name, url, redis_url, args.redis_rate, args.redis_seconds
+                                )
+                            )
                 except (FileNotFoundError, RuntimeError) as exc:
                     print(f"{name}: not measured ({exc})")
                     continue
                 rows.append(figures)
     report(rows, args)
+    report_redis(costs)
 
 
 def report(rows: list[Figures], args: argparse.Namespace) -> None:
@@ -261,6 +319,42 @@ def report(rows: list[Figures], args: argparse.Namespace) -> None:
             ]
         )
     harness.table(["figure", "measured", "target", ""], rows_out)
+
+
+def report_redis(costs: list[RedisCost]) -> None:
+    if not costs:
+        return
+    print(
+        "\nRedis cost (one replica, private redis-server; INFO commandstats deltas: 'sent' are"
+        " the replica's own calls, the rest ran inside its Lua scripts; 'net' subtracts the"
+        " idle background rate):\n"
+    )
+    harness.table(
+        ["target", "offered req/s", "requests", "cmds/req", "sent/req", "net cmds/req"],
+        [
+            [
+                c.name,
+                c.rate,
+                c.requests,
+                c.commands / c.requests if c.requests else float("nan"),
+                c.sent / c.requests if c.requests else float("nan"),
+                (c.commands - c.idle_per_second * c.seconds) / c.requests
+                if c.requests
+                else float("nan"),
+            ]
+            for c in costs
+        ],
+    )
+    closed = next((c for c in costs if c.name == "gemini-breaker+redis"), None)
+    if closed is not None and closed.requests:
+        per_request = closed.commands / closed.requests
+        print(
+            f"\nIssue 8 target: amortised Redis commands per request on closed breakers at "
+            f"{closed.rate:g} req/s: {per_request:.3f} (target <= 0.1: "
+            f"{'met' if per_request <= 0.1 else 'NOT met'}); synchronous round trips per "
+            f"request: {closed.sent / closed.requests:.3f} calls in all, from the background "
+            "flush and reconcile (target 0 on the request path)"
+        )
 
 
 if __name__ == "__main__":
