@@ -206,7 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="unary requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="unary open-loop run")
-    parser.add_argument("--stream-rate", type=float, default=50.0)
+    parser.add_argument("--stream-rate", type=float, default=200.0)
     parser.add_argument("--stream-seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
     parser.add_argument("--closed-seconds", type=float, default=5.0)
