@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--workers", type=int, help="worker processes (several need redis.url)")
+    serve.add_argument("--workers", type=int, help="worker processes (several need a shared Redis)")
 
     simulate = commands.add_parser("simulate", help="run the Gemini simulator (a fake upstream)")
     simulate.add_argument("--config", help="YAML file with models, faults and quotas")
