@@ -47,7 +47,7 @@ unit: $(STAMP) browser helm-env
 
 test: lint typecheck unit
 
-# The benchmarks of issue 8 (about 8 minutes; README "Performance"). They compare against
+# The benchmarks of issue 8 (about 4 minutes; README "Performance"). They compare against
 # Debian's nginx and load with Debian's wrk: both are installed here when missing and running
 # as root (RUNLEVEL=1: the package must not start a system nginx); otherwise nginx is left out
 # and bench/loadgen.py's asyncio client replaces wrk.
