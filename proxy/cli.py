@@ -5,7 +5,6 @@ working against the simulator."""
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -15,9 +14,6 @@ from typing import Any
 from . import __version__, admin_cli, demo
 from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
 from .logs import configure_logging
-
-# Collector thresholds of a serving process (Python's defaults: 700, 10, 10).
-GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, tune_collector
 
     server: dict[str, Any] = {
         key: value
@@ -93,11 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if settings.server.workers == 1:
         app = create_app(settings)
-        # What start-up built lives as long as the process: keep the collector from walking
-        # it again and again, and collect less often (thousands of open streams are many
-        # objects; full collections were the proxy's longest pauses).
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        tune_collector()  # worker processes do the same in create_app_from_environment
         uvicorn.run(app, **common)
         return 0
     # Each worker process is a replica of the cluster; they share state through Redis.
