@@ -86,25 +86,35 @@ class SseRelay:
 
     async def events(
         self, response: UpstreamResponse, limits: ModelSettings
-    ) -> AsyncGenerator[tuple[bytes, dict[str, object]], None]:
-        """Complete, parsed events; ``StreamBroken`` on a stall, a cut or a corrupt event."""
+    ) -> AsyncGenerator[list[tuple[bytes, dict[str, object]]], None]:
+        """Complete, parsed events, a chunk's worth at a time (events that arrived together
+        are sent together); ``StreamBroken`` on a stall, a cut or a corrupt event, after
+        the good events before it."""
         splitter = EventSplitter()
         try:
             async for chunk in self.upstream.iter_body(
                 response, limits, self.deadline, first_chunk_timeout=limits.first_byte_timeout
             ):
-                for event in splitter.feed(chunk):
-                    if not event.strip():
-                        continue
-                    parsed = parse_event(event)
-                    error = error_in(parsed)
-                    if error is not None:
-                        code = error.get("code")
-                        raise StreamBroken(
-                            str(error.get("message") or "in-band error"),
-                            code if isinstance(code, int) else 502,
-                        )
-                    yield event, parsed
+                good: list[tuple[bytes, dict[str, object]]] = []
+                try:
+                    for event in splitter.feed(chunk):
+                        if event.isspace():  # a blank event (keep-alive): nothing to relay
+                            continue
+                        parsed = parse_event(event)
+                        error = error_in(parsed)
+                        if error is not None:
+                            code = error.get("code")
+                            raise StreamBroken(
+                                str(error.get("message") or "in-band error"),
+                                code if isinstance(code, int) else 502,
+                            )
+                        good.append((event, parsed))
+                except (StreamBroken, CorruptEvent):
+                    if good:
+                        yield good  # what came before the bad event is whole: it goes out
+                    raise
+                if good:
+                    yield good
         except UpstreamBodyError as exc:
             raise StreamBroken(exc.message, exc.status) from None
         except CorruptEvent as exc:
@@ -121,7 +131,7 @@ class SseRelay:
         events = self.events(response, limits)
         try:
             try:
-                raw, chunk = await anext(events)
+                batch = await anext(events)
             except StopAsyncIteration:
                 return StreamBroken("The upstream's stream ended before its first chunk.")
             except StreamBroken as exc:
@@ -135,12 +145,15 @@ class SseRelay:
                 {"type": "http.response.start", "status": 200, "headers": [*headers, *extra]}
             )
             self.started = True
+            # The first event alone, at once (time to first byte); the rest of its batch after.
+            await self._forward(batch[:1])
             if self.on_first_event is not None:
                 self.on_first_event()
-            await self._forward(raw, chunk)
             try:
-                async for raw, chunk in events:
-                    await self._forward(raw, chunk)
+                if len(batch) > 1:
+                    await self._forward(batch[1:])
+                async for batch in events:
+                    await self._forward(batch)
             except StreamBroken as exc:
                 self.broken = exc
                 return None
@@ -151,9 +164,12 @@ class SseRelay:
             await events.aclose()
             await response.aclose()  # never suspends, so a cancellation cannot cut it short
 
-    async def _forward(self, raw: bytes, chunk: dict[str, object]) -> None:
-        self.delivered.take(chunk)
-        await self.send({"type": "http.response.body", "body": raw, "more_body": True})
+    async def _forward(self, batch: list[tuple[bytes, dict[str, object]]]) -> None:
+        take = self.delivered.take
+        for _, chunk in batch:
+            take(chunk)
+        body = batch[0][0] if len(batch) == 1 else b"".join([raw for raw, _ in batch])
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def finish(self) -> None:
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -203,15 +219,14 @@ class SseRelay:
     ) -> bool:
         usage_before = self.delivered.usage
         try:
-            async for _, chunk in self.events(response, limits):
-                stitched = stitch(chunk, self.delivered, usage_before)
-                self.delivered.take(stitched)
+            async for batch in self.events(response, limits):
+                body = []
+                for _, chunk in batch:
+                    stitched = stitch(chunk, self.delivered, usage_before)
+                    self.delivered.take(stitched)
+                    body.append(encode_event(stitched))
                 await self.send(
-                    {
-                        "type": "http.response.body",
-                        "body": encode_event(stitched),
-                        "more_body": True,
-                    }
+                    {"type": "http.response.body", "body": b"".join(body), "more_body": True}
                 )
         except StreamBroken as exc:
             log.warning("continuation on %s broke too: %s", admission.model, exc.message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from typing import Any
 
 # An event ends at a blank line; Google uses CRLF, other servers LF.
@@ -55,8 +56,30 @@ def _one_crlf_event(chunk: bytes) -> bool:
     )
 
 
+# The JSON module's own C scanner, called directly: ``json.loads`` adds an encoding guess and
+# two whitespace matches in Python around it, about 4 us of an event's 10 us of parsing.
+# (typeshed asks for a scanner as the context; the decoder has the attributes it reads.)
+_scan_value = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
 def parse_event(event: bytes) -> dict[str, Any]:
     """The JSON object an event carries (several ``data:`` lines are joined, as the SDK does)."""
+    if (
+        event.startswith(b"data: {")
+        and event.endswith(b"}\r\n\r\n")
+        and event.count(b"\n") == 2
+        and event.count(b"\r") == 2
+    ):
+        # The usual event, one ``data:`` line of a JSON object in Google's framing: scanned
+        # whole, and refused unless the object ends where the line does.
+        try:
+            text = event[6:-4].decode("utf-8", "surrogatepass")
+            value, end = _scan_value(text, 0)
+        except (ValueError, StopIteration):
+            raise CorruptEvent("an event whose data is not JSON") from None
+        if end != len(text):
+            raise CorruptEvent("an event whose data is not JSON")
+        return value  # type: ignore[no-any-return]  # an object, as its first byte says
     data = []
     for line in event.splitlines():
         if line.startswith(b"data:"):
