@@ -87,55 +87,70 @@ class SseRelay:
     async def events(
         self, response: UpstreamResponse, limits: ModelSettings
     ) -> AsyncGenerator[list[tuple[bytes, dict[str, object]]], None]:
-        """Complete, parsed events, a chunk's worth at a time (events that arrived together
-        are sent together); ``StreamBroken`` on a stall, a cut or a corrupt event, after
-        the good events before it."""
+        """Complete, parsed events, a chunk's worth at a time; ``StreamBroken`` on a stall, a
+        cut or a corrupt event, after the good events before it."""
         splitter = EventSplitter()
+        chunks = self._chunks(response, limits)
         try:
-            async for chunk in self.upstream.iter_body(
-                response, limits, self.deadline, first_chunk_timeout=limits.first_byte_timeout
-            ):
-                good: list[tuple[bytes, dict[str, object]]] = []
+            while True:
                 try:
-                    for event in splitter.feed(chunk):
-                        if event.isspace():  # a blank event (keep-alive): nothing to relay
-                            continue
-                        parsed = parse_event(event)
-                        error = error_in(parsed)
-                        if error is not None:
-                            code = error.get("code")
-                            raise StreamBroken(
-                                str(error.get("message") or "in-band error"),
-                                code if isinstance(code, int) else 502,
-                            )
-                        good.append((event, parsed))
-                except (StreamBroken, CorruptEvent):
-                    if good:
-                        yield good  # what came before the bad event is whole: it goes out
-                    raise
+                    chunk = await self._next(chunks, splitter)
+                except StopAsyncIteration:
+                    return
+                good, failure = _checked(splitter, chunk)
                 if good:
                     yield good
+                if failure is not None:
+                    raise failure
+        finally:
+            await chunks.aclose()
+
+    def _chunks(
+        self, response: UpstreamResponse, limits: ModelSettings
+    ) -> AsyncGenerator[bytes, None]:
+        return self.upstream.iter_body(
+            response, limits, self.deadline, first_chunk_timeout=limits.first_byte_timeout
+        )
+
+    @staticmethod
+    async def _next(chunks: AsyncGenerator[bytes, None], splitter: EventSplitter) -> bytes:
+        """The body's next chunk; ``StreamBroken`` if it broke, ``StopAsyncIteration`` at its
+        (whole) end."""
+        try:
+            return await chunks.__anext__()
         except UpstreamBodyError as exc:
             raise StreamBroken(exc.message, exc.status) from None
-        except CorruptEvent as exc:
-            raise StreamBroken(f"The upstream sent a corrupt chunk ({exc}).") from None
-        if splitter.pending.strip():
-            raise StreamBroken("The upstream's stream ended in the middle of a chunk.")
+        except StopAsyncIteration:
+            if splitter.pending.strip():
+                raise StreamBroken(
+                    "The upstream's stream ended in the middle of a chunk."
+                ) from None
+            raise
 
     async def first(
         self, response: UpstreamResponse, limits: ModelSettings, extra: Headers
     ) -> StreamBroken | None:
         """Relay a stream from its start. Returns the failure if it broke before anything
         reached the client (an ordinary failure then); None once the stream is the client's
-        (finished, or broken after bytes were sent: see ``broken``)."""
-        events = self.events(response, limits)
+        (finished, or broken after bytes were sent: see ``broken``).
+
+        The loop reads the body's chunks itself and checks their events in plain calls: a
+        generator of events in between cost a resumption per chunk (README "Performance")."""
+        splitter = EventSplitter()
+        chunks = self._chunks(response, limits)
         try:
-            try:
-                batch = await anext(events)
-            except StopAsyncIteration:
-                return StreamBroken("The upstream's stream ended before its first chunk.")
-            except StreamBroken as exc:
-                return exc
+            good: list[tuple[bytes, dict[str, object]]] = []
+            failure: StreamBroken | None = None
+            while not good:
+                try:
+                    chunk = await self._next(chunks, splitter)
+                except StopAsyncIteration:
+                    return StreamBroken("The upstream's stream ended before its first chunk.")
+                except StreamBroken as exc:
+                    return exc
+                good, failure = _checked(splitter, chunk)
+                if failure is not None and not good:
+                    return failure
             headers = [
                 (name, value)
                 for name, value in client_response_headers(response.headers.raw)
@@ -146,22 +161,30 @@ class SseRelay:
             )
             self.started = True
             # The first event alone, at once (time to first byte); the rest of its batch after.
-            await self._forward(batch[:1])
+            await self._forward(good[:1])
             if self.on_first_event is not None:
                 self.on_first_event()
-            try:
-                if len(batch) > 1:
-                    await self._forward(batch[1:])
-                async for batch in events:
-                    await self._forward(batch)
-            except StreamBroken as exc:
-                self.broken = exc
-                return None
-            if self.delivered.finish_reason is None:
-                self.broken = StreamBroken("The upstream's stream ended without a finishReason.")
+            if len(good) > 1:
+                await self._forward(good[1:])
+            while failure is None:
+                try:
+                    chunk = await self._next(chunks, splitter)
+                except StopAsyncIteration:
+                    if self.delivered.finish_reason is None:
+                        failure = StreamBroken(
+                            "The upstream's stream ended without a finishReason."
+                        )
+                    break
+                except StreamBroken as exc:
+                    failure = exc
+                    break
+                good, failure = _checked(splitter, chunk)
+                if good:
+                    await self._forward(good)
+            self.broken = failure
             return None
         finally:
-            await events.aclose()
+            await chunks.aclose()
             await response.aclose()  # never suspends, so a cancellation cannot cut it short
 
     async def _forward(self, batch: list[tuple[bytes, dict[str, object]]]) -> None:
@@ -237,3 +260,27 @@ class SseRelay:
         finished = self.delivered.finish_reason is not None
         self.coordinator.record(admission, Verdict.SUCCESS if finished else Verdict.FAILURE)
         return finished
+
+
+def _checked(
+    splitter: EventSplitter, chunk: bytes
+) -> tuple[list[tuple[bytes, dict[str, object]]], StreamBroken | None]:
+    """The complete events a chunk finished, parsed, up to the first bad one (corrupt, or an
+    in-band error), which is returned as the failure: what came before it is whole."""
+    good: list[tuple[bytes, dict[str, object]]] = []
+    try:
+        for event in splitter.feed(chunk):
+            if event.isspace():  # a blank event (keep-alive): nothing to relay
+                continue
+            parsed = parse_event(event)
+            error = error_in(parsed)
+            if error is not None:
+                code = error.get("code")
+                return good, StreamBroken(
+                    str(error.get("message") or "in-band error"),
+                    code if isinstance(code, int) else 502,
+                )
+            good.append((event, parsed))
+    except CorruptEvent as exc:
+        return good, StreamBroken(f"The upstream sent a corrupt chunk ({exc}).")
+    return good, None

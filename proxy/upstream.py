@@ -11,7 +11,7 @@ client should see; nothing from the upstream URL (which may carry ``?key=``) goe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any, overload
 from urllib.parse import urlsplit
 
@@ -225,7 +225,7 @@ class Upstream:
         limits: ModelSettings,
         deadline: float | None = None,
         first_chunk_timeout: float | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The response body as it arrives (still encoded), failing on a stall, a break, or
         the request's deadline (a ``loop.time()`` value). ``first_chunk_timeout`` replaces the
         stall timeout until the first chunk (a stream's first token may take a while)."""

@@ -50,10 +50,10 @@ class EventSplitter:
 
 
 def _one_crlf_event(chunk: bytes) -> bool:
-    """Whether ``chunk`` (ending in CRLF CRLF) holds exactly one event."""
-    return (
-        chunk.find(b"\r\n\r\n") == len(chunk) - 4 and b"\n\n" not in chunk and b"\r\r" not in chunk
-    )
+    """Whether ``chunk`` (ending in CRLF CRLF) is one single-line event: its first CR and LF
+    are those of the end (two scans; an event of several lines takes the general path)."""
+    end = len(chunk) - 4
+    return chunk.find(b"\r") == end and chunk.find(b"\n") == end + 1
 
 
 # The JSON module's own C scanner, called directly: ``json.loads`` adds an encoding guess and
