@@ -9,22 +9,28 @@ local calls = tonumber(ARGV[5])
 local failures = tonumber(ARGV[6])
 local p = read_params(7)
 local now = now_ms()
-redis.call('SADD', MODELS_KEY, model)
 
 local b = load_breaker(model)
 if b.state ~= 'closed' or b.epoch ~= epoch then
+  redis.call('SADD', MODELS_KEY, model)
   return unchanged_json(b, now)
 end
 
 local win = window_advance(model, now, p)
 window_add(win, calls, failures)
+if win.fresh then
+  -- A new window: the model may be new too (known models are listed in snapshots).
+  redis.call('SADD', MODELS_KEY, model)
+end
 
 local reason = nil
 if win.calls >= p.minimum_calls and win.failures > 0
     and win.failures / win.calls >= p.failure_rate then
   reason = string.format('failure rate %d%% over %d calls',
     math.floor(100 * win.failures / win.calls + 0.5), win.calls)
-else
+elseif failures > 0 then
+  -- Successes alone cannot complete a burst: the failures in the burst span were all
+  -- there when the last of them was reported, over no more calls than now.
   local burst_calls, burst_failures = window_burst(win, p)
   if burst_failures >= p.burst_failures and burst_failures / burst_calls >= p.failure_rate then
     reason = string.format('burst: %d failures in %s s', burst_failures,
@@ -33,7 +39,12 @@ else
 end
 
 if not reason then
-  return change_json(b, now, false, win.calls, win.failures)
+  -- Nothing moved: the answer carries the window, not the routes' active models (which only
+  -- a transition changes, and which reach the mirror with it); the routes are not read.
+  return cjson.encode({
+    now_ms = now, breaker = breaker_json(b, win.calls, win.failures), active = {},
+    changed = false,
+  })
 end
 
 -- A breaker that stayed closed longer than the trip memory starts its backoff afresh.

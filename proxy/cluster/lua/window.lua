@@ -52,33 +52,44 @@ local function window_advance(model, now, p)
     redis.call('DEL', wkey)
     redis.call('HSET', wkey, 'head', cur, 'bucket_ms', p.bucket_ms, 'slots', slots,
       'calls', 0, 'failures', 0)
-    return { key = wkey, slots = slots, cur = cur, calls = 0, failures = 0 }
+    return { key = wkey, slots = slots, cur = cur, calls = 0, failures = 0, fresh = true,
+      empty_slot = true }
   end
   local calls, failures = tonumber(w[4]), tonumber(w[5])
-  if cur > head then
+  local moved = cur > head
+  if moved then
     for index = head + 1, cur do
       local b, c, f = slot_read(wkey, index, slots)
       if b then
         calls, failures = calls - c, failures - f
-        redis.call('HDEL', wkey, 's' .. (index % slots))
+        -- The current bucket's slot is overwritten by window_add; no need to delete it.
+        if index ~= cur then
+          redis.call('HDEL', wkey, 's' .. (index % slots))
+        end
       end
     end
-    redis.call('HSET', wkey, 'head', cur, 'calls', calls, 'failures', failures)
   else
     cur = head
   end
-  return { key = wkey, slots = slots, cur = cur, calls = calls, failures = failures }
+  -- The new head and totals are written with the bucket by window_add, in one command.
+  return { key = wkey, slots = slots, cur = cur, calls = calls, failures = failures,
+    empty_slot = moved, moved = moved }
 end
 
+-- Add to the current bucket (its slot is known empty right after the head moved, so it is
+-- not read) and write the totals and head.
 local function window_add(win, calls, failures)
-  local b, c, f = slot_read(win.key, win.cur, win.slots)
-  if b ~= win.cur then
-    c, f = 0, 0
+  local c, f = 0, 0
+  if not win.empty_slot then
+    local b, sc, sf = slot_read(win.key, win.cur, win.slots)
+    if b == win.cur then
+      c, f = sc, sf
+    end
   end
   win.calls, win.failures = win.calls + calls, win.failures + failures
   redis.call('HSET', win.key,
     's' .. (win.cur % win.slots), win.cur .. ':' .. (c + calls) .. ':' .. (f + failures),
-    'calls', win.calls, 'failures', win.failures)
+    'head', win.cur, 'calls', win.calls, 'failures', win.failures)
 end
 
 -- Calls and failures in the newest buckets covering burst_ms (at least one, at most all).
