@@ -129,9 +129,11 @@ class RedisSettings:
     retry_seconds: float = field(default=2.0, metadata={"min": 0.01})
     """How often a degraded replica tries Redis again."""
     flush_interval: float = field(default=0.1, metadata={"min": 0.001})
-    """Outcomes are aggregated and reported this often (at once after a burst of failures)."""
+    """Outcomes holding a failure are reported within this (at once after a burst of
+    failures), with the successes pending; successes alone once per ``reconcile_interval``."""
     reconcile_interval: float = field(default=1.0, metadata={"min": 0.01})
-    """Full state read from Redis this often, in case a published change was missed."""
+    """Heartbeat this often; its answer (the store's epoch) says whether a published change
+    was missed, and only then is the whole state read (and every 10 intervals regardless)."""
 
     @property
     def shared(self) -> bool:

@@ -2,9 +2,15 @@
 background, the events subscription, periodic reconciliation, and fail-static mode.
 
 A request on a closed breaker costs no Redis round trip: ``admit`` reads the mirror, and
-``record`` adds to an in-memory tally that is flushed about every 100 ms (at once after a burst
-of failures). Only an open breaker whose wait is over (or a half-open one with permits left)
-makes a request ask Redis, bounded by ``redis.operation_timeout``.
+``record`` adds to an in-memory tally. A tally holding a failure is flushed within
+``redis.flush_interval`` (at once after a burst of failures), carrying every success pending
+with it; a tally of successes alone, once per ``redis.reconcile_interval``. Only an open
+breaker whose wait is over (or a half-open one with permits left) makes a request ask Redis,
+bounded by ``redis.operation_timeout``.
+
+In the background each replica sends one heartbeat per reconcile interval; it answers the
+store's epoch counter, and the whole state is read only when that moved (or a pin is held),
+and every ``FULL_RECONCILE_EVERY`` intervals regardless.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ CLOCK_TOLERANCE = 0.05
 ASK_INTERVAL_MS = 100.0
 # A replica not heard from for this long is dropped from the replicas set.
 REPLICA_FORGET_SECONDS = 600.0
+# Every this many reconcile intervals the whole state is read even when the epoch counter did
+# not move: it refreshes the windows' counts of breakers this replica sends nothing to, and
+# drops quota conditions that ran out, neither of which takes an epoch.
+FULL_RECONCILE_EVERY = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,14 +405,26 @@ class Coordinator:
         for change in changes:
             self.mirror.apply(change)
 
+    def _failures_pending(self) -> bool:
+        return any(fails for _, fails in self._pending.values())
+
     async def _flush_forever(self) -> None:
+        """Flush failures within a flush interval, successes alone once per reconcile
+        interval: successes are the failure rate's denominator, so they travel with the next
+        failures at the latest, but on closed, healthy breakers they cost one call a second."""
         interval = self.settings.redis.flush_interval
+        quiet = max(interval, self.settings.redis.reconcile_interval)
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._flush_now.wait()
             self._flush_now.clear()
-            await self.flush()
+            now = loop.time()
+            if self._failures_pending() or now - last >= quiet:
+                last = now
+                await self.flush()
 
     async def reconcile(self) -> None:
         """Read the whole state: recover from fail-static, or catch up on missed events."""
@@ -459,11 +481,28 @@ class Coordinator:
             self.mirror.merge(snapshot)
         self.mirror.replace_quotas(*quotas)
 
-    async def _reconcile_forever(self) -> None:
-        while True:
-            await self.heartbeat()
-            await asyncio.sleep(self.settings.redis.reconcile_interval)
+    async def reconcile_if_moved(self, beat: Heartbeat | None, full: bool) -> None:
+        """Reconcile when the heartbeat says the store moved past what this replica saw (its
+        epoch counter differs: an event was missed or is under way, or the store lost
+        writes), while a pin is known (removing expired pins is the snapshot's job; a pin
+        taken elsewhere moves the epoch), when there was no answer, or when ``full``."""
+        if (
+            full
+            or beat is None
+            or self.degraded
+            or self.mirror.pins
+            or beat.epoch != self.mirror.highest_epoch
+        ):
             await self.reconcile()
+
+    async def _reconcile_forever(self) -> None:
+        await self.heartbeat()
+        rounds = 0
+        while True:
+            await asyncio.sleep(self.settings.redis.reconcile_interval)
+            rounds += 1
+            beat = await self.heartbeat()
+            await self.reconcile_if_moved(beat, full=rounds % FULL_RECONCILE_EVERY == 0)
 
     # -- operator surface ---------------------------------------------------------------------
 
@@ -477,21 +516,21 @@ class Coordinator:
         """A replica heard from within this many seconds counts as alive."""
         return max(10.0, 5 * self.settings.redis.reconcile_interval)
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self) -> Heartbeat | None:
         """Tell the cluster this replica is alive (and which routes it runs); learn which
         replicas are, and warn when the live ones disagree on the routes. Skipped while
-        fail-static: the last cluster view is kept."""
+        fail-static: the last cluster view is kept. Returns the answer (None without one)."""
         if self.degraded:
-            return
+            return None
         try:
             seen = await self._call(
                 lambda store: store.heartbeat(self.replica, self._digest, REPLICA_FORGET_SECONDS),
                 self._background_timeout,
             )
         except StoreUnavailable:
-            return
+            return None
         if self.degraded:  # answered by the in-process store this call switched to
-            return
+            return None
         self.heartbeat_seen = seen
         alive_ms = self.replica_alive_seconds * 1000
         alive = [r for r in seen.replicas if seen.now_ms - r.seen_ms <= alive_ms]
@@ -504,6 +543,7 @@ class Coordinator:
         elif self.config_drift and not drift:
             log.warning("config drift over: every live replica runs the same routes")
         self.config_drift = drift
+        return seen
 
     async def operator_breaker(self, model: str, action: str, by: str, reason: str) -> Change:
         """An operator's breaker action, as one audited Lua transition on the shared store;

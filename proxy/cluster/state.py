@@ -215,10 +215,12 @@ class ReplicaSeen:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """The heartbeat script's answer: every replica heard from lately, as of ``now_ms``."""
+    """The heartbeat script's answer: every replica heard from lately, as of ``now_ms``, with
+    the store's epoch counter (whether there is anything new to read)."""
 
     now_ms: int
     replicas: tuple[ReplicaSeen, ...]
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +390,11 @@ def heartbeat_from_json(value: object) -> Heartbeat:
         replicas.append(
             ReplicaSeen(_str(entry, "replica"), _int(entry, "seen_ms"), _str(entry, "digest"))
         )
-    return Heartbeat(now_ms=_int(obj, "now_ms"), replicas=tuple(replicas))
+    return Heartbeat(
+        now_ms=_int(obj, "now_ms"),
+        replicas=tuple(replicas),
+        epoch=_int(obj, "epoch"),
+    )
 
 
 def audit_entry_from_fields(entry_id: str, fields: Mapping[str, str]) -> AuditEntry:
