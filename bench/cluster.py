@@ -1,7 +1,8 @@
 """The breakers across a cluster: three proxy processes on one private redis-server.
 
 Starts a private redis-server (on a free port; a Redis already running is never touched), the
-simulator and three proxy replicas as separate processes, all on 127.0.0.1, then measures:
+simulator and three proxy replicas (``--replicas``) as separate processes, all on 127.0.0.1 and
+pinned to one core, this script (the load generator) to the other, then measures:
 
 1. time from outage onset to breaker open, at a few offered request rates;
 2. propagation delay of a breaker transition to every replica (``/admin/state`` polled);
@@ -9,7 +10,10 @@ simulator and three proxy replicas as separate processes, all on 127.0.0.1, then
 4. Redis commands per request in a steady healthy phase (``INFO commandstats`` deltas).
 
 Load is open-loop: requests are sent at fixed intervals whatever the completions, spread
-round-robin over the replicas, bounded in count and time. Prints tables; asserts nothing.
+round-robin over the replicas, bounded in count and time. Figure 4 loads with bench/loadgen.py
+(raw asyncio connections): httpx cost more CPU than the replicas it loaded, so at 500 req/s only
+half the requests completed and the per-request figure meant little. Prints tables; asserts
+nothing.
 Run with ``python bench/cluster.py`` (``--help`` for the knobs); takes a little over a minute.
 """
 
@@ -36,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
+import loadgen
 import redis
 import yaml
 from redis.asyncio import Redis
@@ -409,6 +415,7 @@ class Cluster:
     load_client: httpx.AsyncClient
     admin_client: httpx.AsyncClient
     params: BreakerParams
+    reconcile_interval: float
 
     async def state(self, url: str) -> dict[str, Any]:
         response = await self.admin_client.get(url + "/admin/state")
@@ -821,6 +828,25 @@ async def connections_received(client: Redis) -> int:
     return int(stats["total_connections_received"])
 
 
+async def raw_load(replicas: Sequence[str], rate: float, seconds: float) -> Load:
+    """Open-loop load from bench/loadgen.py, ``rate / len(replicas)`` per second on each."""
+    load = Load(rate)
+    load.started = time.time()
+    payload = {url: loadgen.request_bytes(url, GENERATE, BODY, HEADERS) for url in replicas}
+    runs = await asyncio.gather(
+        *(loadgen.open_loop(url, payload[url], rate / len(replicas), seconds) for url in replicas)
+    )
+    load.ended = time.time()
+    for run in runs:
+        load.sent += len(run.results) + run.errors
+        load.done += len(run.results)
+        load.statuses.update(str(r.status) for r in run.results)
+        if run.errors:
+            load.statuses["connection errors"] += run.errors
+        load.latencies_ms += [(r.done - r.started) * 1000 for r in run.results]
+    return load
+
+
 async def figure_commands(cluster: Cluster, args: argparse.Namespace) -> None:
     heading("4. Redis commands per request (INFO commandstats)")
     print(
@@ -829,10 +855,11 @@ async def figure_commands(cluster: Cluster, args: argparse.Namespace) -> None:
         "  redis.call() as well: 'sent' are the commands the replicas sent (EVALSHA: one per\n"
         "  script call; pipelined ones share a round trip), 'in scripts' the rest. 'net'\n"
         "  subtracts the idle background rate (reconcile snapshots) measured first. 'new conns'\n"
-        "  = connections Redis accepted in the phase (INFO stats total_connections_received)."
+        "  = connections Redis accepted in the phase (INFO stats total_connections_received).\n"
+        "  Load: bench/loadgen.py, open loop, latency from the scheduled send time."
     )
     await cluster.reset()
-    await cluster.load(50, 1.0)  # connections warm
+    await raw_load(cluster.replicas, 50, 1.0)  # connections warm
     await asyncio.sleep(0.5)
     conns: dict[str, int] = {}
     before = await commandstats(cluster.redis)
@@ -851,8 +878,9 @@ async def figure_commands(cluster: Cluster, args: argparse.Namespace) -> None:
         before = await commandstats(cluster.redis)
         conns_before = await connections_received(cluster.redis)
         started = time.monotonic()
-        load = await cluster.load(rate, args.command_seconds)
-        await asyncio.sleep(0.3)  # the last outcomes' flush
+        load = await raw_load(cluster.replicas, rate, args.command_seconds)
+        # Successes alone are flushed once per reconcile interval: wait for the last ones.
+        await asyncio.sleep(1.1 * cluster.reconcile_interval)
         delta = await commandstats(cluster.redis) - before
         conns[f"{rate:g} req/s"] = await connections_received(cluster.redis) - conns_before
         delta.pop("info", None)
@@ -921,7 +949,13 @@ async def figure_commands(cluster: Cluster, args: argparse.Namespace) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-async def run(replicas: list[str], sim_url: str, redis_url: str, args: argparse.Namespace) -> None:
+async def run(
+    replicas: list[str],
+    sim_url: str,
+    redis_url: str,
+    args: argparse.Namespace,
+    reconcile_interval: float,
+) -> None:
     params = BreakerParams(
         **({} if args.open_seconds is None else {"open_seconds": args.open_seconds})
     )
@@ -945,6 +979,7 @@ async def run(replicas: list[str], sim_url: str, redis_url: str, args: argparse.
                 load_client=load_client,
                 admin_client=admin_client,
                 params=params,
+                reconcile_interval=reconcile_interval,
             )
             figures = {
                 "1": figure_trip,
@@ -988,9 +1023,19 @@ class BenchCluster:
 
 
 def start_cluster(
-    stack: contextlib.ExitStack, directory: Path, extra: dict[str, Any]
+    stack: contextlib.ExitStack,
+    directory: Path,
+    extra: dict[str, Any],
+    replica_count: int = 3,
+    pin: bool = False,
 ) -> BenchCluster:
-    """Start everything (stopped when ``stack`` closes); ``extra`` is merged into the config."""
+    """Start everything (stopped when ``stack`` closes); ``extra`` is merged into the config.
+
+    ``pin``: every process started here runs on ``harness.SERVER_CPU`` (they inherit this
+    process's affinity while it starts them); this process then moves to
+    ``harness.LOADGEN_CPU``, so the load generator does not take the replicas' CPU."""
+    if pin:
+        harness.pin_self(harness.SERVER_CPU)
     redis_url = stack.enter_context(private_redis(directory))
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
@@ -1014,7 +1059,7 @@ def start_cluster(
     config_path.write_text(yaml.safe_dump(config))
     replicas = []
     serve_args = ["serve", "--config", str(config_path), "--log-level", "warning"]
-    for index in range(3):
+    for index in range(replica_count):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         name = f"replica {index + 1}"
@@ -1023,6 +1068,8 @@ def start_cluster(
             proxy_process([*serve_args, "--port", str(port)], logs[name], replica_ready(url), name)
         )
         replicas.append(url)
+    if pin:
+        harness.pin_self(harness.LOADGEN_CPU)
     return BenchCluster(redis_url, sim_url, replicas, config, logs)
 
 
@@ -1045,6 +1092,7 @@ def main() -> None:
         "--open-seconds", type=float, default=None, help="breaker open_seconds (default 5)"
     )
     parser.add_argument("--max-seconds", type=float, default=170.0, help="overall time bound")
+    parser.add_argument("--replicas", type=int, default=3, help="proxy processes (default 3)")
     args = parser.parse_args()
 
     with (
@@ -1054,7 +1102,11 @@ def main() -> None:
         directory = Path(tmp)
         breaker = {} if args.open_seconds is None else {"open_seconds": args.open_seconds}
         bench = start_cluster(
-            stack, directory, {"model_defaults": {"breaker": breaker}} if breaker else {}
+            stack,
+            directory,
+            {"model_defaults": {"breaker": breaker}} if breaker else {},
+            args.replicas,
+            pin=True,
         )
         replicas, sim_url, redis_url, config, logs = (
             bench.replicas,
@@ -1071,7 +1123,8 @@ def main() -> None:
         )
         started = time.monotonic()
         try:
-            asyncio.run(run(replicas, sim_url, redis_url, args))
+            reconcile = float(config["redis"]["reconcile_interval"])
+            asyncio.run(run(replicas, sim_url, redis_url, args, reconcile))
         except TimeoutError:
             print(f"\nstopped: the run took longer than --max-seconds {args.max_seconds:g}")
         finally:
