@@ -232,16 +232,30 @@ class Upstream:
         loop = asyncio.get_running_loop()
         stall = first_chunk_timeout or limits.stall_timeout
         watch = _StallWatch(loop)
-        readany = response.reader.readany
+        reader = response.reader
         try:
             while True:
+                # What already arrived is taken without waiting, so no limit needs arming:
+                # a unary answer is usually whole with its headers.
+                try:
+                    chunk = reader.read_nowait()
+                except aiohttp.ClientError as exc:
+                    raise UpstreamBodyError(
+                        f"The upstream ({self.host}) broke off the response: {type(exc).__name__}."
+                    ) from None
+                if chunk:
+                    stall = limits.stall_timeout
+                    yield chunk
+                    continue
+                if reader.at_eof():
+                    return
                 timeout = stall
                 now = loop.time()
                 if deadline is not None and deadline - now < timeout:
                     timeout = max(deadline - now, 0.0)
                 watch.start(now + timeout)
                 try:
-                    chunk = await readany()
+                    chunk = await reader.readany()
                 except asyncio.CancelledError:
                     if watch.stop():
                         if timeout < stall:
