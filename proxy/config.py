@@ -130,7 +130,8 @@ class RedisSettings:
     """How often a degraded replica tries Redis again."""
     flush_interval: float = field(default=0.1, metadata={"min": 0.001})
     """Outcomes holding a failure are reported within this (at once after a burst of
-    failures), with the successes pending; successes alone once per ``reconcile_interval``."""
+    failures), with the successes pending; successes alone once per ``reconcile_interval``
+    (or breaker window bucket, when shorter)."""
     reconcile_interval: float = field(default=1.0, metadata={"min": 0.01})
     """Heartbeat this often; its answer (the store's epoch) says whether a published change
     was missed, and only then is the whole state read (and every 10 intervals regardless)."""

@@ -45,7 +45,9 @@ PER_INTERVAL = REPORT_COMMANDS + HEARTBEAT_COMMANDS + FULL_RECONCILE_COMMANDS / 
 SLACK = 2 * FULL_RECONCILE_COMMANDS + REPORT_COMMANDS
 
 
-def settings_for(url: str, namespace: str, flush: float, reconcile: float) -> Settings:
+def settings_for(
+    url: str, namespace: str, flush: float, reconcile: float, bucket: float = 1.0
+) -> Settings:
     return build_settings(
         {
             "redis": {
@@ -55,6 +57,9 @@ def settings_for(url: str, namespace: str, flush: float, reconcile: float) -> Se
                 "reconcile_interval": reconcile,
             },
             "routes": {"pro": [MODEL, "b"]},
+            "model_defaults": {
+                "breaker": {"bucket_seconds": bucket, "window_seconds": max(30.0, 2 * bucket)}
+            },
         }
     )
 
@@ -136,10 +141,10 @@ async def test_closed_breakers_cost_commands_per_interval_not_per_request(
 async def test_a_failure_reaches_redis_within_the_flush_interval_with_pending_successes(
     redis_server: RedisServer,
 ) -> None:
-    # Successes alone would wait a whole reconcile interval (a minute here): only the failure
-    # can bring them to Redis within the deadline.
+    # Successes alone would wait a whole reconcile interval and window bucket (a minute
+    # here): only the failure can bring them to Redis within the deadline.
     namespace = f"budget-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(redis_server.url, namespace, flush=0.05, reconcile=60)
+    settings = settings_for(redis_server.url, namespace, flush=0.05, reconcile=60, bucket=60)
     async with replica(settings) as coordinator:
         for _ in range(30):
             coordinator.record(admission(coordinator), Verdict.SUCCESS)
@@ -160,7 +165,7 @@ async def test_a_burst_of_failures_is_reported_at_once(redis_server: RedisServer
     # Neither the flush interval nor the reconcile interval comes within the deadline: only
     # the burst itself may trigger the flush, and the breaker trips cluster-wide.
     namespace = f"budget-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(redis_server.url, namespace, flush=60, reconcile=120)
+    settings = settings_for(redis_server.url, namespace, flush=60, reconcile=120, bucket=120)
     burst = BreakerParams().burst_failures
     async with replica(settings) as coordinator:
         for _ in range(burst):
@@ -192,3 +197,21 @@ async def test_a_missed_event_is_caught_up_by_the_next_heartbeat(
         await coordinator.stop()
         await client.aclose()
         await other.aclose()
+
+
+async def test_successes_alone_wait_no_longer_than_a_window_bucket(
+    redis_server: RedisServer,
+) -> None:
+    # A long reconcile interval must not hold successes past their bucket: they would land
+    # in the window long after they happened, all at once.
+    namespace = f"budget-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(redis_server.url, namespace, flush=0.05, reconcile=600, bucket=0.5)
+    async with replica(settings) as coordinator:
+        for _ in range(30):
+            coordinator.record(admission(coordinator), Verdict.SUCCESS)
+        seen: list[tuple[int, int]] = []
+        deadline = time.monotonic() + DEADLINE
+        while (calls := await window(redis_server, namespace)) != (30, 0):
+            seen.append(calls)
+            assert time.monotonic() < deadline, f"the window stayed at {seen[-1]}"
+            await anyio.sleep(0.01)

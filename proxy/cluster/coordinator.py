@@ -4,7 +4,8 @@ background, the events subscription, periodic reconciliation, and fail-static mo
 A request on a closed breaker costs no Redis round trip: ``admit`` reads the mirror, and
 ``record`` adds to an in-memory tally. A tally holding a failure is flushed within
 ``redis.flush_interval`` (at once after a burst of failures), carrying every success pending
-with it; a tally of successes alone, once per ``redis.reconcile_interval``. Only an open
+with it; a tally of successes alone, once per ``redis.reconcile_interval`` (or window bucket,
+when that is shorter). Only an open
 breaker whose wait is over (or a half-open one with permits left) makes a request ask Redis,
 bounded by ``redis.operation_timeout``.
 
@@ -408,12 +409,19 @@ class Coordinator:
     def _failures_pending(self) -> bool:
         return any(fails for _, fails in self._pending.values())
 
+    def _successes_may_wait(self) -> float:
+        """How long a tally of successes alone may wait: a reconcile interval, but no longer
+        than a window bucket of its models (so successes count in about the bucket they
+        happened in) and no shorter than a flush interval."""
+        redis = self.settings.redis
+        buckets = [self.params(model).bucket_seconds for model, _ in self._pending]
+        return max(redis.flush_interval, min([redis.reconcile_interval, *buckets]))
+
     async def _flush_forever(self) -> None:
-        """Flush failures within a flush interval, successes alone once per reconcile
-        interval: successes are the failure rate's denominator, so they travel with the next
-        failures at the latest, but on closed, healthy breakers they cost one call a second."""
+        """Flush failures within a flush interval, successes alone about once a second:
+        successes are the failure rate's denominator, so they travel with the next failures
+        at the latest, but on closed, healthy breakers they cost one call a second."""
         interval = self.settings.redis.flush_interval
-        quiet = max(interval, self.settings.redis.reconcile_interval)
         loop = asyncio.get_running_loop()
         last = loop.time()
         while True:
@@ -422,7 +430,7 @@ class Coordinator:
                     await self._flush_now.wait()
             self._flush_now.clear()
             now = loop.time()
-            if self._failures_pending() or now - last >= quiet:
+            if self._failures_pending() or now - last >= self._successes_may_wait():
                 last = now
                 await self.flush()
 
