@@ -25,7 +25,6 @@ from .gemini.sse import (
     Delivered,
     EventSplitter,
     encode_event,
-    error_in,
     parse_event,
     stitch,
 )
@@ -273,8 +272,8 @@ def _checked(
             if event.isspace():  # a blank event (keep-alive): nothing to relay
                 continue
             parsed = parse_event(event)
-            error = error_in(parsed)
-            if error is not None:
+            error = parsed.get("error")  # ``error_in``, inlined: this runs for every event
+            if isinstance(error, dict):
                 code = error.get("code")
                 return good, StreamBroken(
                     str(error.get("message") or "in-band error"),
