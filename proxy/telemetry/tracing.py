@@ -126,19 +126,22 @@ class AttemptSpan:
         self._recorder = recorder
         self._method = method
         self._started = time.perf_counter()
-        self._responded = False
+        self._responded_after: float | None = None
         self._first_token = False
         self.outcome_set = False
 
     def responded(self, status_code: int) -> None:
-        """The upstream's response headers arrived: records upstream latency (once)."""
-        if self._responded:
+        """The upstream's response headers arrived: times upstream latency (once), recorded
+        when the attempt ends, so the histogram's cost is not on the answer's way back."""
+        if self._responded_after is not None:
             return
-        self._responded = True
+        self._responded_after = time.perf_counter() - self._started
         self.span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status_code)
-        self._recorder.upstream_latency(
-            self.model, time.perf_counter() - self._started, self._method
-        )
+
+    def record_latency(self) -> None:
+        """Record the upstream latency timed by ``responded`` (at the attempt's end)."""
+        if self._responded_after is not None:
+            self._recorder.upstream_latency(self.model, self._responded_after, self._method)
 
     def first_token(self) -> None:
         """A stream's first content event arrived: records time to first token (once)."""
@@ -288,6 +291,7 @@ class _AttemptScope:
                     handle.outcome("error", error_type=type(exc).__qualname__)
         finally:
             context_api.detach(self._context_token)
+            handle.record_latency()
             handle.span.end()
 
 
