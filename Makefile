@@ -47,7 +47,7 @@ unit: $(STAMP) browser helm-env
 
 test: lint typecheck unit
 
-# The benchmarks of issue 8 (about 4 minutes; README "Performance"). They compare against
+# The benchmarks of issue 8 (about 5 minutes; README "Performance"). They compare against
 # Debian's nginx and load with Debian's wrk: both are installed here when missing and running
 # as root (RUNLEVEL=1: the package must not start a system nginx); otherwise nginx is left out
 # and bench/loadgen.py's asyncio client replaces wrk.
@@ -60,7 +60,7 @@ bench: $(STAMP)
 	else echo "nginx or wrk missing and not root: the benchmarks run without them"; fi
 	$(BIN)/python bench/sidecar.py $(ARGS)
 	$(BIN)/python bench/streams.py
-	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 5 \
+	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \
 		--idle-seconds 3 --transitions 10
 
 clean:
