@@ -8,10 +8,8 @@ the successes pending with them (they are the failure rate's denominator).
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
@@ -25,12 +23,12 @@ from proxy.cluster.store import BreakerStore
 from proxy.config import Settings, build_settings
 from proxy.outcomes import Verdict
 
+from .coordinator_support import DEADLINE, eventually, replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-DEADLINE = 10.0
 MODEL = "a"
 # The per-interval cost on a closed breaker with traffic, from the scripts: one report
 # (EVALSHA, TIME, the breaker, the window, evicting the buckets that time skipped, one write)
@@ -62,25 +60,6 @@ def settings_for(
             },
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[Coordinator]:
-    client = store_client(settings.redis)
-    coordinator = Coordinator(settings, client, embedded=False, replica="r1")
-    await coordinator.start()
-    try:
-        yield coordinator
-    finally:
-        await coordinator.stop()
-        await client.aclose()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await anyio.sleep(0.01)
 
 
 async def commands_run(client: Redis) -> int:

@@ -5,24 +5,20 @@ to lose writes the replicas already saw by restoring the keys as they were befor
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 from redis.asyncio import Redis
 
-from proxy.cluster.connect import store_client
 from proxy.cluster.coordinator import Coordinator
 from proxy.config import Settings, build_settings
 
+from .coordinator_support import eventually, replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-DEADLINE = 10.0
 
 
 def settings_for(url: str, namespace: str) -> Settings:
@@ -39,25 +35,6 @@ def settings_for(url: str, namespace: str) -> Settings:
             "routes": {"pro": ["a", "b"]},
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def replica(settings: Settings, name: str) -> AsyncIterator[Coordinator]:
-    client = store_client(settings.redis)
-    coordinator = Coordinator(settings, client, embedded=False, replica=name)
-    await coordinator.start()
-    try:
-        yield coordinator
-    finally:
-        await coordinator.stop()
-        await client.aclose()
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await anyio.sleep(0.01)
 
 
 class Keyspace:
