@@ -208,22 +208,7 @@ def test_redis_killed_during_traffic(
     cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
 ) -> None:
     replicas = cluster(open_seconds=30.0)
-    failures: list[BaseException] = []
-    served: list[str] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        for url in itertools.cycle(replicas):
-            if stop.is_set():
-                return
-            try:
-                served.append(ask(url)[0])
-            except (errors.APIError, httpx.HTTPError) as exc:
-                failures.append(exc)
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
+    with traffic(replicas) as (served, failures):
         wait_for(lambda: len(served) >= 20)
         redis_server.kill()
         for url in replicas:
@@ -246,10 +231,33 @@ def test_redis_killed_during_traffic(
         assert len({s["breakers"][PRO]["epoch"] for s in states}) == 1
         count = len(served)
         wait_for(lambda: len(served) >= count + 10)
+    assert failures == []
+
+
+@contextlib.contextmanager
+def traffic(replicas: list[str]) -> Iterator[tuple[list[str], list[BaseException]]]:
+    """SDK calls spread over the replicas in a thread until the block ends; yields the models
+    that served and the failures."""
+    served: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        for url in itertools.cycle(replicas):
+            if stop.is_set():
+                return
+            try:
+                served.append(ask(url)[0])
+            except (errors.APIError, httpx.HTTPError) as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield served, failures
     finally:
         stop.set()
         thread.join(30)
-    assert failures == []
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -5,9 +5,7 @@ only lets an ACL user in, and a server that speaks TLS (mutual)."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,6 @@ import anyio
 import httpx
 import pytest
 import redis
-from google.genai import errors
 
 from proxy.app import create_app
 from proxy.cluster.health import StoreUnavailable
@@ -25,6 +22,7 @@ from proxy.cluster.keys import Keys
 from proxy.config import build_settings
 
 from .conftest import proxy_settings
+from .coordinator_support import replica
 from .redis_support import require_redis
 from .redis_topologies import (
     ACL_PASSWORD,
@@ -37,8 +35,17 @@ from .redis_topologies import (
     tls_supported,
 )
 from .support import serve
-from .test_cluster_e2e import FLASH, PRO, Cluster, ask, replica_starter, spread, wait_all, wait_for
-from .test_redis_epochs import replica
+from .test_cluster_e2e import (
+    FLASH,
+    PRO,
+    Cluster,
+    ask,
+    replica_starter,
+    spread,
+    traffic,
+    wait_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -72,32 +79,6 @@ def breaker_action(replica: str, model: str, action: str) -> int:
     response.raise_for_status()
     epoch: int = response.json()["breaker"]["epoch"]
     return epoch
-
-
-@contextlib.contextmanager
-def traffic(replicas: list[str]) -> Iterator[tuple[list[str], list[BaseException]]]:
-    """SDK calls spread over the replicas in a thread until the block ends; yields the models
-    that served and the failures."""
-    served: list[str] = []
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        for url in itertools.cycle(replicas):
-            if stop.is_set():
-                return
-            try:
-                served.append(ask(url)[0])
-            except (errors.APIError, httpx.HTTPError) as exc:
-                failures.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield served, failures
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def breaker_on(port: int, model: str) -> dict[str, str]:
