@@ -74,8 +74,8 @@ local function live_pins(now)
   return pins
 end
 
-local function snapshot_json(now)
-  local routes = load_routes()
+-- Every model a script has seen or a route names, as a set.
+local function known_models(routes)
   local models = {}
   for _, m in ipairs(redis.call('SMEMBERS', MODELS_KEY)) do
     models[m] = true
@@ -85,6 +85,12 @@ local function snapshot_json(now)
       models[m] = true
     end
   end
+  return models
+end
+
+local function snapshot_json(now)
+  local routes = load_routes()
+  local models = known_models(routes)
   local breakers = {}
   for m in pairs(models) do
     breakers[m] = breaker_json(load_breaker(m), window_view(m, now))
@@ -118,15 +124,7 @@ end
 reissue_state = function(epoch)
   local now = now_ms()
   local routes = load_routes()
-  local models = {}
-  for _, m in ipairs(redis.call('SMEMBERS', MODELS_KEY)) do
-    models[m] = true
-  end
-  for _, chain in pairs(routes) do
-    for _, m in ipairs(chain) do
-      models[m] = true
-    end
-  end
+  local models = known_models(routes)
   for route, chain in pairs(routes) do
     write_active(route, chain, epoch)
   end
