@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -37,6 +38,8 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
     def __init__(self, on_chunk: ChunkSink | None = None) -> None:
+        self.on_first_byte: Callable[[], None] | None = None
+        """Called as an answer's first body byte arrives."""
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.result: Result | None = None
@@ -73,6 +76,8 @@ class Connection(asyncio.Protocol):
         result = self.result
         if result is not None and not result.first_byte:
             result.first_byte = time.perf_counter()
+            if self.on_first_byte is not None:
+                self.on_first_byte()
         if self.on_chunk is not None:
             self.on_chunk(body)
 

@@ -5,8 +5,9 @@ The canned upstream (bench/fast_upstream.py) answers each stream with ``--chunks
 raw asyncio client of bench/loadgen.py, one process on core 0 with the upstream) opens
 ``--streams`` streams spread over ``--ramp`` seconds, so their chunks are spread evenly over
 time, and records every chunk's delay from its stamp to its arrival while all streams are
-open. The same load runs directly against the upstream first (the delay the client and the
-loopback add by themselves), then through one gemini-breaker process on core 1, whose VmRSS
+open (from one interval after every stream's first event arrived). The same load runs
+directly against the upstream first (the delay the client and the loopback add by
+themselves), then through one gemini-breaker process on core 1, whose VmRSS
 is sampled meanwhile. Prints a table with the issue's targets; asserts nothing.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +39,8 @@ class Run:
     window_events: int = 0
     window_cpu: float = float("nan")
     """The proxy's CPU seconds while every stream was open (steady state)."""
+    late_open: float = 0.0
+    """Seconds after the ramp until every stream's first event had arrived."""
 
 
 async def hold_streams(
@@ -56,6 +60,14 @@ async def hold_streams(
     finished: list[asyncio.Future[loadgen.Result]] = []
     connections: list[loadgen.Connection] = []
     start = time.perf_counter()
+    flowing = 0
+    all_flowing = asyncio.Event()
+
+    def first_byte() -> None:
+        nonlocal flowing
+        flowing += 1
+        if flowing >= args.streams - run.errors:
+            all_flowing.set()
 
     async def open_one(index: int) -> None:
         delay = start + index * args.ramp / args.streams - time.perf_counter()
@@ -66,16 +78,22 @@ async def hold_streams(
         except OSError:
             run.errors += 1
             return
+        conn.on_first_byte = first_byte
         connections.append(conn)
         finished.append(conn.send(payload, loadgen.Result(time.perf_counter())))
         run.opened += 1
 
     await asyncio.gather(*(open_one(i) for i in range(args.streams)))
-    # Every stream is open once the ramp is over; measure while they all still flow.
+    # A stream is open once its first event came back: a proxy that fell behind the ramp is
+    # still opening streams when the last request is sent. Measure once every stream flows.
+    stream_seconds = args.chunks * args.interval / 1000
+    if flowing < run.opened:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_flowing.wait(), stream_seconds / 2 - args.ramp)
+    run.late_open = time.perf_counter() - (start + args.ramp)
     await asyncio.sleep(args.interval / 1000)
     sink.recording = True
     cpu_before = cpu() if cpu is not None else 0.0
-    stream_seconds = args.chunks * args.interval / 1000
     measure_until = start + stream_seconds - args.interval / 1000
     while time.perf_counter() < measure_until:
         if sample is not None:
@@ -167,6 +185,7 @@ def main() -> None:
     proxied, direct = runs[-1], runs[0]
     added99 = pct(proxied.delays_ms or [], 99) - pct(direct.delays_ms or [], 99)
     print(f"\nproxy idle RSS before the streams: {idle_rss / 2**20:.0f} MiB")
+    print(f"every stream's first event arrived {proxied.late_open:.2f} s after the ramp")
     if proxied.window_events:
         print(
             "proxy CPU per relayed event while every stream was open: "
