@@ -29,7 +29,6 @@ import math
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,6 @@ GENERATE = f"/v1beta/models/{PRO}:generateContent"
 BODY = b'{"contents": [{"parts": [{"text": "hi"}], "role": "user"}]}'
 HEADERS = {"x-goog-api-key": "bench-key", "content-type": "application/json"}
 OUTAGE = [{"kind": "error", "status": 503}]
-SHARED_REDIS_PORT = 6379  # never ours
 READY_SECONDS = 30.0
 MAX_EVENTS = 100_000
 MAX_POLLS = 200_000
@@ -85,26 +83,6 @@ SENT_BY_CLIENTS = frozenset(
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != SHARED_REDIS_PORT:
-            return port
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without any gemini-breaker setting that could leak into the children."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GEMINI_BREAKER_") and k != "GEMINI_API_KEY"
-    }
-    env["GEMINI_BREAKER_CONFIG"] = ""
-    return env
-
-
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -120,7 +98,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 def private_redis(directory: Path) -> Iterator[str]:
     """A redis-server of our own on a free loopback port, persisting nothing; its URL."""
     for _ in range(5):
-        port = free_port()
+        port = harness.free_port()
         log = directory / f"redis-{port}.log"
         options = {
             "port": str(port),
@@ -165,7 +143,7 @@ def proxy_process(
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", *args],
             cwd=ROOT,
-            env=clean_env(),
+            env=harness.clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -1037,7 +1015,7 @@ def start_cluster(
     if pin:
         harness.pin_self(harness.SERVER_CPU)
     redis_url = stack.enter_context(private_redis(directory))
-    sim_port = free_port()
+    sim_port = harness.free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     logs = {"simulator": directory / "simulator.log"}
     stack.enter_context(
@@ -1060,7 +1038,7 @@ def start_cluster(
     replicas = []
     serve_args = ["serve", "--config", str(config_path), "--log-level", "warning"]
     for index in range(replica_count):
-        port = free_port()
+        port = harness.free_port()
         url = f"http://127.0.0.1:{port}"
         name = f"replica {index + 1}"
         logs[name] = directory / f"replica-{index + 1}.log"
