@@ -1041,24 +1041,25 @@ async def test_every_new_epoch_is_taken_above_the_floor(backend: Backend) -> Non
         await lose_the_counter(backend)
         await call()
         snapshot = await backend.store.snapshot()
-        assert snapshot.epoch == floor + 1, name
-        # The state the store kept is issued again at that epoch, with the transition.
-        assert {b.epoch for b in snapshot.breakers.values()} == {floor + 1}, name
-        assert {a.epoch for a in snapshot.active.values()} == {floor + 1}, name
+        # The state the store kept is issued again at floor + 1, and the transition takes
+        # the next epoch: nothing is left below the floor.
+        assert snapshot.epoch == floor + 2, name
+        assert {b.epoch for b in snapshot.breakers.values()} <= {floor + 1, floor + 2}, name
+        assert {a.epoch for a in snapshot.active.values()} <= {floor + 1, floor + 2}, name
     assert (await breaker(store, "a")).state == OPEN  # the report tripped it
     # acquire (open -> half-open) and probe_done (half-open -> closed) take epochs as well.
     await wait_for_redis_time(backend.store, (await breaker(store, "a")).open_until_ms)
     await lose_the_counter(backend)
     acquired = await store.acquire("a", p)
     assert acquired.permit and acquired.change.breaker is not None
-    assert acquired.change.breaker.epoch == floor + 1
+    assert acquired.change.breaker.epoch == floor + 2
     await lose_the_counter(backend)
-    closed = await store.probe_done("a", floor + 1, True, p)
+    closed = await store.probe_done("a", floor + 2, True, p)
     assert closed.breaker is not None and closed.breaker.state == CLOSED
-    assert closed.breaker.epoch == floor + 1
+    assert closed.breaker.epoch == floor + 2
     # A counter already above the floor just moves on.
     later = await store.force("b", "reset", "ops", "why", p)
-    assert later.breaker is not None and later.breaker.epoch == floor + 2
+    assert later.breaker is not None and later.breaker.epoch == floor + 3
 
 
 async def test_a_store_that_lost_writes_reissues_its_state_above_the_floor(

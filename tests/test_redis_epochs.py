@@ -53,11 +53,17 @@ class Keyspace:
                 self._saved[key] = dumped
 
     async def lose_later_writes(self) -> None:
-        async for key in self._client.scan_iter(match=self._pattern):
-            if key not in self._saved:
-                await self._client.delete(key)
-        for key, dumped in self._saved.items():
-            await self._client.restore(key, 0, dumped, replace=True)
+        """Put the saved keys back and drop newer ones in one transaction: the replicas'
+        background scripts must not run against a half-restored keyspace (a failover to a
+        replica that missed writes swaps the whole dataset at once)."""
+        later = [key async for key in self._client.scan_iter(match=self._pattern)]
+        async with self._client.pipeline(transaction=True) as pipe:
+            for key in later:
+                if key not in self._saved:
+                    pipe.delete(key)
+            for key, dumped in self._saved.items():
+                pipe.restore(key, 0, dumped, replace=True)
+            await pipe.execute()
 
 
 @contextlib.asynccontextmanager
@@ -108,14 +114,17 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
         assert change.breaker is not None and change.breaker.epoch > floor
         epoch = change.breaker.epoch
         # Every replica adopts the transition and, with it, what the store kept: ``a`` is
-        # open again (its reset was lost), at the new epoch, not stuck at the lost one.
+        # open again (its reset was lost), re-stamped above the floor, not stuck at the lost
+        # epoch; and the re-stamp (which still has ``b`` closed) does not undo the transition,
+        # which is published after it (and on ``a``, answered before it) at a newer epoch.
         for mirror in (a.mirror, b.mirror):
             await eventually(
                 lambda mirror=mirror: (
                     mirror.breaker("b").state == "disabled"
+                    and mirror.breaker("b").epoch == epoch
                     and mirror.breaker("a").state == "open"
-                    and mirror.breaker("a").epoch == epoch
-                    and mirror.active["pro"].epoch == epoch
+                    and floor < mirror.breaker("a").epoch < epoch
+                    and mirror.active["pro"].epoch > floor
                 ),
                 "a replica kept state from the lost history",
             )

@@ -37,21 +37,27 @@ end
 -- Set by view.lua (scripts without it take no epochs): re-stamps the whole state at an epoch.
 local reissue_state = nil
 
--- The next epoch, above every epoch the caller has seen. After a failover that lost the last
--- writes (or a restart without persistence) the counter is behind what the replicas saw: an
--- epoch taken from it would be ignored by them as stale, and so would the state the store
--- kept, which carries older epochs still. So the counter is raised to the floor and, in the
--- same step, the store's whole state is issued again at the new epoch (see reissue_state).
+-- After a failover that lost the last writes (or a restart without persistence) the epoch
+-- counter is behind what the replicas saw: an epoch taken from it would be ignored by them as
+-- stale, and so would the state the store kept, which carries older epochs still. So the
+-- counter is raised to the floor and, in the same step, the store's whole state is issued
+-- again at an epoch of its own (see reissue_state).
+local function recover_epoch()
+  if (tonumber(redis.call('GET', EPOCH_KEY)) or 0) >= EPOCH_FLOOR then
+    return
+  end
+  redis.call('SET', EPOCH_KEY, EPOCH_FLOOR)
+  if reissue_state then
+    reissue_state(redis.call('INCR', EPOCH_KEY))
+  end
+end
+
+-- The next epoch, above every epoch the caller has seen and above a re-stamp this script made:
+-- a change sharing the re-stamp's epoch would be ordered against it by the scripts' clock
+-- alone, and a replica could keep the re-stamped (older) state of the changed breaker.
 local function next_epoch()
-  local lost = (tonumber(redis.call('GET', EPOCH_KEY)) or 0) < EPOCH_FLOOR
-  if lost then
-    redis.call('SET', EPOCH_KEY, EPOCH_FLOOR)
-  end
-  local epoch = redis.call('INCR', EPOCH_KEY)
-  if lost and reissue_state then
-    reissue_state(epoch)
-  end
-  return epoch
+  recover_epoch()
+  return redis.call('INCR', EPOCH_KEY)
 end
 
 -- Redis's clock, never a replica's: every replica then sees the same time.

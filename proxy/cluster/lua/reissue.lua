@@ -1,7 +1,7 @@
 -- reissue: ARGV = prefix, floor, then model names (the caller's configured models)
 -- A replica's snapshot showed the store's epoch counter below the floor: the store lost writes
 -- (a failover to a replica that lagged, a restart without persistence). Its state is issued
--- again above the floor (see next_epoch and reissue_state), published, so every replica adopts
+-- again above the floor (see recover_epoch and reissue_state), published, so every replica adopts
 -- it; nothing happens when the counter is no longer below the floor (another replica, or a
 -- transition, did it first). Returns the Snapshot.
 
@@ -9,7 +9,5 @@ local now = now_ms()
 for j = 3, #ARGV do
   redis.call('SADD', MODELS_KEY, ARGV[j])
 end
-if (tonumber(redis.call('GET', EPOCH_KEY)) or 0) < EPOCH_FLOOR then
-  next_epoch()
-end
+recover_epoch()
 return snapshot_json(now)

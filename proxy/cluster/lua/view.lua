@@ -115,12 +115,12 @@ local function snapshot_json(now)
   })
 end
 
--- The store lost writes (see next_epoch): issue its whole state again at `epoch`, so replicas
+-- The store lost writes (see recover_epoch): issue its whole state again at `epoch`, so replicas
 -- holding newer epochs from the lost history adopt it. Every breaker (state, wait and window
 -- kept; permits handed out under the lost epochs void, so they are handed out again), the
 -- active model of every route, every pin and quota condition get the new epoch; a Change per
 -- breaker and a PinChange per pin are published. The calling script then goes on with its
--- own change at the same epoch, published after these.
+-- own change at the next epoch, published after these.
 reissue_state = function(epoch)
   local now = now_ms()
   local routes = load_routes()
