@@ -1,9 +1,11 @@
-"""CPU per request of the two upstream clients considered: httpx and aiohttp.
+"""CPU per request of the upstream clients considered: httpx, aiohttp and the proxy's own.
 
-Both send the proxy's unary request to the canned upstream (bench/fast_upstream.py on core 0)
+Each sends the proxy's unary request to the canned upstream (bench/fast_upstream.py on core 0)
 from this process (on core 1, uvloop), with ``--in-flight`` requests at a time, the body read
 raw and the response closed, as the proxy does; the figure is this process's CPU time per
-request. This is the measurement behind the proxy's move from httpx to aiohttp.
+request. This is the measurement behind the proxy's move from httpx to aiohttp and then to
+its own client (proxy/http_client.py). aiohttp is no longer a dependency: it is measured when
+installed (``pip install aiohttp``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import harness
 import httpx
 import uvloop
 from harness import BODY, UNARY
-from yarl import URL
+
+from proxy.config import ModelSettings, UpstreamSettings
+from proxy.upstream import Upstream
 
 HEADERS = [("content-type", "application/json"), ("x-goog-api-key", "bench-key")]
 
@@ -57,7 +60,26 @@ async def with_httpx(url: str, in_flight: int, count: int) -> float:
         return await per_request(one, in_flight, count)
 
 
+async def with_own(url: str, in_flight: int, count: int) -> float:
+    settings = UpstreamSettings(base_url=url.removesuffix(UNARY))
+    limits = ModelSettings()
+    headers = [(k.encode(), v.encode()) for k, v in HEADERS]
+    async with Upstream.create_client(settings) as pool:
+        upstream = Upstream(settings, pool)
+
+        async def one() -> None:
+            response = await upstream.open("POST", UNARY, b"", headers, BODY, limits)
+            async for _ in upstream.iter_body(response, limits):
+                pass
+            await response.aclose()
+
+        return await per_request(one, in_flight, count)
+
+
 async def with_aiohttp(url: str, in_flight: int, count: int) -> float:
+    import aiohttp  # optional: see the docstring
+    from yarl import URL
+
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=512),
         auto_decompress=False,
@@ -86,8 +108,12 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="gb-clients-") as tmp,
         harness.fast_upstream(Path(tmp)) as upstream,
     ):
-        for name, run in (("httpx", with_httpx), ("aiohttp", with_aiohttp)):
-            rows.append([name, uvloop.run(run(upstream + UNARY, args.in_flight, args.requests))])
+        for name, run in (("httpx", with_httpx), ("aiohttp", with_aiohttp), ("own", with_own)):
+            try:
+                figure: object = uvloop.run(run(upstream + UNARY, args.in_flight, args.requests))
+            except ModuleNotFoundError as exc:
+                figure = f"not installed ({exc.name})"
+            rows.append([name, figure])
     print(f"\n{args.requests} requests, {args.in_flight} in flight; CPU of the client process.\n")
     harness.table(["client", "CPU us/request"], rows)
 

@@ -295,6 +295,10 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         stream_break=stream_break,
     )
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
+    key = settings.upstream.api_key
+    if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key):
+        # It goes out as a header value: a line break would split the request.
+        raise ConfigError("upstream.api_key: expected printable ASCII without surrounding spaces")
     _check_redis(settings.redis)
     if not settings.redis.shared and settings.server.workers > 1:
         raise ConfigError(

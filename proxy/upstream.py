@@ -1,8 +1,8 @@
 """The one pooled upstream HTTP client, with per-model deadlines.
 
-The client is aiohttp's: with 8 requests in flight against the same canned upstream
-(``bench/upstream_clients.py``), httpx spent 2.1 ms of CPU per request and aiohttp 0.28 ms;
-httpx was more than half of the proxy's CPU (README, "Performance").
+The client is the project's own (``proxy/http_client.py``): measured against the same canned
+upstream (``bench/upstream_clients.py``), httpx spent about 2.1 ms of CPU per request, aiohttp
+about 0.28 ms, and this one a tenth of aiohttp's (README, "Performance").
 
 Failures are raised as ``UpstreamError`` subclasses that carry the status and message the
 client should see; nothing from the upstream URL (which may carry ``?key=``) goes into them.
@@ -11,13 +11,13 @@ client should see; nothing from the upstream URL (which may carry ``?key=``) goe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable
+import contextlib
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, overload
 from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
-
+from . import http_client
 from .config import ModelSettings, UpstreamSettings
 from .headers import Headers
 
@@ -58,69 +58,42 @@ class UpstreamBodyError(UpstreamError):
     status = 502
 
 
-# Headers aiohttp would add on its own: the proxy forwards what the client sent, nothing more
-# (``Host`` and ``Content-Length`` / ``Transfer-Encoding`` are still set for the upstream).
-_NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-class _Connector(aiohttp.TCPConnector):
-    """aiohttp's pool, keeping at most ``max_idle`` idle connections per upstream (it has no
-    such setting; ``upstream.max_keepalive_connections`` asks for one)."""
-
-    def __init__(self, max_idle: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._max_idle = max_idle
-
-    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        idle = self._conns.get(key)
-        if idle is not None and len(idle) >= self._max_idle:
-            should_close = True
-        super()._release(key, protocol, should_close=should_close)
-
-
 class ResponseHeaders:
     """The response's headers: ``raw`` pairs as received, ``get`` by any-case name."""
 
-    __slots__ = ("_multi", "raw")
+    __slots__ = ("_response", "raw")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.raw: Headers = list(response.raw_headers)
-        self._multi = response.headers
+    def __init__(self, response: http_client.Response) -> None:
+        self.raw: Headers = response.raw_headers
+        self._response = response
 
     @overload
     def get(self, name: str) -> str | None: ...
     @overload
     def get(self, name: str, default: str) -> str: ...
     def get(self, name: str, default: str | None = None) -> str | None:
-        return self._multi.get(name, default)
+        return self._response.header(name, default)
 
 
 class UpstreamResponse:
     """An upstream answer whose headers arrived; its body is read with ``Upstream.iter_body``
     (or ``aread``) and it must be closed with ``aclose`` (which frees the connection)."""
 
-    __slots__ = ("_on_close", "_response", "headers", "status_code")
+    __slots__ = ("_on_close", "headers", "reader", "status_code")
 
-    def __init__(self, response: aiohttp.ClientResponse, on_close: Upstream) -> None:
-        self._response = response
+    def __init__(self, response: http_client.Response, on_close: Upstream) -> None:
+        self.reader = response
+        """The body's reader (``Upstream.iter_body`` reads it directly)."""
         self._on_close: Upstream | None = on_close
         self.status_code = response.status
         self.headers = ResponseHeaders(response)
 
-    @property
-    def reader(self) -> aiohttp.StreamReader:
-        """The body's reader (``Upstream.iter_body`` reads it directly: one await less per
-        chunk than ``next_chunk``)."""
-        return self._response.content
-
     async def next_chunk(self) -> bytes:
         """The next part of the body as it arrived (still encoded); b"" at its end."""
         try:
-            return await self._response.content.readany()
-        except aiohttp.ClientError as exc:
-            raise UpstreamBodyError(
-                f"The upstream broke off the response: {type(exc).__name__}."
-            ) from None
+            return await self.reader.readany()
+        except http_client.HTTPClientError:
+            raise UpstreamBodyError("The upstream broke off the response: ReadError.") from None
 
     async def aread(self) -> bytes:
         """The whole body (for small documents only)."""
@@ -131,7 +104,7 @@ class UpstreamResponse:
 
     async def aclose(self) -> None:
         # A body read to its end gives the connection back to the pool; otherwise it is closed.
-        self._response.release()
+        self.reader.release()
         upstream, self._on_close = self._on_close, None
         if upstream is not None:
             upstream.in_flight -= 1
@@ -140,33 +113,32 @@ class UpstreamResponse:
 class Upstream:
     """Sends requests to the configured upstream over one shared connection pool."""
 
-    def __init__(self, settings: UpstreamSettings, client: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: UpstreamSettings, pool: http_client.ConnectionPool) -> None:
         self.base_url = settings.base_url
         self.host = urlsplit(settings.base_url).hostname or settings.base_url
-        self._client = client
-        self._max_connections = settings.max_connections
+        self._pool = pool
         self.in_flight = 0
-        """Responses open now: when every pooled connection is taken, a timeout is the pool's."""
+        """Responses open now."""
 
     @staticmethod
-    def create_client(settings: UpstreamSettings) -> aiohttp.ClientSession:
-        """The pooled client (use it with ``async with``, inside the event loop); timeouts
-        are set per request from the model's settings."""
-        connector = _Connector(
+    @contextlib.asynccontextmanager
+    async def create_client(
+        settings: UpstreamSettings, ssl_context: ssl.SSLContext | None = None
+    ) -> AsyncIterator[http_client.ConnectionPool]:
+        """The connection pool (inside the event loop), closed when the block ends; timeouts
+        are set per request from the model's settings. ``ssl_context`` replaces the system's
+        trust store (tests use it)."""
+        pool = http_client.ConnectionPool(
+            settings.base_url,
+            max_connections=settings.max_connections,
             max_idle=settings.max_keepalive_connections,
-            limit=settings.max_connections,
-            keepalive_timeout=settings.keepalive_expiry,
+            keepalive_expiry=settings.keepalive_expiry,
+            ssl_context=ssl_context,
         )
-        # trust_env=False: a sidecar must not pick up HTTP(S)_PROXY meant for the app. No
-        # cookie jar: one client serves every application request, and cookies are theirs.
-        # auto_decompress=False: bodies pass through still encoded, as the upstream sent them.
-        return aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=_NOT_ADDED,
-        )
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
 
     async def open(
         self,
@@ -177,47 +149,76 @@ class Upstream:
         body: bytes | AsyncIterable[bytes],
         limits: ModelSettings,
     ) -> UpstreamResponse:
-        """Send a request and return once the response headers arrived (body unread)."""
-        url = self.base_url + path
+        """Send a request and return once the response headers arrived (body unread). The
+        wait for a connection (pooled or new) is bounded by ``connect_timeout``, and the whole
+        wait for the headers by ``first_byte_timeout``."""
+        pool = self._pool
+        target = path.encode("latin-1")
         if query_string:
-            url += "?" + query_string.decode("latin-1")
-        # The read timeout is enforced per chunk by ``iter_body``, and the wait for the
-        # headers by the first-byte deadline below. ``connect`` bounds the wait for a pooled
-        # connection plus connecting.
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=limits.connect_timeout, sock_connect=limits.connect_timeout
+            target += b"?" + query_string
+        streamed = not isinstance(body, bytes)
+        head = pool.request_head(
+            method,
+            target,
+            headers,
+            None if streamed else len(body),  # type: ignore[arg-type]
         )
-        pool_full = self.in_flight >= self._max_connections
+        now = pool.loop.time()
+        first_byte_at = now + limits.first_byte_timeout
+        connect_at = min(now + limits.connect_timeout, first_byte_at)
+        pool_full = pool.full
         try:
-            async with asyncio.timeout(limits.first_byte_timeout):
-                response = await self._client.request(
-                    method,
-                    URL(url, encoded=True),  # the client's path and query, byte for byte
-                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                    data=body if body != b"" else None,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"The upstream ({self.host}) sent no response within "
-                f"{limits.first_byte_timeout:g} s."
-            ) from None
-        except aiohttp.ConnectionTimeoutError:
-            if pool_full:
+            connection = await pool.acquire(connect_at)
+        except http_client.PoolTimeout:
+            if connect_at < first_byte_at:
                 raise UpstreamBusy(
                     "The proxy's upstream connection pool is exhausted; retry later."
                 ) from None
-            raise UpstreamTimeout(
-                f"Connecting to the upstream ({self.host}) timed out after "
-                f"{limits.connect_timeout:g} s."
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+            raise self._no_response(limits) from None
+        except http_client.ConnectTimeout:
+            if connect_at < first_byte_at:
+                if pool_full:
+                    raise UpstreamBusy(
+                        "The proxy's upstream connection pool is exhausted; retry later."
+                    ) from None
+                raise UpstreamTimeout(
+                    f"Connecting to the upstream ({self.host}) timed out after "
+                    f"{limits.connect_timeout:g} s."
+                ) from None
+            raise self._no_response(limits) from None
+        except http_client.ConnectFailed:
             raise UpstreamUnreachable(
-                f"The upstream ({self.host}) is unreachable: {_error_name(exc)}."
+                f"The upstream ({self.host}) is unreachable: ConnectError."
             ) from None
+        head_only = method == "HEAD"
+        try:
+            if streamed:
+                response = await connection.start_streaming(
+                    head,
+                    body,  # type: ignore[arg-type]
+                    head_only,
+                )
+            else:
+                response = connection.start(head, body, head_only)  # type: ignore[arg-type]
+            await http_client.wait_for_headers(response, first_byte_at)
+        except http_client.ResponseTimeout:
+            connection.abort()
+            raise self._no_response(limits) from None
+        except http_client.ConnectionBroken:
+            connection.abort()
+            raise UpstreamUnreachable(
+                f"The upstream ({self.host}) is unreachable: ReadError."
+            ) from None
+        except BaseException:  # cancelled, or the client's upload failed: never reuse it
+            connection.abort()
+            raise
         self.in_flight += 1
         return UpstreamResponse(response, self)
+
+    def _no_response(self, limits: ModelSettings) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"The upstream ({self.host}) sent no response within {limits.first_byte_timeout:g} s."
+        )
 
     async def iter_body(
         self,
@@ -239,9 +240,9 @@ class Upstream:
                 # a unary answer is usually whole with its headers.
                 try:
                     chunk = reader.read_nowait()
-                except aiohttp.ClientError as exc:
+                except http_client.HTTPClientError:
                     raise UpstreamBodyError(
-                        f"The upstream ({self.host}) broke off the response: {type(exc).__name__}."
+                        f"The upstream ({self.host}) broke off the response: ReadError."
                     ) from None
                 if chunk:
                     stall = limits.stall_timeout
@@ -266,10 +267,10 @@ class Upstream:
                             f"The upstream ({self.host}) stalled for {stall:g} s mid-response."
                         ) from None
                     raise
-                except aiohttp.ClientError as exc:
+                except http_client.HTTPClientError:
                     watch.stop()
                     raise UpstreamBodyError(
-                        f"The upstream ({self.host}) broke off the response: {type(exc).__name__}."
+                        f"The upstream ({self.host}) broke off the response: ReadError."
                     ) from None
                 watch.stop()
                 if not chunk:
@@ -338,12 +339,3 @@ class _StallWatch:
         if self._task is not None and not self.expired:
             self.expired = True
             self._task.cancel()
-
-
-def _error_name(exc: BaseException) -> str:
-    """The error's kind for the client: its class, never its text (which names the URL)."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return "ReadError"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "ConnectError"
-    return type(exc).__name__

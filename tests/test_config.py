@@ -84,6 +84,7 @@ def test_secrets_stay_out_of_repr() -> None:
         ("server: {prot: 1}", "server.prot"),
         ("upstream: {base_url: ftp://x}", "upstream.base_url"),
         ("upstream: {api_key: 5}", "upstream.api_key"),
+        ('upstream: {api_key: "k\\r\\nx-evil: 1"}', "upstream.api_key"),
         ("redis: {url: http://x}", "redis.url"),
         ("models: {gemini-2.5-pro: {first_byte_timeout: -1}}", "models.gemini-2.5-pro"),
         ("models: {gemini-2.5-pro: {stall_timeout: yes}}", "models.gemini-2.5-pro.stall_timeout"),
