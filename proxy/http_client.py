@@ -85,6 +85,22 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._headers_waiter: asyncio.Future[None] = connection.loop.create_future()
 
+    @property
+    def headers_arrived(self) -> bool:
+        return self._headers_waiter.done()
+
+    async def wait_for_headers(self, deadline: float) -> None:
+        """Wait until the headers arrived, at most until ``deadline`` (``loop.time()``)."""
+        waiter = self._headers_waiter
+        if waiter.done():
+            waiter.result()
+            return
+        timer = asyncio.get_running_loop().call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+
     def header(self, name: str, default: str | None = None) -> str | None:
         """A header's value by any-case name (the first, if repeated)."""
         lower = self._lower
@@ -162,8 +178,12 @@ class Response:
         if self._complete or self._error is not None:
             return
         self._error = error
-        if not self._headers_waiter.done():
-            self._headers_waiter.set_exception(error)
+        waiter = self._headers_waiter
+        if not waiter.done():
+            waiter.set_exception(error)
+            # Marked as seen: after a cancelled request nobody awaits it, and asyncio would
+            # log "exception was never retrieved"; an ``await`` still raises it.
+            waiter.exception()
         self._wake()
 
     def _wake(self) -> None:
@@ -293,7 +313,7 @@ class _Connection(asyncio.Protocol):
         self.pool.forget(self)
         response = self.response
         if response is not None:
-            if response._headers_waiter.done() and self._until_close(response):
+            if response.headers_arrived and self._until_close(response):
                 response._end(reusable=False)  # a body delimited by the connection's close
             else:
                 response._fail(ConnectionBroken("the upstream closed the connection"))
@@ -390,10 +410,6 @@ class ConnectionPool:
         self._connecting = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
-
-    @property
-    def full(self) -> bool:
-        return len(self._open) + self._connecting >= self._max_connections and not self._idle
 
     def request_head(
         self, method: str, target: bytes, headers: Headers, length: int | None
@@ -523,20 +539,6 @@ def _default_ssl_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
-
-
-async def wait_for_headers(response: Response, deadline: float) -> None:
-    """Wait until ``response``'s headers arrived, at most until ``deadline``."""
-    waiter = response._headers_waiter
-    if waiter.done():
-        waiter.result()
-        return
-    loop = asyncio.get_running_loop()
-    timer = loop.call_at(deadline, _expire, waiter)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

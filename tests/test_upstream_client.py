@@ -9,6 +9,7 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,15 +34,15 @@ def chunk(data: bytes) -> bytes:
 
 
 @asynccontextmanager
-async def upstream_serving(handler: Handler) -> AsyncIterator[Upstream]:
+async def upstream_serving(handler: Handler, **settings: Any) -> AsyncIterator[Upstream]:
     """A raw HTTP server on a free loopback port answering with ``handler``, and the
-    proxy's upstream client pointed at it."""
+    proxy's upstream client pointed at it (``settings``: more ``UpstreamSettings``)."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    settings = UpstreamSettings(base_url=f"http://127.0.0.1:{port}")
+    upstream_settings = UpstreamSettings(base_url=f"http://127.0.0.1:{port}", **settings)
     try:
-        async with Upstream.create_client(settings) as pool:
-            yield Upstream(settings, pool)
+        async with Upstream.create_client(upstream_settings) as pool:
+            yield Upstream(upstream_settings, pool)
     finally:
         server.close()
 
@@ -241,18 +242,6 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
     return b""
 
 
-@asynccontextmanager
-async def pool_serving(handler: Handler, **settings: object) -> AsyncIterator[tuple[Upstream, int]]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    upstream_settings = UpstreamSettings(base_url=f"http://127.0.0.1:{port}", **settings)  # type: ignore[arg-type]
-    try:
-        async with Upstream.create_client(upstream_settings) as pool:
-            yield Upstream(upstream_settings, pool), port
-    finally:
-        server.close()
-
-
 async def fetch(upstream: Upstream, body: bytes | AsyncIterable[bytes] = b"{}") -> bytes:
     response = await upstream.open("POST", PATH, b"", [], body, ModelSettings())
     try:
@@ -265,12 +254,13 @@ def test_requests_reuse_one_kept_alive_connection() -> None:
     recorder = Recorder()
 
     async def run() -> None:
-        async with pool_serving(recorder) as (upstream, port):
+        async with upstream_serving(recorder) as upstream:
             for _ in range(3):
                 assert await fetch(upstream) == b"{}"
             heads = [head for head, _ in recorder.connections[0]]
             assert len(recorder.connections) == 1 and len(heads) == 3
-            assert heads[0].startswith(f"POST {PATH} HTTP/1.1\r\nhost: 127.0.0.1:{port}".encode())
+            netloc = upstream.base_url.removeprefix("http://")
+            assert heads[0].startswith(f"POST {PATH} HTTP/1.1\r\nhost: {netloc}\r\n".encode())
 
     asyncio.run(run())
 
@@ -279,7 +269,7 @@ def test_a_connection_the_upstream_closes_is_not_reused() -> None:
     recorder = Recorder(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}")
 
     async def run() -> None:
-        async with pool_serving(recorder) as (upstream, _):
+        async with upstream_serving(recorder) as upstream:
             assert [await fetch(upstream) for _ in range(2)] == [b"{}", b"{}"]
             assert [len(requests) for requests in recorder.connections] == [1, 1]
 
@@ -303,7 +293,7 @@ def test_an_idle_connection_closed_by_the_upstream_is_replaced_not_failed() -> N
             await writer.wait_closed()
             gone.set()
 
-        async with pool_serving(handler) as (upstream, _):
+        async with upstream_serving(handler) as upstream:
             assert await fetch(upstream) == b"{}"
             await gone.wait()
             assert await fetch(upstream) == b"{}"
@@ -315,7 +305,7 @@ def test_idle_connections_beyond_the_keepalive_cap_are_closed() -> None:
     recorder = Recorder()
 
     async def run() -> None:
-        async with pool_serving(recorder, max_keepalive_connections=1) as (upstream, _):
+        async with upstream_serving(recorder, max_keepalive_connections=1) as upstream:
             assert await asyncio.gather(*(fetch(upstream) for _ in range(3))) == [b"{}"] * 3
             assert len(recorder.connections) == 3
             # Two of the three are closed as they come back; the closes reach the server.
@@ -338,7 +328,7 @@ def test_a_full_pool_answers_busy_within_the_connect_timeout() -> None:
         await reader.read()
 
     async def run() -> None:
-        async with pool_serving(handler, max_connections=1) as (upstream, _):
+        async with upstream_serving(handler, max_connections=1) as upstream:
             held = await upstream.open("POST", PATH, b"", [], b"{}", ModelSettings())
             quick = dataclasses.replace(ModelSettings(), connect_timeout=0.1)
             with pytest.raises(UpstreamBusy, match="pool is exhausted"):
@@ -359,7 +349,7 @@ def test_an_upload_of_unknown_length_goes_up_chunked() -> None:
             yield part
 
     async def run() -> None:
-        async with pool_serving(recorder) as (upstream, _):
+        async with upstream_serving(recorder) as upstream:
             assert await fetch(upstream, body()) == b"{}"
             assert await fetch(upstream, b"after") == b"{}"  # the connection is still good
         [(first_head, first_body), (_, second_body)] = recorder.connections[0]
@@ -381,7 +371,7 @@ def test_a_large_body_is_read_whole_under_backpressure() -> None:
         await reader.read()
 
     async def run() -> bytes:
-        async with pool_serving(handler) as (upstream, _):
+        async with upstream_serving(handler) as upstream:
             response = await upstream.open("POST", PATH, b"", [], b"{}", ModelSettings())
             await asyncio.sleep(0.05)  # let the socket fill the buffer past its mark
             try:
@@ -408,7 +398,7 @@ def test_a_broken_body_fails_the_read(answer: bytes) -> None:
         writer.close()
 
     async def run() -> None:
-        async with pool_serving(handler) as (upstream, _):
+        async with upstream_serving(handler) as upstream:
             response = await upstream.open("POST", PATH, b"", [], b"{}", ModelSettings())
             try:
                 async for _ in upstream.iter_body(response, ModelSettings()):
@@ -432,7 +422,7 @@ def test_no_answer_at_all_is_unreachable_and_garbage_is_too() -> None:
         await reader.read()
 
     async def run(handler: Handler) -> None:
-        async with pool_serving(handler) as (upstream, _):
+        async with upstream_serving(handler) as upstream:
             await upstream.open("POST", PATH, b"", [], b"{}", ModelSettings())
 
     for handler in (hang_up, garbage):
@@ -446,7 +436,7 @@ def test_a_silent_upstream_times_out_at_the_first_byte_deadline() -> None:
         await reader.read()
 
     async def run() -> None:
-        async with pool_serving(handler) as (upstream, _):
+        async with upstream_serving(handler) as upstream:
             quick = dataclasses.replace(ModelSettings(), first_byte_timeout=0.1)
             await upstream.open("POST", PATH, b"", [], b"{}", quick)
 
