@@ -56,7 +56,7 @@ def store_client(settings: RedisSettings) -> StoreClient:
         if sentinel.password is not None:
             sentinel_options["password"] = sentinel.password
         assert sentinel.master_name is not None  # configured
-        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels = Sentinel(
             [parse_address(a, "redis.sentinel.addresses") for a in sentinel.addresses],
             sentinel_kwargs=sentinel_options,
         )
@@ -91,7 +91,7 @@ async def subscribe(client: StoreClient, channel: str, *, refresh: bool = False)
     try:
         await pubsub.subscribe(channel)
     except BaseException:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         raise
     return pubsub
 

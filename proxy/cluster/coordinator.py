@@ -618,7 +618,7 @@ class Coordinator:
                 if pubsub is not None:
                     with contextlib.suppress(RedisError, OSError, TimeoutError):
                         async with asyncio.timeout(1.0):
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]
+                            await pubsub.aclose()
             lost = True
             await asyncio.sleep(self.settings.redis.retry_seconds)
 
