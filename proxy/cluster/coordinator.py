@@ -31,14 +31,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fakeredis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisClusterException, RedisError
 
 from ..config import Settings
 from ..gemini.quota import RateLimit
 from ..outcomes import Verdict
 from ..throttle import AdaptiveThrottle
 from .connect import StoreClient, subscribe
-from .health import StoreHealth, StoreUnavailable
+from .health import REDIS_FAILURES, StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
 from .state import (
@@ -612,11 +611,16 @@ class Coordinator:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and self._local is None:
                         self._apply_event(parse_any_event(message["data"]))
-            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+                    if self._local is not None:
+                        # Redis answers this subscription, so try to leave fail-static now
+                        # rather than at the next reconcile interval: the attempt right after
+                        # subscribing may have met the health breaker still open.
+                        await self.reconcile()
+            except REDIS_FAILURES as exc:
                 log.debug("events subscription lost: %s", type(exc).__name__)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    with contextlib.suppress(*REDIS_FAILURES):
                         async with asyncio.timeout(1.0):
                             await pubsub.aclose()
             lost = True

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pybreaker
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .store import StoreError
 
@@ -21,8 +21,15 @@ log = logging.getLogger("gemini_breaker.store")
 
 T = TypeVar("T")
 
-# What a failing or hung Redis looks like from redis-py and asyncio.
-REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, StoreError)
+# What a failing or hung Redis looks like from redis-py and asyncio. redis-py's cluster errors
+# (no node reachable, no node for the slot) do not derive from RedisError.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+    StoreError,
+)
 
 
 class StoreUnavailable(Exception):
@@ -42,6 +49,8 @@ class StoreHealth:
             fail_max=failures_to_degrade,
             reset_timeout=retry_seconds,
             throw_new_error_on_trip=False,
+            # A bug is not an outage: only Redis failures may send the replica fail-static.
+            exclude=[_not_a_redis_failure],
             listeners=[_Listener(on_change)],
         )
 
@@ -63,6 +72,10 @@ class StoreHealth:
             raise StoreUnavailable("Redis is being avoided after recent failures") from None
         except REDIS_FAILURES as exc:
             raise StoreUnavailable(f"Redis failed: {type(exc).__name__}") from exc
+
+
+def _not_a_redis_failure(exc: BaseException) -> bool:
+    return not isinstance(exc, REDIS_FAILURES)
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
