@@ -5,14 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser helm-env bench clean
+.PHONY: run simulate test lint typecheck unit browser helm-env bench upgrade clean
 
-$(STAMP): pyproject.toml
+# Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
+$(STAMP): pyproject.toml .ci/constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e '.[dev]'
 	@touch $@
+
+# Newest releases of every dependency, recorded in .ci/constraints.txt; run `make test` next.
+upgrade: $(STAMP)
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	{ sed -n '/^#/p' .ci/constraints.txt; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pip==\|^#\|^-e'; } > .ci/constraints.new
+	mv .ci/constraints.new .ci/constraints.txt
+	@touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/gemini-breaker serve $(ARGS)
