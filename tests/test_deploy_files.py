@@ -248,6 +248,9 @@ def test_the_image_is_built_in_stages_on_the_pinned_slim_base() -> None:
     assert builder[0][1].split()[-2:] == ["AS", "builder"]
     build = " ".join(arguments(builder, "RUN"))
     assert "pip wheel --no-deps" in build and "python -m venv /opt/gemini-breaker" in build
+    # The image gets the dependency versions the test suite passed with.
+    assert "pip install -c constraints.txt /wheels/" in build
+    assert ".ci/constraints.txt" in build_inputs()
     # The final stage takes only the builder's venv: no source tree, no wheel cache.
     (copy,) = arguments(stages[-1], "COPY")
     assert copy.split() == ["--from=builder", "/opt/gemini-breaker", "/opt/gemini-breaker"]
@@ -340,6 +343,7 @@ def test_the_build_context_holds_what_the_builder_copies_and_nothing_else() -> N
                 assert in_build_context(relative, patterns), relative
     for left_out in (
         ".git/HEAD",
+        ".ci/run",
         ".venv/bin/python",
         ".env",
         "tests/test_config.py",
