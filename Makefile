@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser helm-env bench upgrade clean
+.PHONY: run simulate test lint typecheck unit browser promtool helm-env bench upgrade clean
 
 # Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
 $(STAMP): pyproject.toml .ci/constraints.txt
@@ -36,14 +36,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The status page's browser test needs Debian's chromium and chromium-driver: installed here when
-# missing and running as root; otherwise that test skips (and fails under CI=true).
-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+# Debian packages the checks need, installed when a command is missing and this runs as root
+# (RUNLEVEL=1: no package may start a service); otherwise says what is left out.
+# $(call debian,COMMANDS,PACKAGES,WHAT HAPPENS WITHOUT THEM)
+define debian
+	@if (for c in $(1); do command -v $$c || [ -x /usr/sbin/$$c ] || exit 1; done) >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			-o DPkg::Lock::Timeout=300 chromium chromium-driver; \
-	else echo "chromium or chromedriver missing and not root: the browser test will skip"; fi
+		apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			-o DPkg::Lock::Timeout=300 $(2); \
+	else echo "$(1) missing and not root: $(3)"; fi
+endef
+
+# The status page's browser test needs Debian's chromium and chromium-driver, and the check of
+# deploy/prometheus needs promtool (Debian's prometheus package). Without them those tests skip
+# (and fail under CI=true).
+browser:
+	$(call debian,chromium chromedriver,chromium chromium-driver,the browser test will skip)
+
+promtool:
+	$(call debian,promtool,prometheus,the Prometheus config check will skip)
 
 # The Helm chart's test renders it with helm-sdkpy (Helm as a library), which needs Python
 # >= 3.12: this keeps a separate environment for it in .venv/helm-py312 (Python found on PATH or
@@ -51,22 +62,16 @@ browser:
 helm-env: $(STAMP)
 	$(BIN)/python -m tests.helm_env
 
-unit: $(STAMP) browser helm-env
+unit: $(STAMP) browser promtool helm-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 # The benchmarks of issue 8 (about 5 minutes; README "Performance"). They compare against
-# Debian's nginx and load with Debian's wrk: both are installed here when missing and running
-# as root (RUNLEVEL=1: the package must not start a system nginx); otherwise nginx is left out
-# and bench/loadgen.py's asyncio client replaces wrk.
+# Debian's nginx and load with Debian's wrk (installed as above); without them nginx is left
+# out and bench/loadgen.py's asyncio client replaces wrk.
 bench: $(STAMP)
-	@if { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v wrk >/dev/null; \
-	then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			-o DPkg::Lock::Timeout=300 nginx-light wrk; \
-	else echo "nginx or wrk missing and not root: the benchmarks run without them"; fi
+	$(call debian,nginx wrk,nginx-light wrk,the benchmarks run without nginx and wrk)
 	$(BIN)/python bench/sidecar.py $(ARGS)
 	$(BIN)/python bench/streams.py
 	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \

@@ -167,11 +167,21 @@ def test_dashboard_metrics_are_exposed(scraped: set[str]) -> None:
     assert used and used <= scraped, sorted(used - scraped)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def promtool() -> str:
+    """Prometheus's own checker; skips where it is missing, except in CI (``CI=true``)."""
+    found = shutil.which("promtool")
+    if found is None:
+        reason = "promtool is not installed (make test installs Debian's prometheus as root)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{reason}; CI must check the Prometheus config")
+        pytest.skip(reason)
+    return found
+
+
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.compose.yml"])
 def test_promtool_accepts_the_config_and_rules(config: str) -> None:
     result = subprocess.run(
-        ["promtool", "check", "config", config],
+        [promtool(), "check", "config", config],
         cwd=PROMETHEUS.parent,
         capture_output=True,
         text=True,
