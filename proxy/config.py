@@ -18,6 +18,7 @@ import yaml
 
 from .capabilities import ModelCapabilities
 from .cluster.state import BreakerParams, QuotaParams
+from .deadlines import LearningParams, first_event_ceiling
 from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
 
 __all__ = ["ConfigError", "Settings", "build_settings", "load_raw", "load_settings"]
@@ -177,9 +178,19 @@ class ModelSettings:
     """Per-model limits; ``model_defaults`` holds the values for models not listed."""
 
     connect_timeout: float = field(default=5.0, metadata={"min": 0.001})
-    first_byte_timeout: float = field(default=120.0, metadata={"min": 0.001})
-    """Time until the upstream's response headers (for a unary call: the whole answer)."""
-    stall_timeout: float = field(default=60.0, metadata={"min": 0.001})
+    headers_timeout: float = field(default=60.0, metadata={"min": 0.001})
+    """Time until the response headers of a call that does not generate (count, embed...)."""
+    first_event_timeout: float | None = field(default=None, metadata={"min": 0.001})
+    """Ceiling on a stream's wait for its first event (headers included) and on the start of
+    a unary answer; unset: by model family (``deadlines.FAMILY_FIRST_EVENT_TIMEOUTS``)."""
+    first_event_learning: LearningParams = field(default_factory=LearningParams)
+    """The per-model deadline learned from recent successes, below the ceiling."""
+    unary_timeout: float = field(default=120.0, metadata={"min": 0.001})
+    """A unary generate answer's whole wait when the request sets no ``maxOutputTokens``."""
+    min_tokens_per_second: float = field(default=20.0, metadata={"min": 0.001})
+    """With ``maxOutputTokens``: the slowest generation waited for (the budget is the
+    first-event ceiling plus that many tokens at this rate)."""
+    stall_timeout: float = field(default=30.0, metadata={"min": 0.001})
     """Longest silence allowed between two chunks of a response body."""
     max_attempts: int = field(default=2, metadata={"min": 1, "max": 10})
     """Tries on this model (the first included) before failing over to the next one."""
@@ -227,6 +238,10 @@ class Settings:
             return self.model_defaults
         return self.models.get(model, self.model_defaults)
 
+    def first_event_ceiling(self, model: str) -> float:
+        """The model's configured first-event ceiling, else its family's default."""
+        return first_event_ceiling(model, self.model_settings(model).first_event_timeout)
+
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
@@ -269,6 +284,7 @@ def load_raw(
 def build_settings(raw: Mapping[str, Any]) -> Settings:
     """Validate a parsed configuration mapping into ``Settings``."""
     require_mapping(raw, "configuration")
+    _reject_renamed(raw)
     known = {f.name for f in dataclasses.fields(Settings)}
     reject_unknown(raw, known, "")
     model_defaults = build_dataclass(ModelSettings, raw.get("model_defaults"), "model_defaults")
@@ -313,6 +329,22 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
             settings.upstream, base_url=settings.upstream.base_url.rstrip("/")
         ),
     )
+
+
+def _reject_renamed(raw: Mapping[str, Any]) -> None:
+    """``first_byte_timeout`` covered headers, first event and unary answers at once; each now
+    has its own limit, so an old file is told which ones to set instead of what it meant."""
+    sections = [("model_defaults", raw.get("model_defaults"))]
+    models = raw.get("models")
+    if isinstance(models, Mapping):
+        sections += [(f"models.{name}", spec) for name, spec in models.items()]
+    for where, spec in sections:
+        if isinstance(spec, Mapping) and "first_byte_timeout" in spec:
+            raise ConfigError(
+                f"{where}.first_byte_timeout: replaced by headers_timeout (calls that do not "
+                "generate), first_event_timeout (a stream's first event, the start of a unary "
+                "answer) and unary_timeout (a unary answer without maxOutputTokens)"
+            )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

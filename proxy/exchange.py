@@ -25,6 +25,15 @@ from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
 from .config import ModelSettings, Settings
+from .deadlines import (
+    FIRST_EVENT,
+    GAP,
+    HEADERS,
+    LEARNED,
+    DeadlineBook,
+    max_output_tokens,
+    unary_budget,
+)
 from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
 from .gemini.features import RequestNeeds, continuation_body, needs_of_body
 from .gemini.paths import GeminiPath
@@ -101,6 +110,9 @@ class _Failed:
     """For a 400 "input too long": the larger-context model of the chain to try instead."""
     answer_now: bool = False
     """A kept answer that goes to the client as it is (a 4xx), with no further attempts."""
+    deadline_missed: bool = False
+    """The model did not start answering in time: the chain moves on without a retry, which
+    would hold the request for as long again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,7 @@ class Services:
     budget: RetryBudget
     capabilities: CapabilityLookup
     telemetry: Telemetry
+    deadlines: DeadlineBook
 
 
 class Exchange:
@@ -133,6 +146,7 @@ class Exchange:
         self.settings = services.settings
         self.capabilities = services.capabilities
         self.telemetry = services.telemetry
+        self.deadlines = services.deadlines
         self.scope = scope
         self.send = send
         self.path = path
@@ -332,6 +346,8 @@ class Exchange:
                 continue
             if failed is None or failed.final or failed.answer_now or failed.larger:
                 return failed
+            if failed.deadline_missed:
+                return failed
             if admission.probe or tries >= limits.max_attempts:
                 return failed
             if not self.coordinator.still_admits(admission) or not self.budget.try_spend():
@@ -368,17 +384,16 @@ class Exchange:
         model = admission.model
         span = self._span
         assert span is not None
+        wait, kind = self._start_wait(model, limits)
         remaining = self.remaining()
-        cut_by_deadline = remaining < limits.first_byte_timeout
-        attempt_limits = (
-            dataclasses.replace(limits, first_byte_timeout=max(remaining, 0.001))
-            if cut_by_deadline
-            else limits
-        )
+        cut_by_deadline = remaining < wait
         self.attempts += 1
         self.coordinator.quota_requested(self.credential, model)
+        sent_at = self._loop.time()
         try:
-            response = await self._open(self.path.path_for(model), attempt_limits)
+            response = await self._open(
+                self.path.path_for(model), limits, headers_timeout=max(min(wait, remaining), 0.001)
+            )
         except UpstreamBusy as exc:  # the proxy's own pool, not the model's fault
             span.outcome("busy", error_type=type(exc).__name__)
             return _Failed(model, error=exc, final=True)
@@ -393,7 +408,10 @@ class Exchange:
                 )
             self.coordinator.record(admission, Verdict.FAILURE)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            return _Failed(model, error=exc)
+            if exc.deadline is None:  # connecting timed out: worth another connection
+                return _Failed(model, error=exc)
+            self._deadline_missed(model, kind, wait)
+            return _Failed(model, error=exc, deadline_missed=True)
         except UpstreamError as exc:
             self.coordinator.record(admission, Verdict.FAILURE)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
@@ -402,7 +420,7 @@ class Exchange:
         verdict = classify_status(response.status_code)
         span.outcome(verdict.value)
         if verdict is Verdict.RATE_LIMITED:
-            failed = await self._keep_failure(model, response, attempt_limits)
+            failed = await self._keep_failure(model, response, limits)
             limit = parse_rate_limit(failed.body, response.headers.get("retry-after"))
             delay = self.coordinator.rate_limited(self.credential, model, limit)
             if limit.per_day:
@@ -410,11 +428,11 @@ class Exchange:
             return dataclasses.replace(failed, rate_limit=limit, retry_after=delay)
         if verdict is Verdict.FAILURE:
             self.coordinator.record(admission, Verdict.FAILURE)
-            return await self._keep_failure(model, response, attempt_limits)
+            return await self._keep_failure(model, response, limits)
         if response.status_code == 400:
-            return await self._client_error(admission, response, attempt_limits)
+            return await self._client_error(admission, response, limits)
         if verdict is Verdict.SUCCESS and self._checks_json:
-            return await self._checked_json(admission, response, attempt_limits, position)
+            return await self._checked_json(admission, response, limits, position)
         if verdict is Verdict.CREDENTIAL:
             self.coordinator.credential_alerts[model] += 1
             self.telemetry.credential_alert(model, response.status_code)
@@ -430,11 +448,45 @@ class Exchange:
             (ATTEMPTS_HEADER, str(self.attempts).encode()),
         ]
         if self._sse and response.status_code == 200:
-            return await self._relay_sse(response, admission, limits, position, headers)
+            return await self._relay_sse(
+                response, admission, limits, position, headers, (sent_at, wait, kind)
+            )
         self.served_by = model
         completed = await self._relay(response, limits, headers)
         self.coordinator.record(admission, verdict if completed else Verdict.FAILURE)
         return None
+
+    def _start_wait(self, model: str, limits: ModelSettings) -> tuple[float, str]:
+        """How long an attempt on ``model`` may wait for its answer to start, and the name of
+        that limit: a stream's first event (learned, else the ceiling), a unary answer's
+        budget (headers and body come together), or other calls' response headers."""
+        if not self.path.is_generate:
+            return limits.headers_timeout, HEADERS
+        ceiling = self.settings.first_event_ceiling(model)
+        if self.path.method == "streamGenerateContent":
+            wait = self.deadlines.first_event(model, limits.first_event_learning, ceiling)
+            return wait, LEARNED if wait < ceiling else FIRST_EVENT
+        budget = unary_budget(
+            ceiling, self._max_output_tokens, limits.min_tokens_per_second, limits.unary_timeout
+        )
+        return budget, FIRST_EVENT
+
+    def _first_event_wait(self, model: str) -> float:
+        """A stream's first-event wait on ``model`` (for continuations)."""
+        limits = self.settings.model_settings(model)
+        ceiling = self.settings.first_event_ceiling(model)
+        return self.deadlines.first_event(model, limits.first_event_learning, ceiling)
+
+    @functools.cached_property
+    def _max_output_tokens(self) -> int | None:
+        return max_output_tokens(self._body_bytes)
+
+    def _deadline_missed(self, model: str, kind: str, waited: float) -> None:
+        """Say which limit ran out (log, metric); a miss of a learned deadline widens it."""
+        if kind == LEARNED:
+            self.deadlines.missed(model)
+        self.telemetry.deadline_miss(model, kind)
+        log.warning("%s: no answer within the %s deadline (%.3g s)", model, kind, waited)
 
     async def _client_error(
         self, admission: Admission, response: UpstreamResponse, limits: ModelSettings
@@ -501,17 +553,38 @@ class Exchange:
         limits: ModelSettings,
         position: int,
         headers: Headers,
+        start: tuple[float, float, str],
     ) -> _Failed | None:
-        """A stream, checked event by event; continued on the next model if it breaks."""
+        """A stream, checked event by event; continued on the next model if it breaks.
+        ``start``: when the attempt was sent, how long its first event may take, and the name
+        of that limit."""
         model = admission.model
+        sent_at, wait, kind = start
         relay = SseRelay(self.upstream, self.coordinator, self.send, self.deadline, self._count)
+        relay.first_event_at = sent_at + wait
         span = self._span
-        if span is not None:
-            relay.on_first_event = span.first_token
+        deadlines = self.deadlines
+
+        def first_event() -> None:
+            deadlines.succeeded(
+                model,
+                limits.first_event_learning,
+                self.settings.first_event_ceiling(model),
+                self._loop.time() - sent_at,
+            )
+            if span is not None:
+                span.first_token()
+
+        relay.on_first_event = first_event
         relay.served_by = model
         before_first_byte = await relay.first(response, limits, headers)
         if before_first_byte is not None:
             self.coordinator.record(admission, Verdict.FAILURE)
+            if before_first_byte.deadline == FIRST_EVENT:
+                self._deadline_missed(model, kind, wait)
+                message = f"{model} sent no first event within {wait:.3g} s."
+                error = UpstreamBodyError(message, 504, kind)
+                return _Failed(model, error=error, deadline_missed=True)
             return _Failed(
                 model, error=UpstreamBodyError(before_first_byte.message, before_first_byte.status)
             )
@@ -525,6 +598,8 @@ class Exchange:
             await relay.finish()
             return None
         self.coordinator.record(admission, Verdict.FAILURE)
+        if relay.broken.deadline == GAP:
+            self.telemetry.deadline_miss(model, GAP)
         log.warning("stream from %s broke after it started: %s", model, relay.broken.message)
         requested = self.path.model or model
         if self.settings.on_stream_break(requested) == "continue" and isinstance(self.body, bytes):
@@ -535,6 +610,7 @@ class Exchange:
                 open=self._open_continuation,
                 admit=self._admit_continuation,
                 limits=self.settings.model_settings,
+                first_event=self._first_event_wait,
             )
             continued = await relay.continue_on(continuation, relay.broken)
             self.telemetry.stream_continuation(model, relay.served_by if continued else None)
@@ -572,7 +648,8 @@ class Exchange:
     async def _open_continuation(
         self, model: str, limits: ModelSettings, body: bytes
     ) -> UpstreamResponse:
-        return await self._open(self.path.path_for(model), limits, body)
+        wait = self._first_event_wait(model)
+        return await self._open(self.path.path_for(model), limits, body, wait)
 
     async def _admit_continuation(self, model: str) -> Admission | None:
         """A model may continue a stream when it can serve the request, accepts a prefill,
@@ -615,7 +692,11 @@ class Exchange:
     # -- sending ------------------------------------------------------------------------------
 
     async def _open(
-        self, path: str, limits: ModelSettings, body: bytes | None = None
+        self,
+        path: str,
+        limits: ModelSettings,
+        body: bytes | None = None,
+        headers_timeout: float | None = None,
     ) -> UpstreamResponse:
         scope = self.scope
         return await self.upstream.open(
@@ -625,6 +706,7 @@ class Exchange:
             self._upstream_headers,
             self.body if body is None else body,
             limits,
+            headers_timeout,
         )
 
     async def _relay(
@@ -655,6 +737,8 @@ class Exchange:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except UpstreamBodyError as exc:
                 log.warning("upstream response broke off: %s", exc.message)
+                if exc.deadline == GAP and self.served_by is not None:
+                    self.telemetry.deadline_miss(self.served_by, GAP)
                 if _is_plain_sse(response):
                     # The SDK raises on an in-band error event; a silent close would look whole.
                     self._finishing = True

@@ -25,6 +25,7 @@ from .asgi_io import (
 from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import Coordinator
 from .config import Settings
+from .deadlines import DeadlineBook
 from .exchange import CLIENT_CLOSED, Exchange, Services
 from .gemini.paths import GeminiPath, parse_path
 from .headers import Headers, redact_query
@@ -49,6 +50,8 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
+        self.deadlines = DeadlineBook()
+        """First-event deadlines learned per model on this replica (README "Design notes")."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -110,7 +113,13 @@ class Forwarder:
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
         services = Services(
-            self.settings, upstream, coordinator, self.budget, self.capabilities, self.telemetry
+            self.settings,
+            upstream,
+            coordinator,
+            self.budget,
+            self.capabilities,
+            self.telemetry,
+            self.deadlines,
         )
         exchange = Exchange(
             services,

@@ -38,10 +38,12 @@ log = logging.getLogger("gemini_breaker.streams")
 class StreamBroken(Exception):
     """A stream failed: cut, stalled, corrupt, or an in-band error from the upstream."""
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, deadline: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.deadline = deadline
+        """When a wait ran out: which limit (``first_event`` or ``gap``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class Continuation:
     admit: Callable[[str], Awaitable[Admission | None]]
     """Admission for a model (breaker, quota, capability), or None to skip it."""
     limits: Callable[[str], ModelSettings]
+    first_event: Callable[[str], float]
+    """Seconds a model's continuation may wait for its first event."""
 
 
 class SseRelay:
@@ -82,6 +86,9 @@ class SseRelay:
         self._on_attempt = on_attempt
         self.on_first_event: Callable[[], None] | None = None
         """Called as the first event goes out (time to first token)."""
+        self.first_event_at: float | None = None
+        """When (``loop.time()``) the stream's first event must have come; unset: the model's
+        stall timeout applies from the start."""
 
     async def events(
         self, response: UpstreamResponse, limits: ModelSettings
@@ -107,9 +114,11 @@ class SseRelay:
     def _chunks(
         self, response: UpstreamResponse, limits: ModelSettings
     ) -> AsyncGenerator[bytes, None]:
-        return self.upstream.iter_body(
-            response, limits, self.deadline, first_chunk_timeout=limits.first_byte_timeout
-        )
+        first_event_at = self.first_event_at
+        wait = None
+        if first_event_at is not None:
+            wait = max(first_event_at - asyncio.get_running_loop().time(), 0.001)
+        return self.upstream.iter_body(response, limits, self.deadline, first_chunk_timeout=wait)
 
     @staticmethod
     async def _next(chunks: AsyncGenerator[bytes, None], splitter: EventSplitter) -> bytes:
@@ -118,7 +127,7 @@ class SseRelay:
         try:
             return await chunks.__anext__()
         except UpstreamBodyError as exc:
-            raise StreamBroken(exc.message, exc.status) from None
+            raise StreamBroken(exc.message, exc.status, exc.deadline) from None
         except StopAsyncIteration:
             if splitter.pending.strip():
                 raise StreamBroken(
@@ -217,6 +226,8 @@ class SseRelay:
                 continue
             limits = continuation.limits(model)
             self._on_attempt()
+            loop = asyncio.get_running_loop()
+            self.first_event_at = loop.time() + continuation.first_event(model)
             try:
                 response = await continuation.open(
                     model, limits, continuation.build_body(self.delivered.text)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import http_client
 from .config import ModelSettings, UpstreamSettings
+from .deadlines import FIRST_EVENT, GAP, HEADERS
 from .headers import Headers
 
 
@@ -27,11 +28,15 @@ class UpstreamError(Exception):
 
     status: int = 502
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, deadline: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        self.deadline = deadline
+        """For a wait that ran out: which limit it was (``deadlines.HEADERS``, ``GAP`` ...)."""
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -148,10 +153,13 @@ class Upstream:
         headers: Headers,
         body: bytes | AsyncIterable[bytes],
         limits: ModelSettings,
+        headers_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived (body unread). The
         wait for a connection (pooled or new) is bounded by ``connect_timeout``, and the whole
-        wait for the headers by ``first_byte_timeout``."""
+        wait for the headers by ``headers_timeout`` (default: the model's)."""
+        if headers_timeout is None:
+            headers_timeout = limits.headers_timeout
         pool = self._pool
         target = path.encode("latin-1")
         if query_string:
@@ -160,7 +168,7 @@ class Upstream:
             method, target, headers, len(body) if isinstance(body, bytes) else None
         )
         now = pool.loop.time()
-        first_byte_at = now + limits.first_byte_timeout
+        first_byte_at = now + headers_timeout
         connect_at = min(now + limits.connect_timeout, first_byte_at)
         try:
             connection = await pool.acquire(connect_at)
@@ -169,14 +177,14 @@ class Upstream:
                 raise UpstreamBusy(
                     "The proxy's upstream connection pool is exhausted; retry later."
                 ) from None
-            raise self._no_response(limits) from None
+            raise self._no_response(headers_timeout) from None
         except http_client.ConnectTimeout:
             if connect_at < first_byte_at:
                 raise UpstreamTimeout(
                     f"Connecting to the upstream ({self.host}) timed out after "
                     f"{limits.connect_timeout:g} s."
                 ) from None
-            raise self._no_response(limits) from None
+            raise self._no_response(headers_timeout) from None
         except http_client.ConnectFailed:
             raise UpstreamUnreachable(
                 f"The upstream ({self.host}) is unreachable: ConnectError."
@@ -190,7 +198,7 @@ class Upstream:
             await response.wait_for_headers(first_byte_at)
         except http_client.ResponseTimeout:
             connection.abort()
-            raise self._no_response(limits) from None
+            raise self._no_response(headers_timeout) from None
         except http_client.ConnectionBroken:
             connection.abort()
             raise UpstreamUnreachable(
@@ -202,9 +210,9 @@ class Upstream:
         self.in_flight += 1
         return UpstreamResponse(response, self)
 
-    def _no_response(self, limits: ModelSettings) -> UpstreamTimeout:
+    def _no_response(self, waited: float) -> UpstreamTimeout:
         return UpstreamTimeout(
-            f"The upstream ({self.host}) sent no response within {limits.first_byte_timeout:g} s."
+            f"The upstream ({self.host}) sent no response within {waited:.3g} s.", deadline=HEADERS
         )
 
     async def iter_body(
@@ -216,9 +224,11 @@ class Upstream:
     ) -> AsyncGenerator[bytes, None]:
         """The response body as it arrives (still encoded), failing on a stall, a break, or
         the request's deadline (a ``loop.time()`` value). ``first_chunk_timeout`` replaces the
-        stall timeout until the first chunk (a stream's first token may take a while)."""
+        stall timeout until the first chunk (a stream's first event has its own deadline); a
+        wait that runs out says which limit it was (``first_event``, ``gap``)."""
         loop = asyncio.get_running_loop()
         stall = first_chunk_timeout or limits.stall_timeout
+        first = bool(first_chunk_timeout)
         watch = _StallWatch(loop)
         reader = response.reader
         try:
@@ -232,7 +242,7 @@ class Upstream:
                         f"The upstream ({self.host}) broke off the response: ReadError."
                     ) from None
                 if chunk:
-                    stall = limits.stall_timeout
+                    stall, first = limits.stall_timeout, False
                     yield chunk
                     continue
                 if reader.at_eof():
@@ -250,8 +260,15 @@ class Upstream:
                             raise UpstreamBodyError(
                                 "The request's deadline passed mid-response.", status=504
                             ) from None
+                        if first:
+                            raise UpstreamBodyError(
+                                f"The upstream ({self.host}) sent no first event within "
+                                f"{stall:g} s.",
+                                deadline=FIRST_EVENT,
+                            ) from None
                         raise UpstreamBodyError(
-                            f"The upstream ({self.host}) stalled for {stall:g} s mid-response."
+                            f"The upstream ({self.host}) stalled for {stall:g} s mid-response.",
+                            deadline=GAP,
                         ) from None
                     raise
                 except http_client.HTTPClientError:
@@ -262,7 +279,7 @@ class Upstream:
                 watch.stop()
                 if not chunk:
                     return
-                stall = limits.stall_timeout
+                stall, first = limits.stall_timeout, False
                 yield chunk
         finally:
             watch.close()

@@ -67,7 +67,13 @@ def proxy_url(simulator_url: str) -> Iterator[str]:
     settings = proxy_settings(
         simulator_url,
         server={"max_body_bytes": 256 * 1024},
-        model_defaults={"connect_timeout": 2, "first_byte_timeout": 3, "stall_timeout": 2},
+        model_defaults={
+            "connect_timeout": 2,
+            "headers_timeout": 3,
+            "first_event_timeout": 3,
+            "unary_timeout": 3,
+            "stall_timeout": 2,
+        },
     )
     with serve(create_app(settings)) as url:
         yield url

@@ -31,9 +31,9 @@ def test_full_file_is_read(tmp_path: Path) -> None:
 server: {host: 0.0.0.0, port: 9000, max_body_bytes: 1024}
 upstream: {base_url: "http://127.0.0.1:8090/", api_key: file-key}
 redis: {url: "redis://127.0.0.1:6380/0"}
-model_defaults: {first_byte_timeout: 30}
+model_defaults: {first_event_timeout: 30}
 models:
-  gemini-2.5-pro: {first_byte_timeout: 300, stall_timeout: 20}
+  gemini-2.5-pro: {first_event_timeout: 60, stall_timeout: 20}
 routes:
   gemini-2.5-pro: [gemini-2.5-pro, gemini-2.5-flash, gemini-2.5-flash-lite]
 """,
@@ -47,9 +47,9 @@ routes:
         "gemini-2.5-flash-lite",
     )
     pro = settings.model_settings("gemini-2.5-pro")
-    assert (pro.first_byte_timeout, pro.stall_timeout) == (300.0, 20.0)
+    assert (pro.first_event_timeout, pro.stall_timeout) == (60.0, 20.0)
     # Models not listed get model_defaults; listed ones inherit what they do not set.
-    assert settings.model_settings("other").first_byte_timeout == 30.0
+    assert settings.model_settings("other").first_event_timeout == 30.0
     assert pro.connect_timeout == settings.model_defaults.connect_timeout
 
 
@@ -86,7 +86,16 @@ def test_secrets_stay_out_of_repr() -> None:
         ("upstream: {api_key: 5}", "upstream.api_key"),
         ('upstream: {api_key: "k\\r\\nx-evil: 1"}', "upstream.api_key"),
         ("redis: {url: http://x}", "redis.url"),
-        ("models: {gemini-2.5-pro: {first_byte_timeout: -1}}", "models.gemini-2.5-pro"),
+        ("models: {gemini-2.5-pro: {first_event_timeout: -1}}", "models.gemini-2.5-pro"),
+        ("model_defaults: {first_byte_timeout: 60}", "model_defaults.first_byte_timeout"),
+        (
+            "models: {gemini-2.5-pro: {first_byte_timeout: 9}}",
+            "models.gemini-2.5-pro.first_byte_timeout: replaced",
+        ),
+        (
+            "model_defaults: {first_event_learning: {percentile: 2}}",
+            "model_defaults.first_event_learning.percentile",
+        ),
         ("models: {gemini-2.5-pro: {stall_timeout: yes}}", "models.gemini-2.5-pro.stall_timeout"),
         ("routes: {gemini-2.5-pro: []}", "routes.gemini-2.5-pro"),
         ("routes: {gemini-2.5-pro: [a, 3]}", "routes.gemini-2.5-pro[1]"),

@@ -145,7 +145,13 @@ def impatient_proxy(simulator_url: str) -> Iterator[str]:
     """A proxy with sub-second deadlines, for hangs and stalls."""
     settings = proxy_settings(
         simulator_url,
-        model_defaults={"connect_timeout": 1, "first_byte_timeout": 0.5, "stall_timeout": 0.5},
+        model_defaults={
+            "connect_timeout": 1,
+            "headers_timeout": 0.5,
+            "first_event_timeout": 0.5,
+            "unary_timeout": 0.5,
+            "stall_timeout": 0.5,
+        },
     )
     with serve(create_app(settings)) as url:
         yield url

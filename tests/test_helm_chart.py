@@ -57,7 +57,7 @@ STANDALONE: dict[str, Any] = {
         "adminToken": {"existingSecret": "ops-tokens", "key": "gemini-breaker"},
         "redisPassword": {"existingSecret": "redis-auth", "key": "password"},
     },
-    "config": {"model_defaults": {"first_byte_timeout": 60}, "quota": {"max_retry_wait": 5}},
+    "config": {"model_defaults": {"headers_timeout": 45}, "quota": {"max_retry_wait": 5}},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True},
     "telemetry": {"otlpEndpoint": "http://otel-collector:4318"},
@@ -516,7 +516,7 @@ def test_the_configuration_of_the_gateway(helm: HelmResults, tmp_path: Path) -> 
     assert settings.upstream.api_key == f"{FULLNAME}/api-key"
     assert settings.admin.token == "ops-tokens/gemini-breaker"
     assert settings.telemetry.otlp_endpoint == "http://otel-collector:4318"
-    assert settings.model_defaults.first_byte_timeout == 60
+    assert settings.model_defaults.headers_timeout == 45
     assert settings.quota.max_retry_wait == 5
     assert settings.chain_for("gemini-2.5-pro") == (
         "gemini-2.5-pro",

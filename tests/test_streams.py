@@ -29,7 +29,9 @@ def proxy_with(simulator_url: str, **routes: Any) -> Any:
                 simulator_url,
                 model_defaults={
                     **PASS_THROUGH,
-                    "first_byte_timeout": 1.0,
+                    "headers_timeout": 1.0,
+                    "first_event_timeout": 1.0,
+                    "unary_timeout": 1.0,
                     "stall_timeout": 0.5,
                 },
                 **({"routes": routes} if routes else {}),
@@ -175,7 +177,7 @@ def test_a_fallback_configured_without_prefill_is_not_asked_to_continue(
     simulator.set_faults(PRO, [{"kind": "cut", "after_chunks": 1}])
     settings = proxy_settings(
         simulator_url,
-        model_defaults={**PASS_THROUGH, "first_byte_timeout": 1.0, "stall_timeout": 0.5},
+        model_defaults={**PASS_THROUGH, "first_event_timeout": 1.0, "stall_timeout": 0.5},
         models={FLASH: {"capabilities": {"supports_prefill": False}}},
     )
     with serve(create_app(settings)) as proxy:

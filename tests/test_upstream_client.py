@@ -430,14 +430,14 @@ def test_no_answer_at_all_is_unreachable_and_garbage_is_too() -> None:
             asyncio.run(run(handler))
 
 
-def test_a_silent_upstream_times_out_at_the_first_byte_deadline() -> None:
+def test_a_silent_upstream_times_out_at_the_headers_deadline() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         await reader.read()
 
     async def run() -> None:
         async with upstream_serving(handler) as upstream:
-            quick = dataclasses.replace(ModelSettings(), first_byte_timeout=0.1)
+            quick = dataclasses.replace(ModelSettings(), headers_timeout=0.1)
             await upstream.open("POST", PATH, b"", [], b"{}", quick)
 
     with pytest.raises(UpstreamTimeout, match=r"no response within 0\.1 s"):

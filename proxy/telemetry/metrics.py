@@ -99,6 +99,12 @@ class MetricsRecorder:
         self._continuations = Tally(
             meter, names.STREAM_CONTINUATIONS, "Broken streams finished on another model."
         )
+        self._deadline_misses = Tally(
+            meter,
+            names.DEADLINE_MISSES,
+            "Upstream waits that ran out, by the limit that fired (headers, first_event, "
+            "learned, gap).",
+        )
         self._per_model: dict[tuple[str, str | None], dict[str, str]] = {}
         """Histogram attributes by (model, method), built once: the SDK hashes them anyway."""
 
@@ -213,6 +219,11 @@ class MetricsRecorder:
                 (names.OUTCOME, "continued" if to_model else "failed"),
             ),
         )
+
+    def deadline_miss(self, model: str, deadline: str) -> None:
+        """An attempt on ``model`` waited out a limit: ``headers``, ``first_event`` (the
+        configured ceiling), ``learned`` (the model's learned first-event deadline) or ``gap``."""
+        self._deadline_misses.add(1, ((names.MODEL, label(model)), (names.DEADLINE, deadline)))
 
     def _model_attributes(self, model: str, method: str | None) -> dict[str, str]:
         cache = self._per_model

@@ -29,6 +29,7 @@ CREDENTIAL_ALERTS: Final = "gemini_breaker_credential_alerts"
 QUOTA_ALERTS: Final = "gemini_breaker_quota_alerts"
 SCHEMA_DRIFT: Final = "gemini_breaker_schema_drift"
 STREAM_CONTINUATIONS: Final = "gemini_breaker_stream_continuations"
+DEADLINE_MISSES: Final = "gemini_breaker_deadline_misses"
 
 # -- attribute keys: the issue's own label names first, then semantic conventions -------------
 MODEL: Final = "model"
@@ -43,6 +44,7 @@ FROM_STATE: Final = "from_state"
 TO_STATE: Final = "to_state"
 OUTCOME: Final = "outcome"
 STREAMED: Final = "streamed"
+DEADLINE: Final = "deadline"
 
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
