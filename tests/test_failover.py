@@ -69,7 +69,6 @@ def models_tried(simulator: SimulatorControl) -> list[str]:
         {"kind": "error", "status": 503},
         {"kind": "error", "status": 504},
         {"kind": "reset"},
-        {"kind": "hang"},  # no first byte within first_byte_timeout
     ],
 )
 def test_failures_are_retried_then_fail_over(
@@ -81,6 +80,17 @@ def test_failures_are_retried_then_fail_over(
     assert response.model_version == FLASH
     assert served(response) == (FLASH, "1", "3")
     assert models_tried(simulator) == [PRO, PRO, FLASH]
+
+
+def test_an_upstream_that_never_answers_fails_over_without_a_retry(
+    proxy: str, simulator: SimulatorControl
+) -> None:
+    # Waiting the whole deadline again on the same model would double the client's wait.
+    simulator.set_faults(PRO, [{"kind": "hang"}])
+    response = sdk(proxy).models.generate_content(model=PRO, contents="hello")
+    assert response.model_version == FLASH
+    assert served(response) == (FLASH, "1", "2")
+    assert models_tried(simulator) == [PRO, FLASH]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ The YAML file (every section optional)::
     seed: 1                  # seeds the RNG behind fault ``probability`` (default 0)
     api_keys: [k1, k2]       # accept only these keys, others get 400 (default: any key)
     chunk_words: 3           # words per streamed chunk (default 3)
-    chunk_interval: 0.0      # seconds between two stream chunks (default 0)
+    chunk_interval: 0.0      # seconds between two stream chunks (default 0); a unary answer
+                             # comes whole after as long as its stream would take
     max_attempts: 10000      # requests kept in the attempt log (default 10000)
     models:                  # catalogue additions (a built-in model: only the given fields change)
       my-model: {input_token_limit: 1000, output_token_limit: 100, supports_prefill: false}
@@ -46,7 +47,8 @@ Faults from the file count as installed when the server starts. Kinds:
 - ``rate_limited {per=minute, retry_delay=15, retry_info=true, retry_after_header=false,
   message}``: 429 RESOURCE_EXHAUSTED with QuotaFailure, Help and RetryInfo.
 - ``reset``: TCP reset before any response byte. ``hang``: no answer until the client leaves.
-- Streams only, after ``after_chunks`` (default 1) chunks, always before the last one:
+- Streams only, after ``after_chunks`` (default 1; 0: the headers, then nothing) chunks,
+  always before the last one:
   ``cut {abrupt=false}`` ends the body cleanly (or aborts the connection), ``stall`` goes
   silent until the client leaves, ``malformed`` sends one event that is not JSON and ends.
 - ``blocked {block_reason=SAFETY}``: generate calls get 200 with ``promptFeedback`` only.

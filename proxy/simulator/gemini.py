@@ -310,15 +310,25 @@ class GeminiApi:
             final_without_parts = kind == "empty_final_chunk"
             await self._stream(ex, mode, selection, outcome, fault, final_without_parts)
             return
+        generating = 0.0
         if fault is not None:
             reply = self._fault_reply(fault, outcome, input_limit, ex.attempt.model or "")
         elif isinstance(outcome, Answer):
             reply = json_reply(outcome.response())
+            generating = self._generation_time(outcome)
         else:
             reply = outcome
-        if selection.first_chunk_delay and not await ex.pause(selection.first_chunk_delay):
+        delay = selection.first_chunk_delay + generating
+        if delay and not await ex.pause(delay):
             return
         await self._fail(ex, mode, reply)
+
+    def _generation_time(self, answer: Answer) -> float:
+        """A unary answer is sent whole once generated: after as long as its stream takes."""
+        interval = self.state.config.chunk_interval
+        if not interval:
+            return 0.0
+        return interval * (len(answer.chunks(self.state.config.chunk_words)) - 1)
 
     def _fault_reply(
         self, fault: FaultSpec, outcome: Answer | Reply, input_limit: int, model: str
