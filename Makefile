@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(call debian,nginx wrk,nginx-light wrk,the benchmarks run without nginx and wrk)
 	$(BIN)/python bench/sidecar.py $(ARGS)
 	$(BIN)/python bench/streams.py
+	$(BIN)/python bench/silent_upstream.py
 	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \
 		--idle-seconds 3 --transitions 10
 
