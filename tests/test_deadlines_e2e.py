@@ -153,3 +153,20 @@ def test_a_unary_answer_without_max_output_tokens_gets_the_unary_ceiling(
             within(30, lambda: sdk(proxy).models.generate_content(model=PRO, contents=PROMPT))
         assert caught.value.code == 504
         assert misses(proxy, PRO, "first_event") == 1
+
+
+def test_the_metric_names_the_headers_and_gap_deadlines(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    quick = {"headers_timeout": 0.5, "stall_timeout": 0.5}
+    with proxy_with(simulator_url, **{PRO: quick}) as proxy:
+        gemini = sdk(proxy)
+        simulator.set_faults(PRO, [{"kind": "hang", "times": 1}])
+        counted = within(30, lambda: gemini.models.count_tokens(model=PRO, contents=PROMPT))
+        assert counted.total_tokens
+        assert misses(proxy, PRO, "headers") == 1
+        simulator.set_faults(PRO, [{"kind": "stall", "after_chunks": 1, "times": 1}])
+        models = within(30, lambda: stream_models(proxy))
+        assert models[0] == PRO and models[-1] == FLASH  # continued on the fallback
+        assert misses(proxy, PRO, "gap") == 1
+        assert misses(proxy, PRO, "first_event") == 0
