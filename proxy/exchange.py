@@ -25,6 +25,7 @@ from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
 from .config import ModelSettings, Settings
+from .failure_hold import FailureHold
 from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
 from .gemini.features import RequestNeeds, continuation_body, needs_of_body
 from .gemini.paths import GeminiPath
@@ -151,6 +152,8 @@ class Exchange:
         self._last_model: str | None = None
         self._span: AttemptSpan | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
+        self._hold: FailureHold | None = None
+        """Failed attempts not yet reported to the breakers (made at the first failure)."""
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -193,6 +196,9 @@ class Exchange:
                 await self._pass_through()
         except ClientDisconnected:
             self.status = CLIENT_CLOSED
+        finally:
+            if self._hold is not None:
+                self._hold.settle()
 
     # -- calls that are not routed ----------------------------------------------------------
 
@@ -252,6 +258,11 @@ class Exchange:
                 self._passed_over = self._passed_over or "breaker_open"
                 continue
             failed = await self._try_model(admission, position)
+            if failed is not None and self._hold is not None and self._hold.request_fault():
+                # The same failure on two models: the request's own, so no model is to blame.
+                log.info("%s failed the same way on two models: answering it", self.path.method)
+                await self._send_failure(failed)
+                return
             if failed is None:
                 if model != chain[0]:
                     self.telemetry.failover(
@@ -391,16 +402,18 @@ class Exchange:
                     ),
                     final=True,
                 )
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, type(exc).__name__)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            return _Failed(model, error=exc)
+            return _Failed(model, error=exc, answer_now=poison)
         except UpstreamError as exc:
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, type(exc).__name__)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            return _Failed(model, error=exc)
+            return _Failed(model, error=exc, answer_now=poison)
         span.responded(response.status_code)
         verdict = classify_status(response.status_code)
         span.outcome(verdict.value)
+        if verdict is not Verdict.FAILURE and self._hold is not None:
+            self._hold.settle()  # the request is served by this model (or answered as it is)
         if verdict is Verdict.RATE_LIMITED:
             failed = await self._keep_failure(model, response, attempt_limits)
             limit = parse_rate_limit(failed.body, response.headers.get("retry-after"))
@@ -409,8 +422,9 @@ class Exchange:
                 self.telemetry.quota_alert(model)
             return dataclasses.replace(failed, rate_limit=limit, retry_after=delay)
         if verdict is Verdict.FAILURE:
-            self.coordinator.record(admission, Verdict.FAILURE)
-            return await self._keep_failure(model, response, attempt_limits)
+            poison = self._failed_attempt(admission, str(response.status_code))
+            kept = await self._keep_failure(model, response, attempt_limits)
+            return dataclasses.replace(kept, answer_now=True) if poison else kept
         if response.status_code == 400:
             return await self._client_error(admission, response, attempt_limits)
         if verdict is Verdict.SUCCESS and self._checks_json:
@@ -511,9 +525,11 @@ class Exchange:
         relay.served_by = model
         before_first_byte = await relay.first(response, limits, headers)
         if before_first_byte is not None:
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, f"stream {before_first_byte.status}")
             return _Failed(
-                model, error=UpstreamBodyError(before_first_byte.message, before_first_byte.status)
+                model,
+                error=UpstreamBodyError(before_first_byte.message, before_first_byte.status),
+                answer_now=poison,
             )
         self.status, self.served_by = 200, model
         if span is not None:
@@ -561,6 +577,17 @@ class Exchange:
             self.coordinator.schema_drift[model] += 1
             self.telemetry.schema_drift(model, streamed=True)
             log.warning("schema drift in a stream from %s: %s", model, problem)
+
+    def _failed_attempt(self, admission: Admission, sign: str) -> bool:
+        """Hold a failed attempt's verdict until the request's fate is known (``FailureHold``);
+        True when the request is known poison and is to be answered now."""
+        hold = self._hold
+        if hold is None:
+            body = self.body if isinstance(self.body, bytes) else None
+            hold = FailureHold(self.coordinator, self.path.method or "", self.credential, body)
+            self._hold = hold
+        hold.hold(admission, sign)
+        return hold.known_poison
 
     def _count(self) -> None:
         self.attempts += 1
