@@ -59,11 +59,17 @@ class FailureHold:
         return True
 
     def settle(self) -> None:
-        """Report the held failures that are evidence about their model; drop the others."""
+        """Report the held failures that are evidence about their model; drop the others.
+
+        A request's failures on one model (its retries) are judged together, as one."""
         held, self._held = self._held, []
+        if self.known_poison:  # learned meanwhile (by another request, or by this one)
+            return
         coordinator, ledger, request = self._coordinator, self._ledger, self.request
+        by_model: dict[str, list[Admission]] = {}
         for admission, failure in held:
-            model = failure.model
+            by_model.setdefault(failure.model, []).append(admission)
+        for model, admissions in by_model.items():
             params = coordinator.params(model)
             view = ledger.view(
                 model,
@@ -72,7 +78,9 @@ class FailureHold:
                 coordinator.serving(model),
                 coordinator.throttle.attempts_on(model),
             )
-            if counts_against_model(view, params.max_failure_share_per_key):
+            if not counts_against_model(view, params.max_failure_share_per_key):
+                continue
+            for admission in admissions:
                 coordinator.record(admission, Verdict.FAILURE)
                 ledger.counted(model, self._credential, request, params.window_seconds)
         if held and request is not None:
