@@ -4,7 +4,8 @@ the relay of the answer.
 The outcome table of ``outcomes.py`` decides everything: failures are retried on the same model
 with backoff (bounded by the model's attempts, the retry budget and the request's deadline),
 then the next admitting model of the chain is tried; anything else goes back to the client as
-the upstream sent it.
+the upstream sent it. Failed attempts reach the breakers only once the request's fate is known,
+and only when they are evidence about the model (``failure_hold.py``, ``evidence.py``).
 """
 
 from __future__ import annotations
@@ -258,11 +259,6 @@ class Exchange:
                 self._passed_over = self._passed_over or "breaker_open"
                 continue
             failed = await self._try_model(admission, position)
-            if failed is not None and self._hold is not None and self._hold.request_fault():
-                # The same failure on two models: the request's own, so no model is to blame.
-                log.info("%s failed the same way on two models: answering it", self.path.method)
-                await self._send_failure(failed)
-                return
             if failed is None:
                 if model != chain[0]:
                     self.telemetry.failover(
@@ -341,6 +337,10 @@ class Exchange:
                     return None
                 tries -= 1  # a 429 is not a failed try of the model
                 continue
+            if failed is not None and self._hold is not None and self._hold.request_fault():
+                # The same failure on two models: the request's own, so no model is to blame.
+                log.info("%s failed the same way on two models: answering it", self.path.method)
+                return dataclasses.replace(failed, answer_now=True)
             if failed is None or failed.final or failed.answer_now or failed.larger:
                 return failed
             if admission.probe or tries >= limits.max_attempts:

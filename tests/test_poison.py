@@ -206,3 +206,38 @@ def test_every_model_failing_every_request_still_opens_every_breaker(
         wait_for(
             lambda url=url: all(admin_state(url)["breakers"][m]["state"] == "open" for m in CHAIN)
         )
+
+
+def test_streamed_poison_and_bodies_google_rejects_count_nothing(
+    replicas: list[str], simulator: SimulatorControl
+) -> None:
+    with Traffic(replicas, "good-key") as good:
+        wait_for(lambda: len(good.served) >= 10)
+        client = sdk(replicas[0], key="poison-key")
+        for _ in range(20):
+            with pytest.raises(errors.ServerError) as caught:
+                list(
+                    client.models.generate_content_stream(
+                        model=PRO, contents=f"{POISON_MARKER} stream it"
+                    )
+                )
+            assert caught.value.code == 500
+        # The body of the field report: JSON nested 5,000 levels deep is Google's 400.
+        deep = b'{"contents": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        for _ in range(10):
+            response = httpx.post(
+                f"{replicas[1]}/v1beta/models/{PRO}:generateContent",
+                content=deep,
+                headers={"x-goog-api-key": "poison-key", "content-type": "application/json"},
+                timeout=10,
+            )
+            assert response.status_code == 400
+            assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    poison_attempts = [a for a in calls(simulator) if a["fault"] == "poison"]
+    assert len(poison_attempts) <= 20 + 2  # pro twice and flash once, then one each
+    assert len(calls(simulator, model=FLASH)) <= 1 and calls(simulator, model=LITE) == []
+    for url in replicas:
+        state = admin_state(url)
+        assert [state["breakers"][m]["failures"] for m in CHAIN] == [0, 0, 0]
+    assert good.failures == []
+    assert set(good.served) == {(PRO, "0")}
