@@ -54,8 +54,12 @@ class FailureHold:
             return False
         self._held.clear()
         if request is not None:
-            seconds = coordinator.params(failures[0].model).poison_memory_seconds
-            self._ledger.remember_poison(request, seconds)
+            params = coordinator.params(failures[0].model)
+            if failed_before:
+                # Twice is no accident (a partial outage can fail a request twice by chance,
+                # and a request remembered as poison is not tried again for a while).
+                self._ledger.remember_poison(request, params.poison_memory_seconds)
+            self._ledger.remember_failed(request, params.window_seconds)
         return True
 
     def settle(self) -> None:

@@ -48,7 +48,7 @@ class BreakerParams:
     """While other keys' requests go through, one API key supplies at most this share of the
     failures that count (judged per replica; not sent to the scripts)."""
     poison_memory_seconds: float = field(default=300.0, metadata={"min": 0.0})
-    """How long a request that failed the same way on two models is answered after one
+    """How long a request that twice failed the same way on two models is answered after one
     attempt and never counted."""
 
     def __post_init__(self) -> None:
