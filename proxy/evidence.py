@@ -76,12 +76,13 @@ def is_request_fault(
 
 
 def counts_against_model(view: FailureView, max_share_per_key: float) -> bool:
-    """Whether a failure enters the model's breaker window.
+    """Whether a request's failures on a model enter the model's breaker window.
 
-    While the model serves other requests, an identical request counts once per window, and
-    while other keys' requests go through, one key supplies at most ``max_share_per_key`` of
-    the counted failures (always one, so a key alone never counts more than once). A model
-    that fails everything is judged on every failure, as before."""
+    While the model serves other requests, an identical request counts once per window; while
+    other keys' requests go through, one key supplies at most ``max_share_per_key`` of the
+    counted failures, and always one request's (a request's failures on a model are judged
+    together, so a key alone never counts more than one request's). A model that fails
+    everything is judged on every failure, as before."""
     if view.model_serving and view.already_counted:
         return False
     if not view.other_keys_served:

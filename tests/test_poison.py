@@ -18,13 +18,14 @@ import pytest
 import yaml
 from google.genai import errors
 
+from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 from proxy.simulator.content import POISON_MARKER
 
-from .conftest import calls
+from .conftest import calls, proxy_settings
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import free_port, running
+from .support import free_port, running, serve
 from .test_sdk_e2e import sdk
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
@@ -244,3 +245,27 @@ def test_streamed_poison_and_bodies_google_rejects_count_nothing(
         assert [state["breakers"][m]["failures"] for m in CHAIN] == [0, 0, 0]
     assert good.failures == []
     assert set(good.served) == {(PRO, "0")}
+
+
+def test_a_different_failure_on_the_next_model_is_evidence_not_poison(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    """Only the same failure on two models marks the request: 500 on pro and 503 on flash is
+    two broken models, and both count (one replica on the embedded store)."""
+    settings = proxy_settings(
+        simulator_url,
+        model_defaults={
+            "max_attempts": 1,
+            "breaker": {"burst_failures": 1000, "minimum_calls": 1000},
+        },
+        redis={"flush_interval": 0.02},
+    )
+    simulator.set_faults(PRO, [{"kind": "error", "status": 500}])
+    simulator.set_faults(FLASH, [{"kind": "error", "status": 503}])
+    with serve(create_app(settings)) as url:
+        client = sdk(url)
+        for n in range(3):
+            response = client.models.generate_content(model=PRO, contents=f"question {n}")
+            assert response.model_version == LITE
+        wait_for(lambda: [admin_state(url)["breakers"][m]["failures"] for m in CHAIN] == [3, 3, 0])
+    assert [a["model"] for a in calls(simulator)] == CHAIN * 3
