@@ -16,7 +16,9 @@ from .outcomes import Verdict
 class FailureHold:
     """The held failures of one request, and its fingerprint (taken once, when it first failed)."""
 
-    def __init__(self, coordinator: Coordinator, method: str, credential: str, body: bytes | None):
+    def __init__(
+        self, coordinator: Coordinator, method: str, credential: str, body: bytes | None
+    ) -> None:
         self._coordinator = coordinator
         self._ledger = coordinator.evidence
         self._credential = credential
@@ -26,7 +28,8 @@ class FailureHold:
 
     @property
     def known_poison(self) -> bool:
-        """The request failed the same way on two models lately: answer it after one attempt."""
+        """The request twice failed the same way on two models lately: answer it after one
+        attempt."""
         return self.request is not None and self._ledger.is_poison(self.request)
 
     def hold(self, admission: Admission, sign: str) -> None:
@@ -40,8 +43,8 @@ class FailureHold:
             self._held.append((admission, HeldFailure(admission.model, sign)))
 
     def request_fault(self) -> bool:
-        """Whether the held failures are the request's fault; if so they are dropped and the
-        request is remembered as poison."""
+        """Whether the held failures are the request's fault; if so they are dropped, and the
+        request is remembered (as poison, when it was the second time)."""
         failures = [failure for _, failure in self._held]
         models = {failure.model for failure in failures}
         if len(models) < 2:
@@ -56,8 +59,8 @@ class FailureHold:
         if request is not None:
             params = coordinator.params(failures[0].model)
             if failed_before:
-                # Twice is no accident (a partial outage can fail a request twice by chance,
-                # and a request remembered as poison is not tried again for a while).
+                # Once can be bad luck in a partial outage; twice is the request. (A request
+                # remembered as poison is not tried on another model for a while.)
                 self._ledger.remember_poison(request, params.poison_memory_seconds)
             self._ledger.remember_failed(request, params.window_seconds)
         return True
