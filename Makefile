@@ -77,6 +77,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/silent_upstream.py
 	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \
 		--idle-seconds 3 --transitions 10
+	$(BIN)/python bench/poison.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

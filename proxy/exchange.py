@@ -4,7 +4,8 @@ the relay of the answer.
 The outcome table of ``outcomes.py`` decides everything: failures are retried on the same model
 with backoff (bounded by the model's attempts, the retry budget and the request's deadline),
 then the next admitting model of the chain is tried; anything else goes back to the client as
-the upstream sent it.
+the upstream sent it. Failed attempts reach the breakers only once the request's fate is known,
+and only when they are evidence about the model (``failure_hold.py``, ``evidence.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .deadlines import (
     max_output_tokens,
     unary_budget,
 )
+from .failure_hold import FailureHold
 from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
 from .gemini.features import RequestNeeds, continuation_body, needs_of_body
 from .gemini.paths import GeminiPath
@@ -165,6 +167,8 @@ class Exchange:
         self._last_model: str | None = None
         self._span: AttemptSpan | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
+        self._hold: FailureHold | None = None
+        """Failed attempts not yet reported to the breakers (made at the first failure)."""
         self._loop = asyncio.get_running_loop()
 
     def remaining(self) -> float:
@@ -207,6 +211,9 @@ class Exchange:
                 await self._pass_through()
         except ClientDisconnected:
             self.status = CLIENT_CLOSED
+        finally:
+            if self._hold is not None:
+                self._hold.settle()
 
     # -- calls that are not routed ----------------------------------------------------------
 
@@ -344,6 +351,10 @@ class Exchange:
                     return None
                 tries -= 1  # a 429 is not a failed try of the model
                 continue
+            if failed is not None and self._hold is not None and self._hold.request_fault():
+                # The same failure on two models: the request's own, so no model is to blame.
+                log.info("%s failed the same way on two models: answering it", self.path.method)
+                return dataclasses.replace(failed, answer_now=True)
             if failed is None or failed.final or failed.answer_now or failed.larger:
                 return failed
             if failed.deadline_missed:
@@ -406,19 +417,21 @@ class Exchange:
                     ),
                     final=True,
                 )
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, type(exc).__name__)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
             if exc.deadline is None:  # connecting timed out: worth another connection
-                return _Failed(model, error=exc)
+                return _Failed(model, error=exc, answer_now=poison)
             self._deadline_missed(model, kind, wait)
-            return _Failed(model, error=exc, deadline_missed=True)
+            return _Failed(model, error=exc, deadline_missed=True, answer_now=poison)
         except UpstreamError as exc:
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, type(exc).__name__)
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            return _Failed(model, error=exc)
+            return _Failed(model, error=exc, answer_now=poison)
         span.responded(response.status_code)
         verdict = classify_status(response.status_code)
         span.outcome(verdict.value)
+        if verdict is not Verdict.FAILURE and self._hold is not None:
+            self._hold.settle()  # the request is served by this model (or answered as it is)
         if verdict is Verdict.RATE_LIMITED:
             failed = await self._keep_failure(model, response, limits)
             limit = parse_rate_limit(failed.body, response.headers.get("retry-after"))
@@ -427,8 +440,9 @@ class Exchange:
                 self.telemetry.quota_alert(model)
             return dataclasses.replace(failed, rate_limit=limit, retry_after=delay)
         if verdict is Verdict.FAILURE:
-            self.coordinator.record(admission, Verdict.FAILURE)
-            return await self._keep_failure(model, response, limits)
+            poison = self._failed_attempt(admission, str(response.status_code))
+            kept = await self._keep_failure(model, response, limits)
+            return dataclasses.replace(kept, answer_now=True) if poison else kept
         if response.status_code == 400:
             return await self._client_error(admission, response, limits)
         if verdict is Verdict.SUCCESS and self._checks_json:
@@ -579,14 +593,16 @@ class Exchange:
         relay.served_by = model
         before_first_byte = await relay.first(response, limits, headers)
         if before_first_byte is not None:
-            self.coordinator.record(admission, Verdict.FAILURE)
+            poison = self._failed_attempt(admission, f"stream {before_first_byte.status}")
             if before_first_byte.deadline == FIRST_EVENT:
                 self._deadline_missed(model, kind, wait)
                 message = f"{model} sent no first event within {wait:.3g} s."
                 error = UpstreamBodyError(message, 504, kind)
-                return _Failed(model, error=error, deadline_missed=True)
+                return _Failed(model, error=error, deadline_missed=True, answer_now=poison)
             return _Failed(
-                model, error=UpstreamBodyError(before_first_byte.message, before_first_byte.status)
+                model,
+                error=UpstreamBodyError(before_first_byte.message, before_first_byte.status),
+                answer_now=poison,
             )
         self.status, self.served_by = 200, model
         if span is not None:
@@ -637,6 +653,17 @@ class Exchange:
             self.coordinator.schema_drift[model] += 1
             self.telemetry.schema_drift(model, streamed=True)
             log.warning("schema drift in a stream from %s: %s", model, problem)
+
+    def _failed_attempt(self, admission: Admission, sign: str) -> bool:
+        """Hold a failed attempt's verdict until the request's fate is known (``FailureHold``);
+        True when the request is known poison and is to be answered now."""
+        hold = self._hold
+        if hold is None:
+            body = self.body if isinstance(self.body, bytes) else None
+            hold = FailureHold(self.coordinator, self.path.method or "", self.credential, body)
+            self._hold = hold
+        hold.hold(admission, sign)
+        return hold.known_poison
 
     def _count(self) -> None:
         self.attempts += 1

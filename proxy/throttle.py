@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .sliding import SlidingCounts
 
@@ -69,3 +69,11 @@ class AdaptiveThrottle:
     def rejected(self, scope: tuple[str, str]) -> None:
         """The upstream answered a request of this scope with 429."""
         self._counts(scope).add_b()
+
+    def attempts_on(self, model: str) -> Iterator[tuple[str, int]]:
+        """Each scope's requests to ``model`` in the window that the upstream did not answer
+        with 429 (read only when a failure is judged, never on the way of a request)."""
+        for (scope, target), counts in list(self._scopes.items()):
+            if target == model:
+                counts.refresh()
+                yield scope, counts.a - counts.b

@@ -165,9 +165,11 @@ def test_every_model_open_sheds_with_retry_after(proxy: str, simulator: Simulato
     for model in (PRO, FLASH, LITE):
         simulator.set_faults(model, [{"kind": "error", "status": 503}])
     gemini = sdk(proxy)
-    for _ in range(3):
+    # Distinct requests: one request failing everywhere again and again is its own fault
+    # (see test_poison.py), while different requests all failing is an outage.
+    for n in range(3):
         with pytest.raises(errors.ServerError):
-            gemini.models.generate_content(model=PRO, contents="x")
+            gemini.models.generate_content(model=PRO, contents=f"x{n}")
     wait_for_state(
         proxy, lambda s: all(s["breakers"][m]["state"] == "open" for m in (PRO, FLASH, LITE))
     )

@@ -32,6 +32,7 @@ from proxy.simulator import (
 from proxy.simulator.catalogue import default_catalogue
 from proxy.simulator.client import SimulatorControl, SimulatorControlError
 from proxy.simulator.config import QuotaSpec
+from proxy.simulator.content import POISON_MARKER
 from proxy.simulator.quota import QuotaBook
 from proxy.simulator.wire import format_duration
 from tests.support import serve
@@ -292,6 +293,46 @@ def test_bad_requests_are_invalid_argument(http: httpx.Client) -> None:
         assert response.status_code == 400, body
         assert error_of(response)["status"] == "INVALID_ARGUMENT"
         assert message in error_of(response)["message"]
+
+
+@pytest.mark.parametrize("path", [GENERATE, SSE, f"/v1beta/models/{FLASH}:countTokens"])
+def test_bodies_that_are_not_a_request_are_invalid_argument(http: httpx.Client, path: str) -> None:
+    deep = b'{"contents": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    cases: list[tuple[bytes, str]] = [
+        (deep, "Invalid JSON payload"),
+        (b"[" * 5000 + b"]" * 5000, "Invalid JSON payload"),
+        (b'[{"contents": [{"parts": [{"text": "x"}]}]}]', "Invalid JSON payload"),
+        (b'{"contents": "a string"}', "expected a list"),
+        (b'{"contents": {"parts": [{"text": "x"}]}}', "expected a list"),
+        (b'{"contents": [["x"]]}', "expected an object"),
+    ]
+    for body, message in cases:
+        response = http.post(path, content=body)
+        assert response.status_code == 400, body[:40]
+        assert error_of(response)["status"] == "INVALID_ARGUMENT"
+        assert message in error_of(response)["message"]
+
+
+def test_the_poison_marker_fails_on_every_model_every_time(
+    base_url: str, http: httpx.Client, sim: SimulatorControl
+) -> None:
+    poison = {"contents": [{"role": "user", "parts": [{"text": f"x {POISON_MARKER} y"}]}]}
+    for model in (PRO, FLASH, LITE):
+        for path in (
+            f"/v1beta/models/{model}:generateContent",
+            f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
+        ):
+            for _ in range(3):
+                response = http.post(path, json=poison)
+                assert response.status_code == 500
+                assert error_of(response)["status"] == "INTERNAL"
+    assert {a["fault"] for a in sim.attempts()} == {"poison"}
+    client = sdk(base_url)
+    with pytest.raises(errors.ServerError) as caught:
+        client.models.generate_content(model=FLASH, contents=f"{POISON_MARKER} hello")
+    assert caught.value.code == 500
+    # Everything else about the request is as usual: the same text without the marker works.
+    assert http.post(GENERATE, json=HELLO).status_code == 200
 
 
 def test_credentials(base_url: str) -> None:

@@ -33,6 +33,7 @@ import fakeredis
 from redis.asyncio.client import PubSub
 
 from ..config import Settings
+from ..evidence import FailureLedger
 from ..gemini.quota import RateLimit
 from ..outcomes import Verdict
 from ..throttle import AdaptiveThrottle
@@ -124,6 +125,8 @@ class Coordinator:
         self._generation = 0
         self.quota = settings.quota
         self.throttle = AdaptiveThrottle(settings.quota.throttle_k, settings.quota.throttle_window)
+        self.evidence = FailureLedger(settings.quota.throttle_window)
+        """Which failures of this replica are evidence about a model (see ``proxy.evidence``)."""
         self.quota_alerts: Counter[str] = Counter()
         """Per-day quota 429s per model, since start."""
         self.schema_drift: Counter[str] = Counter()
@@ -250,6 +253,15 @@ class Coordinator:
             tally[1] += 1
             if tally[1] >= self.params(admission.model).burst_failures:
                 self._flush_now.set()
+
+    def serving(self, model: str) -> bool:
+        """Whether ``model`` answered a request on this replica within its burst window (read
+        when a failure is judged: the successes come from the outcome tallies)."""
+        if self.evidence.served_within(model, self.params(model).burst_seconds):
+            return True
+        return any(
+            calls > fails for (name, _), (calls, fails) in self._pending.items() if name == model
+        )
 
     # -- quotas (429) ---------------------------------------------------------------------
 
@@ -390,6 +402,9 @@ class Coordinator:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        for (model, _), (calls, fails) in pending.items():
+            if calls > fails:
+                self.evidence.served(model)
         outcomes = [Outcome(m, e, calls, fails) for (m, e), (calls, fails) in pending.items()]
         params = {o.model: self.params(o.model) for o in outcomes}
         try:

@@ -44,6 +44,12 @@ class BreakerParams:
     trip_memory_seconds: float = field(default=600.0, metadata={"min": 0.0})
     half_open_probes: int = field(default=3, metadata={"min": 1})
     half_open_timeout: float = field(default=30.0, metadata={"min": 0.001})
+    max_failure_share_per_key: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    """While other keys' requests go through, one API key supplies at most this share of the
+    failures that count (judged per replica; not sent to the scripts)."""
+    poison_memory_seconds: float = field(default=300.0, metadata={"min": 0.0})
+    """How long a request that twice failed the same way on two models is answered after one
+    attempt and never counted."""
 
     def __post_init__(self) -> None:
         problems = [
@@ -53,6 +59,8 @@ class BreakerParams:
         ]
         if self.failure_rate > 1:
             problems.append("failure_rate must be at most 1")
+        if self.max_failure_share_per_key > 1:
+            problems.append("max_failure_share_per_key must be at most 1")
         if self.open_max_seconds < self.open_seconds:
             problems.append("open_max_seconds must be at least open_seconds")
         if self.window_seconds < self.bucket_seconds:

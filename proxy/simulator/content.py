@@ -39,6 +39,19 @@ class RequestError(ValueError):
     """The request body is invalid; the message is Google's ``INVALID_ARGUMENT`` text."""
 
 
+POISON_MARKER = "[gemini-breaker-simulator:poison]"
+"""Prompt text that makes every model answer 500 INTERNAL, every time: a deliberate stand-in
+for the request-specific inputs Google fails on (the simulator has no such bugs of its own)."""
+
+
+def poisoned(contents: Sequence[Any]) -> bool:
+    """Whether a request's contents carry the poison marker."""
+    return any(
+        isinstance(text := part.get("text"), str) and POISON_MARKER in text
+        for part in _parts(contents)
+    )
+
+
 def check_contents(value: Any, field: str) -> list[dict[str, Any]]:
     """The ``contents`` list of a request, checked the way Google rejects bad ones."""
     if value is None or value == []:

@@ -233,6 +233,10 @@ class GeminiApi:
             )
             await self._fail(ex, mode, reply)
             return
+        if isinstance(outcome, Answer) and content.poisoned(body.get("contents") or ()):
+            ex.attempt.fault = "poison"
+            await self._fail(ex, mode, replies.fault_error(500, None))
+            return
         traits = RequestTraits(stream=stream)
         if isinstance(outcome, Answer):
             traits = RequestTraits(stream, outcome.continuation, outcome.json_mode)
@@ -519,7 +523,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object (empty means ``{}``); ValueError when it is not one."""
     if not body.strip():
         return {}
-    value = json.loads(body)
+    try:
+        value = json.loads(body)
+    except RecursionError:  # nested deeper than the parser goes: Google says 400 too
+        raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
