@@ -76,6 +76,7 @@ def create_app(
     telemetry = telemetry or Telemetry(
         replica=replica, otlp_endpoint=settings.telemetry.otlp_endpoint, prometheus=True
     )
+    telemetry.declare(settings.routes)
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
@@ -92,6 +93,7 @@ def create_app(
                 "process only and is NOT shared with other replicas (embedded single-replica store)"
             )
         coordinator.mirror.on_transition = telemetry.breaker_transition
+        coordinator.tallies = telemetry.tallies
         await coordinator.start()
         telemetry.watch_cluster(lambda: view_of(forwarder.coordinator))
         log.info(

@@ -40,6 +40,7 @@ from .connect import StoreClient, subscribe
 from .health import REDIS_FAILURES, StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
+from .series import SeriesStore, TallySource, fold
 from .state import (
     FORCED_OPEN,
     HALF_OPEN,
@@ -55,7 +56,7 @@ from .state import (
     Snapshot,
     parse_any_event,
 )
-from .store import BreakerStore
+from .store import BreakerStore, StoreError
 
 log = logging.getLogger("gemini_breaker.store")
 
@@ -135,6 +136,11 @@ class Coordinator:
         """The replicas the last heartbeat saw (None until the first one answered)."""
         self.config_drift = False
         """Live replicas disagree on the routes digest (logged when it starts and ends)."""
+        self.series = SeriesStore(
+            redis, self.keys, settings.admin.series_resolution, settings.admin.series_window
+        )
+        self.tallies: TallySource | None = None
+        """Counts of the request path, sent to the cluster series after each heartbeat."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -509,6 +515,7 @@ class Coordinator:
             await asyncio.sleep(self.settings.redis.reconcile_interval)
             rounds += 1
             beat = await self.heartbeat()
+            await self.send_tallies()
             await self.reconcile_if_moved(beat, full=rounds % FULL_RECONCILE_EVERY == 0)
 
     # -- operator surface ---------------------------------------------------------------------
@@ -551,6 +558,34 @@ class Coordinator:
             log.warning("config drift over: every live replica runs the same routes")
         self.config_drift = drift
         return seen
+
+    # -- cluster series -----------------------------------------------------------------------
+
+    async def send_tallies(self) -> None:
+        """Add the request path's counts since the last call to the cluster series (one
+        script call, none when nothing was counted). Kept for the next call while Redis is
+        unreachable or this replica runs fail-static: the series is the cluster's."""
+        tallies = self.tallies
+        if tallies is None or self.degraded:
+            return
+        counts = tallies.take()
+        if not counts:
+            return
+        try:
+            await self._health.run(lambda: self.series.add(counts), self._background_timeout)
+        except StoreUnavailable:
+            tallies.restore(counts)
+        except StoreError:
+            log.warning("the cluster series refused this interval's counts", exc_info=True)
+
+    async def series_document(self) -> dict[str, Any]:
+        """The cluster series folded for the charts, with the breaker transitions this
+        replica saw within its window (``StoreUnavailable`` while fail-static)."""
+        raw = await self._operator_call(lambda _: self.series.read())
+        document = fold(raw, self.settings.routes, self.series.resolution_ms, self.series.buckets)
+        since = document["times_ms"][0]
+        document["transitions"] = [t for t in self.mirror.transitions if t["at_ms"] >= since]
+        return document
 
     async def operator_breaker(self, model: str, action: str, by: str, reason: str) -> Change:
         """An operator's breaker action, as one audited Lua transition on the shared store;
