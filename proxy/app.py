@@ -24,6 +24,8 @@ from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
+from .static_assets import PREFIX as STATIC_PREFIX
+from .static_assets import load_assets, static_endpoint
 from .status_page import status_page
 from .telemetry import Telemetry, view_of
 from .upstream import Upstream
@@ -80,6 +82,7 @@ def create_app(
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
+    assets = load_assets()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -152,7 +155,8 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             # The page holds no data; its fetches go through AdminApi (see status_page.py).
-            Route("/admin/status", status_page(auth), methods=["GET"]),
+            Route("/admin/status", status_page(auth, assets), methods=["GET"]),
+            Route(STATIC_PREFIX + "{name:path}", static_endpoint(auth, assets), methods=["GET"]),
             Route("/admin/{rest:path}", admin),  # every method: AdminApi checks access first
             # Reached only for the operator's paths with another method (as before ProxyApp).
             Route("/{path:path}", forwarder),
