@@ -52,7 +52,7 @@ const COLOURS = ["#0969da", "#8250df", "#1b7c83", "#bc4c00", "#6e7781"];
 const MARK_COLOURS = {closed: "#1a7f37", half_open: "#bf8700", open: "#cf222e",
                       forced_open: "#cf222e", disabled: "#6e7781"};
 const ACTION_COLOUR = "#0550ae";
-const CHART_WIDTH = 460, CHART_HEIGHT = 170;
+const CHART_WIDTH = 420, CHART_HEIGHT = 170;
 const charts = {};
 let lastSeriesMs = 0;
 
@@ -174,10 +174,26 @@ function servingSequence(models, layers) {
   return sequence;
 }
 
-function renderCharts(doc) {
+// The first bucket worth showing: a little before the first traffic in the window (a fresh
+// cluster's charts would otherwise be a long flat line), at least MIN_POINTS from the end.
+const MIN_POINTS = 30;
+function firstShown(doc) {
+  const n = doc.times_ms.length;
+  let first = n;
+  for (const data of Object.values(doc.routes)) {
+    for (const counts of [...Object.values(data.served), data["4xx"], data["429"], data["5xx"]]) {
+      const i = counts.findIndex((c) => c > 0);
+      if (i >= 0 && i < first) first = i;
+    }
+  }
+  return Math.max(0, Math.min(first - 2, n - MIN_POINTS));
+}
+
+function renderCharts(doc, from) {
   const seconds = doc.resolution_seconds;
-  const xs = doc.times_ms.map((t) => t / 1000);
-  const perSecond = (counts) => counts.map((c) => c / seconds);
+  const cut = (values) => values.slice(from);
+  const xs = cut(doc.times_ms).map((t) => t / 1000);
+  const perSecond = (counts) => cut(counts).map((c) => c / seconds);
   const marks = marksOf(doc);
   const routes = Object.keys(doc.routes).sort();
   for (const route of routes) {
@@ -191,7 +207,7 @@ function renderCharts(doc) {
     holder.requests.box.dataset.marks = String(marks.length);
     holder.errors.plot.setData([xs, perSecond(data["5xx"]), perSecond(data["429"]),
                                 perSecond(data.fallbacks)]);
-    holder.latency.plot.setData([xs, data.latency_p50, data.latency_p99]);
+    holder.latency.plot.setData([xs, cut(data.latency_p50), cut(data.latency_p99)]);
     holder.marksList.replaceChildren(...marks.map((m) => {
       const item = el("li", clock(m.at * 1000) + "  " + m.text);
       item.dataset.kind = m.dashed ? "action" : "transition";
@@ -201,14 +217,15 @@ function renderCharts(doc) {
   for (const route of Object.keys(charts)) {
     if (!routes.includes(route)) { charts[route].section.remove(); delete charts[route]; }
   }
-  $("series-note").textContent = "last " + Math.round(xs.length * seconds / 60)
-    + " min at " + seconds + " s per point, summed over every replica's heartbeat";
+  const minutes = doc.times_ms.length * seconds / 60;
+  $("series-note").textContent = "kept: the last " + minutes.toFixed(minutes < 2 ? 1 : 0)
+    + " min at " + seconds + " s per point, summed over every replica's heartbeats";
 }
 
 // Bands of each model's breaker states over the window, from the transitions in it (the
 // state before the first one is that transition's "from") and the current state.
-function renderTimelines(doc, breakers) {
-  const start = doc.times_ms[0], end = doc.now_ms;
+function renderTimelines(doc, breakers, from) {
+  const start = doc.times_ms[from], end = doc.now_ms;
   const span = Math.max(1, end - start);
   const models = Object.keys(doc.models).sort();
   const rows = models.map((model) => {
@@ -223,7 +240,8 @@ function renderTimelines(doc, breakers) {
     }
     bands.push([from, end, seen.length ? state : current]);
     const track = el("div", null, "timeline");
-    for (const [a, b, s] of bands) {
+    for (const [bandStart, b, s] of bands) {
+      const a = Math.max(bandStart, start);
       if (b <= a) continue;
       const band = el("div", null, "band band-" + (MARK_COLOURS[s] ? s : "unknown"));
       band.dataset.state = s;
@@ -267,8 +285,9 @@ async function pollCluster(breakers) {
     call("GET", "replicas")]);
   if (series.status === "fulfilled" && series.value) {
     lastSeriesMs = Date.now();
-    renderCharts(series.value);
-    renderTimelines(series.value, breakers);
+    const from = firstShown(series.value);
+    renderCharts(series.value, from);
+    renderTimelines(series.value, breakers, from);
     document.body.dataset.series = "true";
   } else if (series.status === "rejected") {
     $("series-note").textContent = "series not available: " + series.reason.message;
