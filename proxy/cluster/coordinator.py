@@ -141,6 +141,8 @@ class Coordinator:
         )
         self.tallies: TallySource | None = None
         """Counts of the request path, sent to the cluster series after each heartbeat."""
+        self._series_bucket: int | None = None
+        """The series bucket the tallies are being counted for."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -562,21 +564,31 @@ class Coordinator:
     # -- cluster series -----------------------------------------------------------------------
 
     async def send_tallies(self) -> None:
-        """Add the request path's counts since the last call to the cluster series (one
-        script call, none when nothing was counted). Kept for the next call while Redis is
+        """Once a bucket of the cluster series has ended (by this replica's estimate of the
+        store's clock), add the request path's counts since the last call to it: one script
+        call per bucket, none when nothing was counted. Kept for a later call while Redis is
         unreachable or this replica runs fail-static: the series is the cluster's."""
         tallies = self.tallies
         if tallies is None or self.degraded:
             return
+        current = self.series.bucket_of(self.mirror.store_now_ms())
+        bucket = self._series_bucket
+        if bucket is None or bucket >= current:
+            self._series_bucket = current if bucket is None else bucket
+            return
         counts = tallies.take()
+        self._series_bucket = current
         if not counts:
             return
         try:
-            await self._health.run(lambda: self.series.add(counts), self._background_timeout)
+            await self._health.run(
+                lambda: self.series.add(counts, bucket), self._background_timeout
+            )
         except StoreUnavailable:
             tallies.restore(counts)
+            self._series_bucket = bucket
         except StoreError:
-            log.warning("the cluster series refused this interval's counts", exc_info=True)
+            log.warning("the cluster series refused a bucket's counts", exc_info=True)
 
     async def series_document(self) -> dict[str, Any]:
         """The cluster series folded for the charts, with the breaker transitions this

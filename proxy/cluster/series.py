@@ -3,9 +3,10 @@
 data for ``GET /admin/series``.
 
 Storage: one hash per bucket (``series:<start ms>``, field ``route|model|kind`` -> count),
-bucketed by Redis's clock, expiring a window after it began; each heartbeat with something
-to say adds one script call, never a request. ``fold`` turns the buckets into per-route and
-per-model arrays (pure, so it is tested without Redis).
+expiring a window after it began. Each replica sends a bucket's counts once, with its first
+heartbeat after the bucket ended (by its estimate of Redis's clock): one script call per
+replica per bucket, never one per request. Reads show the buckets that ended. ``fold`` turns
+the buckets into per-route and per-model arrays (pure, so it is tested without Redis).
 """
 
 from __future__ import annotations
@@ -70,17 +71,23 @@ class SeriesStore:
 
     @property
     def keep_ms(self) -> int:
-        """How long a bucket is kept: the window, plus the bucket under way."""
-        return (self.buckets + 1) * self.resolution_ms
+        """How long a bucket is kept from its start: the window, plus the bucket under way
+        and the one that just ended (reads end there)."""
+        return (self.buckets + 2) * self.resolution_ms
 
-    async def add(self, counts: Mapping[Key, int]) -> None:
+    def bucket_of(self, time_ms: float) -> int:
+        """The start of the bucket holding ``time_ms``."""
+        return int(time_ms) - int(time_ms) % self.resolution_ms
+
+    async def add(self, counts: Mapping[Key, int], bucket_ms: int) -> None:
+        """Add one replica's ``counts`` of the bucket starting at ``bucket_ms``."""
         pairs = encode(counts)
         if not pairs:
             return
         args: list[str | int] = [
             self._keys.prefix,
             0,
-            self.resolution_ms,
+            bucket_ms,
             self.keep_ms,
             MAX_FIELDS,
             *pairs,
@@ -139,11 +146,12 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
 def fold(
     raw: RawSeries, routes: Mapping[str, Sequence[str]], resolution_ms: int, buckets: int
 ) -> dict[str, Any]:
-    """The series document: ``times_ms`` (every bucket of the window, oldest first) and,
+    """The series document: ``times_ms`` (every bucket of the window that ended, oldest
+    first) and,
     aligned with it, per route the requests by serving model, 4xx, 429 (shed) and 5xx
     answers, fallbacks and latency p50/p99; per model the upstream attempts, fallbacks onto
     it and sheds; and ``totals`` over the window."""
-    last = raw.now_ms - raw.now_ms % resolution_ms
+    last = raw.now_ms - raw.now_ms % resolution_ms - resolution_ms
     times = [last - (buckets - 1 - i) * resolution_ms for i in range(buckets)]
     index = {t: i for i, t in enumerate(times)}
     route_rows: dict[str, dict[str, Any]] = {}

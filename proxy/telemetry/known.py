@@ -57,16 +57,19 @@ def known_series(routes: Mapping[str, Sequence[str]]) -> KnownSeries:
                     (names.GEN_AI_OPERATION_NAME, OPERATION),
                 )
             )
-        for to_model in served[1:]:
-            for reason in FAILOVER_REASONS:
-                failovers.append(
-                    (
-                        (names.ROUTE, label(route)),
-                        (names.FROM_MODEL, label(served[0])),
-                        (names.TO_MODEL, label(to_model)),
-                        (names.REASON, reason),
+        # From any model to a later one: the chain a request walks may start further on
+        # (models unable to serve it are left out, a pin puts its model first).
+        for i, from_model in enumerate(served):
+            for to_model in served[i + 1 :]:
+                for reason in FAILOVER_REASONS:
+                    failovers.append(
+                        (
+                            (names.ROUTE, label(route)),
+                            (names.FROM_MODEL, label(from_model)),
+                            (names.TO_MODEL, label(to_model)),
+                            (names.REASON, reason),
+                        )
                     )
-                )
     transitions = [
         ((names.MODEL, label(m)), (names.FROM_STATE, a), (names.TO_STATE, b))
         for m in models

@@ -1,11 +1,12 @@
 -- series_read: ARGV = prefix, floor, resolution_ms, buckets
--- The cluster's series: the last `buckets` buckets up to the current one (Redis's clock),
--- those that hold anything. Returns {"now_ms", "buckets": [[start_ms, {field: count}], ...]}.
+-- The cluster's series: the last `buckets` buckets that ended (Redis's clock; the one under
+-- way is still being counted by the replicas), those that hold anything.
+-- Returns {"now_ms", "buckets": [[start_ms, {field: count}], ...]}.
 
 local resolution = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 local now = now_ms()
-local last = now - (now % resolution)
+local last = now - (now % resolution) - resolution
 local found = {}
 for i = count - 1, 0, -1 do
   local start = last - i * resolution
