@@ -66,6 +66,7 @@ def test_quantiles_interpolate_within_the_bucket_as_prometheus_does() -> None:
 def test_fold_aligns_every_route_and_model_with_the_window() -> None:
     raw = RawSeries(
         now_ms=11_500,
+        last_ms=10_000,
         buckets=(
             (8_000, {f"{PRO}|{PRO}|ok": 4, f"{PRO}||lat2": 4, f"|{PRO}|attempts": 6}),
             (10_000, {f"{PRO}|{FLASH}|ok": 3, f"{PRO}|{FLASH}|fallbacks": 3, f"|{PRO}|shed": 1}),
@@ -100,7 +101,7 @@ def test_replicas_tallies_are_summed_in_expiring_capped_buckets(
         client = redis.asyncio.Redis.from_url(redis_server.url)
         try:
             keys = Keys("series-test")
-            store = SeriesStore(client, keys, resolution=60.0, window=600.0)
+            store = SeriesStore(client, keys, resolution=60.0, window=600.0, settle=0)
             seconds, micros = await client.time()
             ended = store.bucket_of(seconds * 1000 + micros // 1000) - store.resolution_ms
             await store.add({(PRO, PRO, "ok"): 2, (PRO, "", "lat1"): 2}, ended)  # one replica

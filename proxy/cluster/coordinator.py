@@ -137,7 +137,11 @@ class Coordinator:
         self.config_drift = False
         """Live replicas disagree on the routes digest (logged when it starts and ends)."""
         self.series = SeriesStore(
-            redis, self.keys, settings.admin.series_resolution, settings.admin.series_window
+            redis,
+            self.keys,
+            settings.admin.series_resolution,
+            settings.admin.series_window,
+            settle=2 * settings.redis.reconcile_interval + self._background_timeout,
         )
         self.tallies: TallySource | None = None
         """Counts of the request path, sent to the cluster series after each heartbeat."""

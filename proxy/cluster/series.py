@@ -44,9 +44,11 @@ class TallySource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RawSeries:
-    """The buckets holding counts, oldest first, as of the store's ``now_ms``."""
+    """The buckets holding counts, oldest first, as of the store's ``now_ms``; ``last_ms``
+    starts the newest bucket shown (every replica has sent it)."""
 
     now_ms: int
+    last_ms: int
     buckets: tuple[tuple[int, dict[str, int]], ...]
 
 
@@ -62,8 +64,13 @@ def encode(counts: Mapping[Key, int]) -> list[str | int]:
 class SeriesStore:
     """Adds tallies to, and reads, the series of one namespace."""
 
-    def __init__(self, redis: StoreClient, keys: Keys, resolution: float, window: float) -> None:
+    def __init__(
+        self, redis: StoreClient, keys: Keys, resolution: float, window: float, settle: float
+    ) -> None:
+        """``settle``: seconds after a bucket's end by which every replica has sent it (a
+        heartbeat interval, and some)."""
         self._keys = keys
+        self.settle_ms = max(0, round(settle * 1000))
         self.resolution_ms = max(1, round(resolution * 1000))
         self.buckets = max(1, min(MAX_BUCKETS, math.ceil(window * 1000 / self.resolution_ms)))
         self._add = redis.register_script(script_source("series_add", ("common.lua",)))
@@ -71,9 +78,9 @@ class SeriesStore:
 
     @property
     def keep_ms(self) -> int:
-        """How long a bucket is kept from its start: the window, plus the bucket under way
-        and the one that just ended (reads end there)."""
-        return (self.buckets + 2) * self.resolution_ms
+        """How long a bucket is kept from its start: the window, plus the bucket under way,
+        the one that just ended and the time it settles (reads end there)."""
+        return (self.buckets + 2) * self.resolution_ms + self.settle_ms
 
     def bucket_of(self, time_ms: float) -> int:
         """The start of the bucket holding ``time_ms``."""
@@ -98,7 +105,13 @@ class SeriesStore:
             raise StoreError(f"series script failed: {exc}") from exc
 
     async def read(self) -> RawSeries:
-        args: list[str | int] = [self._keys.prefix, 0, self.resolution_ms, self.buckets]
+        args: list[str | int] = [
+            self._keys.prefix,
+            0,
+            self.resolution_ms,
+            self.buckets,
+            self.settle_ms,
+        ]
         try:
             reply = await self._read(keys=[self._keys.epoch], args=args)
         except ResponseError as exc:
@@ -116,6 +129,7 @@ def parse(reply: object) -> RawSeries:
     buckets = document.get("buckets") or []
     return RawSeries(
         now_ms=int(document["now_ms"]),
+        last_ms=int(document["last_ms"]),
         buckets=tuple(
             (int(start), {str(k): int(v) for k, v in (counts or {}).items()})
             for start, counts in buckets
@@ -151,7 +165,7 @@ def fold(
     aligned with it, per route the requests by serving model, 4xx, 429 (shed) and 5xx
     answers, fallbacks and latency p50/p99; per model the upstream attempts, fallbacks onto
     it and sheds; and ``totals`` over the window."""
-    last = raw.now_ms - raw.now_ms % resolution_ms - resolution_ms
+    last = raw.last_ms
     times = [last - (buckets - 1 - i) * resolution_ms for i in range(buckets)]
     index = {t: i for i, t in enumerate(times)}
     route_rows: dict[str, dict[str, Any]] = {}

@@ -1,12 +1,13 @@
--- series_read: ARGV = prefix, floor, resolution_ms, buckets
--- The cluster's series: the last `buckets` buckets that ended (Redis's clock; the one under
--- way is still being counted by the replicas), those that hold anything.
--- Returns {"now_ms", "buckets": [[start_ms, {field: count}], ...]}.
+-- series_read: ARGV = prefix, floor, resolution_ms, buckets, settle_ms
+-- The cluster's series: the last `buckets` buckets that ended settle_ms ago or more (Redis's
+-- clock; replicas send a bucket with their first heartbeat after it ended), those that hold
+-- anything. Returns {"now_ms", "last_ms", "buckets": [[start_ms, {field: count}], ...]}.
 
 local resolution = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 local now = now_ms()
-local last = now - (now % resolution) - resolution
+local settled = now - tonumber(ARGV[5])
+local last = settled - (settled % resolution) - resolution
 local found = {}
 for i = count - 1, 0, -1 do
   local start = last - i * resolution
@@ -19,4 +20,4 @@ for i = count - 1, 0, -1 do
     table.insert(found, { start, counts })
   end
 end
-return cjson.encode({ now_ms = now, buckets = found })
+return cjson.encode({ now_ms = now, last_ms = last, buckets = found })
