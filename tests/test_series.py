@@ -13,19 +13,23 @@ import time
 from collections import Counter
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis.asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
+from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
 from proxy.cluster.series import MAX_FIELDS, RawSeries, SeriesStore, fold, quantile
+from proxy.config import build_settings
 from proxy.simulator.client import SimulatorControl
 from proxy.telemetry.known import FAILOVER_REASONS, breaker_edges
 from proxy.telemetry.tallies import LATENCY_BOUNDS, OTHER, SeriesTallies, status_kind
 
 from .conftest import ROUTES, proxy_settings
+from .coordinator_support import DEADLINE, eventually, replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
 from .support import serve
@@ -129,6 +133,44 @@ def test_replicas_tallies_are_summed_in_expiring_capped_buckets(
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.anyio
+async def test_counts_made_while_redis_is_away_reach_the_series_when_it_returns(
+    redis_server: RedisServer,
+) -> None:
+    settings = build_settings(
+        {
+            "redis": {
+                "url": redis_server.url,
+                "reconcile_interval": 0.05,
+                "retry_seconds": 0.05,
+                "failures_to_degrade": 1,
+            },
+            "routes": {PRO: [PRO, FLASH]},
+            "admin": {"series_resolution": 0.2, "series_window": 60},
+        }
+    )
+    async with replica(settings) as coordinator:
+        tallies = SeriesTallies()
+        tallies.know([PRO, FLASH])
+        coordinator.tallies = tallies
+        redis_server.stop()  # (it keeps nothing: only counts made from now on can be found)
+        for _ in range(5):
+            tallies.request(PRO, FLASH, 200, 0.1)
+        await eventually(lambda: coordinator.degraded, "fail-static")
+        with pytest.raises(StoreUnavailable):
+            await coordinator.series_document()  # refused: the series is the cluster's
+        redis_server.start()
+        await eventually(lambda: not coordinator.degraded, "Redis adopted again")
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            totals = (await coordinator.series_document())["totals"]["requests"]
+            if totals:
+                break
+            assert time.monotonic() < deadline, "the counts never reached the series"
+            await anyio.sleep(0.05)
+        assert totals == {PRO: {FLASH: {"ok": 5}}}
 
 
 # -- metrics complete from start-up -------------------------------------------------------------

@@ -177,6 +177,7 @@ class Coordinator:
         """Flush what is pending (best effort) and stop the loops."""
         with contextlib.suppress(StoreUnavailable):
             await self.flush()
+        await self.send_tallies(final=True)
         for task in list(self._tasks):
             task.cancel()
         # Bounded: a Redis client stuck mid-cancellation must not hold up the shutdown.
@@ -567,18 +568,20 @@ class Coordinator:
 
     # -- cluster series -----------------------------------------------------------------------
 
-    async def send_tallies(self) -> None:
+    async def send_tallies(self, final: bool = False) -> None:
         """Once a bucket of the cluster series has ended (by this replica's estimate of the
         store's clock), add the request path's counts since the last call to it: one script
         call per bucket, none when nothing was counted. Kept for a later call while Redis is
-        unreachable or this replica runs fail-static: the series is the cluster's."""
+        unreachable or this replica runs fail-static: the series is the cluster's.
+        ``final``: the replica stops, so the bucket under way gets what it has now."""
         tallies = self.tallies
         if tallies is None or self.degraded:
             return
         current = self.series.bucket_of(self.mirror.store_now_ms())
         bucket = self._series_bucket
-        if bucket is None or bucket >= current:
-            self._series_bucket = current if bucket is None else bucket
+        if bucket is None:
+            bucket = self._series_bucket = current
+        if bucket >= current and not final:
             return
         counts = tallies.take()
         self._series_bucket = current
