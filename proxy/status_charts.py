@@ -285,10 +285,14 @@ async function pollCluster(breakers) {
     call("GET", "replicas")]);
   if (series.status === "fulfilled" && series.value) {
     lastSeriesMs = Date.now();
-    const from = firstShown(series.value);
-    renderCharts(series.value, from);
-    renderTimelines(series.value, breakers, from);
-    document.body.dataset.series = "true";
+    try {
+      const from = firstShown(series.value);
+      renderCharts(series.value, from);
+      renderTimelines(series.value, breakers, from);
+      document.body.dataset.series = "true";
+    } catch (e) {  // the tables below must keep working
+      $("series-note").textContent = "the charts failed: " + e.message;
+    }
   } else if (series.status === "rejected") {
     $("series-note").textContent = "series not available: " + series.reason.message;
   }
