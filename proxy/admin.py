@@ -145,6 +145,7 @@ class AdminApi:
             _Endpoint("GET", ("routes",), self._routes),
             _Endpoint("GET", ("replicas",), self._replicas),
             _Endpoint("GET", ("audit",), self._audit),
+            _Endpoint("GET", ("series",), self._series),
             _Endpoint("POST", ("breakers", "*", "*"), self._breaker_action),
             _Endpoint("POST", ("routes", "*", "pin"), self._pin),
             _Endpoint("POST", ("routes", "*", "unpin"), self._unpin),
@@ -201,6 +202,24 @@ class AdminApi:
 
     async def _replicas(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         return JSONResponse(replicas_document(coordinator))
+
+    async def _series(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
+        document = await coordinator.series_document()
+        since = document["times_ms"][0]
+        entries = await coordinator.audit(DEFAULT_AUDIT_LIMIT)
+        document["actions"] = [
+            {
+                "at_ms": e.at_ms,
+                "action": e.action,
+                "target": e.target,
+                "by": e.by,
+                "reason": e.reason,
+            }
+            for e in reversed(entries)
+            if e.at_ms >= since
+        ]
+        document["replica"] = coordinator.replica
+        return JSONResponse(document)
 
     async def _audit(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         raw = request.query_params.get("limit", str(DEFAULT_AUDIT_LIMIT))

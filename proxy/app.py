@@ -24,6 +24,8 @@ from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
+from .static_assets import PREFIX as STATIC_PREFIX
+from .static_assets import load_assets, static_endpoint
 from .status_page import status_page
 from .telemetry import Telemetry, view_of
 from .upstream import Upstream
@@ -76,9 +78,11 @@ def create_app(
     telemetry = telemetry or Telemetry(
         replica=replica, otlp_endpoint=settings.telemetry.otlp_endpoint, prometheus=True
     )
+    telemetry.declare(settings.routes)
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
+    assets = load_assets()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -92,6 +96,7 @@ def create_app(
                 "process only and is NOT shared with other replicas (embedded single-replica store)"
             )
         coordinator.mirror.on_transition = telemetry.breaker_transition
+        coordinator.tallies = telemetry.tallies
         await coordinator.start()
         telemetry.watch_cluster(lambda: view_of(forwarder.coordinator))
         log.info(
@@ -150,7 +155,8 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             # The page holds no data; its fetches go through AdminApi (see status_page.py).
-            Route("/admin/status", status_page(auth), methods=["GET"]),
+            Route("/admin/status", status_page(auth, assets), methods=["GET"]),
+            Route(STATIC_PREFIX + "{name:path}", static_endpoint(auth, assets), methods=["GET"]),
             Route("/admin/{rest:path}", admin),  # every method: AdminApi checks access first
             # Reached only for the operator's paths with another method (as before ProxyApp).
             Route("/{path:path}", forwarder),

@@ -162,6 +162,10 @@ class AdminSettings:
     allow_unauthenticated_loopback: bool = False
     """Without a token, allow unauthenticated admin calls from 127.0.0.1 / ::1 (local use
     only: in a sidecar the application shares loopback). Ignored when a token is set."""
+    series_resolution: float = field(default=10.0, metadata={"min": 0.1})
+    """Seconds per bucket of the cluster series (``GET /admin/series``, the page's charts)."""
+    series_window: float = field(default=1800.0, metadata={"min": 1.0})
+    """Seconds of cluster series kept in Redis (at most 1000 buckets)."""
 
 
 @dataclass(frozen=True, slots=True)

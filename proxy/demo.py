@@ -120,8 +120,9 @@ def _proxy_config(upstream: str) -> dict[str, Any]:
     return {
         "server": {"log_level": "warning"},
         "upstream": {"base_url": upstream},
-        # The status page and /admin/state without a token, from this machine only.
-        "admin": {"allow_unauthenticated_loopback": True},
+        # The status page and /admin/state without a token, from this machine only; chart
+        # points of 2 s, as the demo lasts about a minute and a half.
+        "admin": {"allow_unauthenticated_loopback": True, "series_resolution": 2},
         "routes": {PRO: CHAIN},
         "redis": {"flush_interval": 0.05},
         "quota": {"max_retry_wait": 0},  # a 429 goes straight back: the storm shows at once

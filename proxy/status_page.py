@@ -1,6 +1,8 @@
 """The live status page at ``GET /admin/status``: one static HTML document with a little vanilla
-JavaScript (no build step, nothing loaded from elsewhere) that polls ``/admin/state`` and
-``/admin/audit`` every second and posts the operator actions to the admin API.
+JavaScript (no build step, nothing loaded from elsewhere: the charting library, uPlot, is
+served by the proxy, see ``static_assets``) that polls ``/admin/state``, ``/admin/audit``,
+``/admin/replicas`` every second and ``/admin/series`` every two, draws the cluster's charts
+(``status_charts``) and posts the operator actions to the admin API.
 
 The page itself holds no data: everything it shows comes from the admin API, fetched by the
 page with the operator's token. Access to the page follows the admin API's, except that with a
@@ -11,7 +13,8 @@ Without a token, the page is refused exactly as every other admin path (disabled
 callers only).
 
 Everything the page inserts into the document is set with ``textContent``, never ``innerHTML``,
-and a Content-Security-Policy admits only this page's own script and style (by hash), requests to
+and a Content-Security-Policy admits only this page's own script and style (by hash), the
+vendored script (by its Subresource Integrity hash), stylesheets of this origin, requests to
 this origin, and no framing.
 """
 
@@ -25,16 +28,23 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from . import status_charts as charts
 from .admin import AdminAuth
+from .static_assets import SCRIPT as UPLOT_SCRIPT
+from .static_assets import STYLESHEET as UPLOT_STYLESHEET
+from .static_assets import Assets
 
 #: Path of the page; its fetches are relative to it (``state``, ``audit``, ``breakers/...``).
 PATH = "/admin/status"
 POLL_MILLISECONDS = 1000
+#: The cluster series changes once per heartbeat at most; the page reads it this often.
+SERIES_MILLISECONDS = 2000
 AUDIT_LIMIT = 20
 #: Breaker actions offered as buttons, in this order.
 BUTTONS = ("close", "reset", "open", "force_open", "disable")
 
-STYLE = """
+STYLE = (
+    """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1f2328; }
 h1 { font-size: 1.3em; margin: 0 0 .3em; }
 h2 { font-size: 1.1em; margin: 1.2em 0 .4em; }
@@ -58,9 +68,12 @@ button { margin: 0 .15em .15em 0; }
 input[type=number] { width: 6em; }
 #breakers td:last-child, #routes td:last-child { white-space: nowrap; }
 """
+    + charts.STYLE
+)
 
 SCRIPT = r"""
 "use strict";
+const SERIES_MS = __SERIES_MS__;
 const POLL_MS = __POLL_MS__;
 const AUDIT_LIMIT = __AUDIT_LIMIT__;
 const BUTTONS = __BUTTONS__;
@@ -299,6 +312,7 @@ async function poll(now) {
     renderRoutes(doc.routes || {}, doc.now_ms);
     renderBreakers(doc.breakers || {}, doc.now_ms);
     renderTransitions(doc.transitions || []);
+    await pollCluster(doc.breakers || {});
     if (audit.status === "fulfilled") {
       renderAudit(audit.value.entries || []);
       $("audit-note").textContent = "";
@@ -318,6 +332,8 @@ async function poll(now) {
   }
 }
 
+"""
+INIT = r"""
 $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
 $("token").addEventListener("change", () => {
   const value = $("token").value.trim();
@@ -328,7 +344,9 @@ $("token").addEventListener("change", () => {
 poll(true);
 """
 SCRIPT = (
-    SCRIPT.replace("__POLL_MS__", str(POLL_MILLISECONDS))
+    (SCRIPT + charts.SCRIPT + INIT)
+    .replace("__POLL_MS__", str(POLL_MILLISECONDS))
+    .replace("__SERIES_MS__", str(SERIES_MILLISECONDS))
     .replace("__AUDIT_LIMIT__", str(AUDIT_LIMIT))
     .replace("__BUTTONS__", json.dumps(list(BUTTONS)))
 )
@@ -347,6 +365,7 @@ BODY = """
   <span id="result"></span>
 </div>
 <div id="error" role="alert"></div>
+__CHARTS__
 <h2>Routes</h2>
 <table id="routes">
   <thead><tr><th>route</th><th>chain</th><th>active model</th><th>epoch</th><th>pin</th>
@@ -378,36 +397,46 @@ def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-PAGE = (
-    '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-    '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-    '<meta name="referrer" content="no-referrer">\n'
-    '<link rel="icon" href="data:,">\n'
-    "<title>gemini-breaker status</title>\n"
-    f"<style>{STYLE}</style>\n</head>\n<body>{BODY}<script>{SCRIPT}</script>\n</body>\n</html>\n"
-)
-
-HEADERS = {
-    "content-security-policy": (
-        f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; "
-        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    ),
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
-}
+BODY = BODY.replace("__CHARTS__", charts.BODY)
 
 
-def status_page(auth: AdminAuth) -> Callable[[Request], Awaitable[Response]]:
+def page(assets: Assets) -> tuple[str, dict[str, str]]:
+    """The document and its headers; the vendored script is pinned by its hash."""
+    uplot = assets.integrity(UPLOT_SCRIPT)
+    document = (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        '<link rel="icon" href="data:,">\n'
+        "<title>gemini-breaker status</title>\n"
+        f'<link rel="stylesheet" href="static/{UPLOT_STYLESHEET}">\n'
+        f"<style>{STYLE}</style>\n"
+        f'<script src="static/{UPLOT_SCRIPT}" integrity="{uplot}"></script>\n'
+        f"</head>\n<body>{BODY}<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )
+    headers = {
+        "content-security-policy": (
+            f"default-src 'none'; script-src {_sha256(SCRIPT)} '{uplot}'; "
+            f"style-src 'self' {_sha256(STYLE)}; connect-src 'self'; img-src data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ),
+        "cache-control": "no-store",
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+    }
+    return document, headers
+
+
+def status_page(auth: AdminAuth, assets: Assets) -> Callable[[Request], Awaitable[Response]]:
     """The endpoint serving the page, with the access rule of the module docstring."""
+    document, headers = page(assets)
 
     async def endpoint(request: Request) -> Response:
         if auth.mode != "token":
             refused = auth.check(request)
             if refused is not None:
                 return refused
-        return HTMLResponse(PAGE, headers=HEADERS)
+        return HTMLResponse(document, headers=headers)
 
     return endpoint

@@ -47,9 +47,15 @@ def replica_starter(
     stack: contextlib.ExitStack, redis_section: dict[str, Any], simulator_url: str, tmp_path: Path
 ) -> Cluster:
     """Starts replicas of the proxy as separate processes on the Redis that ``redis_section``
-    names (a url, a sentinel set or a cluster); ``breaker`` overrides BREAKER."""
+    names (a url, a sentinel set or a cluster); ``breaker`` overrides BREAKER, ``admin`` adds
+    to the admin section."""
 
-    def start(count: int = 3, models: dict[str, Any] | None = None, **breaker: Any) -> list[str]:
+    def start(
+        count: int = 3,
+        models: dict[str, Any] | None = None,
+        admin: dict[str, Any] | None = None,
+        **breaker: Any,
+    ) -> list[str]:
         config = {
             "upstream": {"base_url": simulator_url},
             "redis": {
@@ -70,7 +76,7 @@ def replica_starter(
             },
             "models": models or {},
             "routes": {PRO: [PRO, FLASH]},
-            "admin": {"allow_unauthenticated_loopback": True},
+            "admin": {"allow_unauthenticated_loopback": True, **(admin or {})},
         }
         path = tmp_path / "cluster.yaml"
         path.write_text(yaml.safe_dump(config))

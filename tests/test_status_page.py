@@ -18,12 +18,15 @@ import httpx
 import pytest
 
 from proxy.app import create_app
-from proxy.status_page import HEADERS, PATH, SCRIPT
+from proxy.static_assets import FILES, load_assets
+from proxy.status_page import PATH, SCRIPT, page
 
 from .conftest import proxy_settings
 from .support import serve
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
+ASSETS = load_assets()
+HEADERS = page(ASSETS)[1]
 TOKEN = "st4tus-page-t0ken"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,6 +76,27 @@ def test_with_a_token_the_page_is_served_without_one_and_holds_no_data(token_pro
     assert httpx.get(token_proxy + "/admin/state", timeout=10).status_code == 401
     assert httpx.post(token_proxy + PATH, timeout=10).status_code == 401
     assert httpx.get(token_proxy + PATH + "/", timeout=10).status_code == 401
+
+
+def test_the_vendored_chart_library_is_served_pinned_and_licensed(token_proxy: str) -> None:
+    """uPlot comes from the proxy (no CDN), without the token like the page, and the page's
+    policy admits exactly the bytes served; any other static path still needs the token."""
+    for name, content_type in FILES.items():
+        response = httpx.get(token_proxy + "/admin/static/" + name, timeout=10)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == content_type
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.content == ASSETS.files[name]
+    licence = httpx.get(token_proxy + "/admin/static/uplot/LICENSE", timeout=10).text
+    assert "MIT License" in licence and "Leon Sorokin" in licence
+    document = httpx.get(token_proxy + PATH, timeout=10).text
+    integrity = ASSETS.integrity("uplot/uPlot.iife.min.js")
+    assert f'src="static/uplot/uPlot.iife.min.js" integrity="{integrity}"' in document
+    assert f"'{integrity}'" in HEADERS["content-security-policy"]
+    assert "http" not in document.split("<body>")[0].replace('href="data:,"', "")
+    assert httpx.get(token_proxy + "/admin/static/other.js", timeout=10).status_code == 401
+    post = httpx.post(token_proxy + "/admin/static/" + next(iter(FILES)), timeout=10)
+    assert post.status_code == 401
 
 
 def test_without_a_token_the_page_is_refused_like_every_admin_path(simulator_url: str) -> None:

@@ -41,6 +41,7 @@ from .connect import StoreClient, subscribe
 from .health import REDIS_FAILURES, StoreHealth, StoreUnavailable
 from .keys import Keys
 from .mirror import Mirror
+from .series import SeriesStore, TallySource, fold
 from .state import (
     FORCED_OPEN,
     HALF_OPEN,
@@ -56,7 +57,7 @@ from .state import (
     Snapshot,
     parse_any_event,
 )
-from .store import BreakerStore
+from .store import BreakerStore, StoreError
 
 log = logging.getLogger("gemini_breaker.store")
 
@@ -138,6 +139,17 @@ class Coordinator:
         """The replicas the last heartbeat saw (None until the first one answered)."""
         self.config_drift = False
         """Live replicas disagree on the routes digest (logged when it starts and ends)."""
+        self.series = SeriesStore(
+            redis,
+            self.keys,
+            settings.admin.series_resolution,
+            settings.admin.series_window,
+            settle=2 * settings.redis.reconcile_interval + self._background_timeout,
+        )
+        self.tallies: TallySource | None = None
+        """Counts of the request path, sent to the cluster series after each heartbeat."""
+        self._series_bucket: int | None = None
+        """The series bucket the tallies are being counted for."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -168,6 +180,7 @@ class Coordinator:
         """Flush what is pending (best effort) and stop the loops."""
         with contextlib.suppress(StoreUnavailable):
             await self.flush()
+        await self.send_tallies(final=True)
         for task in list(self._tasks):
             task.cancel()
         # Bounded: a Redis client stuck mid-cancellation must not hold up the shutdown.
@@ -524,6 +537,7 @@ class Coordinator:
             await asyncio.sleep(self.settings.redis.reconcile_interval)
             rounds += 1
             beat = await self.heartbeat()
+            await self.send_tallies()
             await self.reconcile_if_moved(beat, full=rounds % FULL_RECONCILE_EVERY == 0)
 
     # -- operator surface ---------------------------------------------------------------------
@@ -566,6 +580,46 @@ class Coordinator:
             log.warning("config drift over: every live replica runs the same routes")
         self.config_drift = drift
         return seen
+
+    # -- cluster series -----------------------------------------------------------------------
+
+    async def send_tallies(self, final: bool = False) -> None:
+        """Once a bucket of the cluster series has ended (by this replica's estimate of the
+        store's clock), add the request path's counts since the last call to it: one script
+        call per bucket, none when nothing was counted. Kept for a later call while Redis is
+        unreachable or this replica runs fail-static: the series is the cluster's.
+        ``final``: the replica stops, so the bucket under way gets what it has now."""
+        tallies = self.tallies
+        if tallies is None or self.degraded:
+            return
+        current = self.series.bucket_of(self.mirror.store_now_ms())
+        bucket = self._series_bucket
+        if bucket is None:
+            bucket = self._series_bucket = current
+        if bucket >= current and not final:
+            return
+        counts = tallies.take()
+        self._series_bucket = current
+        if not counts:
+            return
+        try:
+            await self._health.run(
+                lambda: self.series.add(counts, bucket), self._background_timeout
+            )
+        except StoreUnavailable:
+            tallies.restore(counts)
+            self._series_bucket = bucket
+        except StoreError:
+            log.warning("the cluster series refused a bucket's counts", exc_info=True)
+
+    async def series_document(self) -> dict[str, Any]:
+        """The cluster series folded for the charts, with the breaker transitions this
+        replica saw within its window (``StoreUnavailable`` while fail-static)."""
+        raw = await self._operator_call(lambda _: self.series.read())
+        document = fold(raw, self.settings.routes, self.series.resolution_ms, self.series.buckets)
+        since = document["times_ms"][0]
+        document["transitions"] = [t for t in self.mirror.transitions if t["at_ms"] >= since]
+        return document
 
     async def operator_breaker(self, model: str, action: str, by: str, reason: str) -> Change:
         """An operator's breaker action, as one audited Lua transition on the shared store;

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from . import names
 from .cluster import ClusterGauges, ClusterSource, ClusterView
+from .known import Labels, known_series
 from .names import label, operation_name
+from .tallies import SeriesTallies
 from .usage import token_counts
 
 # Buckets (seconds) advised by the GenAI conventions for gen_ai.client.operation.duration and
@@ -28,7 +30,6 @@ FIRST_TOKEN_BUCKETS = (
 # Past the limit, new label sets are counted under OpenTelemetry's overflow attribute (as the
 # SDK does past its own limit of 2000, which this stays under).
 MAX_SERIES = 1000
-Labels = tuple[tuple[str, str | bool], ...]
 OVERFLOW: Labels = (("otel.metric.overflow", True),)
 
 
@@ -107,6 +108,23 @@ class MetricsRecorder:
         )
         self._per_model: dict[tuple[str, str | None], dict[str, str]] = {}
         """Histogram attributes by (model, method), built once: the SDK hashes them anyway."""
+        self.tallies = SeriesTallies()
+        """The last interval's counts for the cluster series, taken by the heartbeat."""
+
+    def declare(self, routes: Mapping[str, Sequence[str]]) -> None:
+        """Export at 0, from now on, every counter series whose labels the configured
+        ``routes`` determine (see ``known_series``), so that ``rate()`` and ``increase()`` see
+        the first event; and count the series tallies of unknown names as ``other``."""
+        known = known_series(routes)
+        for tally, label_sets in (
+            (self._requests, known.requests),
+            (self._failovers, known.failovers),
+            (self._transitions, known.transitions),
+            (self._sheds, known.sheds),
+        ):
+            for labels in label_sets:
+                tally.add(0, labels)
+        self.tallies.know({*routes, *(m for chain in routes.values() for m in chain)})
 
     # -- gauges ---------------------------------------------------------------------------------
 
@@ -153,6 +171,7 @@ class MetricsRecorder:
                 (names.REASON, reason),
             ),
         )
+        self.tallies.add(route, to_model, "fallbacks")
 
     def breaker_transition(self, model: str, from_state: str, to_state: str) -> None:
         """This replica saw ``model``'s breaker move from one state to another."""
@@ -174,6 +193,7 @@ class MetricsRecorder:
         """The proxy answered for ``model`` itself (reason ``cooldown``, ``pacing``,
         ``throttle``, ``budget`` or ``breakers_open``)."""
         self._sheds.add(1, ((names.MODEL, label(model)), (names.REASON, reason)))
+        self.tallies.add("", model, "shed")
 
     def upstream_latency(self, model: str, seconds: float, method: str | None = None) -> None:
         """An upstream attempt on ``model`` got its response headers after ``seconds``."""

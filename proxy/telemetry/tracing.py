@@ -81,6 +81,7 @@ class RequestSpan:
         self._recorder = recorder
         self._route = route
         self._method = method
+        self._started = time.perf_counter()
         self.finished = False
 
     @property
@@ -113,6 +114,9 @@ class RequestSpan:
             span.set_attribute(names.ERROR_TYPE, str(status_code))
             span.set_status(Status(StatusCode.ERROR))
         self._recorder.count_request(model, status_code, route=self._route, method=self._method)
+        self._recorder.tallies.request(
+            self._route, model, status_code, time.perf_counter() - self._started
+        )
 
 
 class AttemptSpan:
@@ -126,6 +130,7 @@ class AttemptSpan:
         self._recorder = recorder
         self._method = method
         self._started = time.perf_counter()
+        recorder.tallies.add("", model, "attempts")
         self._responded_after: float | None = None
         self._first_token = False
         self.outcome_set = False
