@@ -20,9 +20,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .admin import AdminApi, AdminAuth
+from .asgi_io import dated
+from .client_tokens import describe_access
 from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
-from .config import SETTINGS_JSON_ENV, Settings, build_settings
+from .config import DEFAULT_ROUTES, SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
 from .status_page import status_page
 from .telemetry import Telemetry, view_of
@@ -55,6 +57,7 @@ class ProxyApp:
             if path not in OPERATOR_PATHS and not path.startswith(ADMIN_PREFIX):
                 await self.forwarder(scope, receive, send)
                 return
+            send = dated(send)
         await self.operator(scope, receive, send)
 
 
@@ -107,11 +110,15 @@ def create_app(
             forwarder.capabilities.upstream = forwarder.upstream
             forwarder.coordinator = coordinator
             log.info(
-                "replica %s forwarding to %s; routes: %s",
+                "replica %s forwarding to %s; routes: %s%s",
                 replica,
                 settings.upstream.base_url,
                 ", ".join(f"{k} -> {' > '.join(v)}" for k, v in settings.routes.items()) or "none",
+                " (the default chains; 'routes: {}' turns them off)"
+                if settings.routes == {k: tuple(v) for k, v in DEFAULT_ROUTES.items()}
+                else "",
             )
+            log.log(*describe_access(settings))
             try:
                 yield
             finally:
