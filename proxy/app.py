@@ -79,6 +79,7 @@ def create_app(
     telemetry = telemetry or Telemetry(
         replica=replica, otlp_endpoint=settings.telemetry.otlp_endpoint, prometheus=True
     )
+    telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)

@@ -236,6 +236,13 @@ class Settings:
     on the next model (the default) or end with an in-band ``error``."""
     """Requested model -> ordered chain of models to serve it."""
 
+    @property
+    def named_models(self) -> frozenset[str]:
+        """Every model name the configuration holds: routes, their chains, ``models:``."""
+        return frozenset(
+            {*self.routes, *(m for chain in self.routes.values() for m in chain), *self.models}
+        )
+
     def chain_for(self, model: str) -> tuple[str, ...]:
         """The failover chain for a requested model; a model with no route serves itself."""
         return self.routes.get(model) or (model,)

@@ -178,7 +178,9 @@ def test_a_web_page_cannot_reach_the_unauthenticated_admin_api(simulator_url: st
             httpx.post(url + path, json=body, headers={"sec-fetch-site": "cross-site"}),
             httpx.post(url + path, json=body, headers={"host": "evil.example:80"}),
             httpx.post(url + path, data=body),  # a form: application/x-www-form-urlencoded
-            httpx.post(url + path, content=json.dumps(body), headers={"content-type": "text/plain"}),
+            httpx.post(
+                url + path, content=json.dumps(body), headers={"content-type": "text/plain"}
+            ),
         ]
         for response in attempts:
             assert response.status_code == 403, response.text
@@ -434,7 +436,8 @@ def test_bad_admin_requests_say_what_is_wrong(
 ) -> None:
     content = body if isinstance(body, str) else None
     payload = None if isinstance(body, str) or body is None else body
-    response = httpx.request(method, proxy + path, json=payload, content=content)
+    headers = {"content-type": "application/json"} if content is not None else None
+    response = httpx.request(method, proxy + path, json=payload, content=content, headers=headers)
     assert response.status_code == code, response.text
     assert says in response.json()["error"]["message"]
     assert get(proxy, "/admin/audit")["entries"] == []  # nothing happened

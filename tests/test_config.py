@@ -247,4 +247,6 @@ def test_the_api_key_beyond_loopback_needs_client_tokens_or_the_open_relay_opt_i
     assert "client-token" not in repr(guarded)
     for host in ("127.0.0.1", "::1", "localhost", "[::1]"):
         build_settings({"server": {"host": host}, "upstream": {"api_key": "k"}})
-        build_settings({"server": {"host": host}, "admin": {"allow_unauthenticated_loopback": True}})
+        build_settings(
+            {"server": {"host": host}, "admin": {"allow_unauthenticated_loopback": True}}
+        )
