@@ -400,6 +400,8 @@ class Exchange:
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
             return _Failed(model, error=exc)
         span.responded(response.status_code)
+        if response.status_code == 404:
+            self.coordinator.quota_not_found(self.credential, model)
         verdict = classify_status(response.status_code)
         span.outcome(verdict.value)
         if verdict is Verdict.RATE_LIMITED:
