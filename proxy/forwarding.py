@@ -96,7 +96,11 @@ class Forwarder:
             await send_error(send, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
-        if self.client_tokens is not None:
+        # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
+        # request that did present a token, is their credential.
+        if self.client_tokens is not None and not (
+            gemini_path.upload and b"upload_id=" in scope["query_string"]
+        ):
             refusal = self.client_tokens.check(headers, scope["query_string"])
             if refusal is not None:
                 await send_error(send, refusal.code, refusal.message)

@@ -116,6 +116,11 @@ def test_beyond_loopback_the_proxys_key_is_spent_only_for_a_client_token(tmp_pat
                 client = genai.Client(api_key=token, http_options={"base_url": url})
                 answer = client.models.generate_content(model=FLASH, contents="hello")
                 assert answer.text
+            # Resumable upload chunks carry no key (their upload id is their credential).
+            document = tmp_path / "notes.txt"
+            document.write_text("uploaded through the proxy")
+            uploaded = client.files.upload(file=document)
+            assert uploaded.name is not None and uploaded.size_bytes == document.stat().st_size
             generate = f"{url}/v1beta/models/{FLASH}:generateContent"
             assert httpx.post(f"{generate}?key={TOKENS[0]}", content=BODY).status_code == 200
             stranger = genai.Client(api_key="a-guess-0000000000", http_options={"base_url": url})
