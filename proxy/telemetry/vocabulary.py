@@ -39,7 +39,7 @@ class LabelVocabulary:
 
     def learn(self, model: str) -> None:
         """The upstream served ``model``: a name of its catalogue."""
-        if model not in self._known and self._learned < MAX_LEARNED_MODELS:
+        if model and model not in self._known and self._learned < MAX_LEARNED_MODELS:
             self._known.add(label(model))
             self._learned += 1
 
