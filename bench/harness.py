@@ -143,6 +143,9 @@ def proxy(
     whose ``proxy`` package runs (another one measures an older version)."""
     port = free_port()
     settings: dict[str, Any] = dict(config or {})
+    # The forwarding path of one model, as before the default chains existed (a chain makes
+    # the proxy look its models' limits up, which the canned upstream answers with 404).
+    settings.setdefault("routes", {})
     settings["upstream"] = {**settings.get("upstream", {}), "base_url": upstream}
     settings["server"] = {"port": port, "log_level": "warning", **settings.get("server", {})}
     path = workdir / f"{name}.yaml"

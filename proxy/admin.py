@@ -11,12 +11,12 @@ so an unauthorised caller learns nothing, not even which paths exist.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -63,9 +63,17 @@ class AdminAuth:
     def check(self, request: Request) -> Response | None:
         """None when the request may proceed, else the refusal to send."""
         if self._token is None:
-            if self._loopback and _is_loopback(request.client.host if request.client else None):
-                return None
-            return refuse(403, DISABLED_MESSAGE)
+            if not self._loopback:
+                return refuse(403, DISABLED_MESSAGE)
+            reason = loopback_refusal(
+                request.client.host if request.client else None,
+                request.method,
+                request.headers.get("host"),
+                request.headers.get("origin"),
+                request.headers.get("sec-fetch-site"),
+                request.headers.get("content-type"),
+            )
+            return None if reason is None else refuse(403, reason)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return refuse(401, "The admin API needs an 'Authorization: Bearer <token>' header.")
@@ -74,16 +82,47 @@ class AdminAuth:
         return None
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+CROSS_SITE_MESSAGE = "Unauthenticated admin calls are refused from another site's page."
+
+
+def loopback_refusal(
+    peer: str | None,
+    method: str,
+    host: str | None,
+    origin: str | None,
+    fetch_site: str | None,
+    content_type: str | None,
+) -> str | None:
+    """Why an unauthenticated admin call is refused (None: it may proceed). Beyond the peer
+    address, a web page in the operator's browser must not reach the API: not by a cross-site
+    request (``Origin``, ``Sec-Fetch-Site``), nor by a form post (only JSON bodies), nor by
+    DNS rebinding (a name of the attacker's resolving to 127.0.0.1: the ``Host`` shows it)."""
+    if peer not in LOOPBACK_PEERS:
+        return DISABLED_MESSAGE
+    if host is None or _host_name(host) not in LOOPBACK_NAMES:
+        return (
+            "Unauthenticated admin calls must name this machine in Host: "
+            "localhost, 127.0.0.1 or [::1]."
+        )
+    if origin is not None and urlsplit(origin).hostname not in LOOPBACK_NAMES:
+        return CROSS_SITE_MESSAGE
+    if fetch_site is not None and fetch_site.strip().lower() == "cross-site":
+        return CROSS_SITE_MESSAGE
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if method == "POST" and media_type != "application/json":
+        return "Admin actions take a JSON body: send Content-Type: application/json."
+    return None
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8080`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() else host
 
 
 def refuse(code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

@@ -20,9 +20,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .admin import AdminApi, AdminAuth
+from .asgi_io import dated
+from .client_tokens import describe_access
 from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
-from .config import SETTINGS_JSON_ENV, Settings, build_settings
+from .config import DEFAULT_ROUTES, SETTINGS_JSON_ENV, Settings, build_settings
 from .forwarding import Forwarder
 from .static_assets import PREFIX as STATIC_PREFIX
 from .static_assets import load_assets, static_endpoint
@@ -57,6 +59,7 @@ class ProxyApp:
             if path not in OPERATOR_PATHS and not path.startswith(ADMIN_PREFIX):
                 await self.forwarder(scope, receive, send)
                 return
+            send = dated(send)
         await self.operator(scope, receive, send)
 
 
@@ -79,6 +82,7 @@ def create_app(
         replica=replica, otlp_endpoint=settings.telemetry.otlp_endpoint, prometheus=True
     )
     telemetry.declare(settings.routes)
+    telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
@@ -112,11 +116,15 @@ def create_app(
             forwarder.capabilities.upstream = forwarder.upstream
             forwarder.coordinator = coordinator
             log.info(
-                "replica %s forwarding to %s; routes: %s",
+                "replica %s forwarding to %s; routes: %s%s",
                 replica,
                 settings.upstream.base_url,
                 ", ".join(f"{k} -> {' > '.join(v)}" for k, v in settings.routes.items()) or "none",
+                " (the default chains; 'routes: {}' turns them off)"
+                if settings.routes == {k: tuple(v) for k, v in DEFAULT_ROUTES.items()}
+                else "",
             )
+            log.log(*describe_access(settings))
             try:
                 yield
             finally:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from .gemini.errors import JSON_CONTENT_TYPE, error_body
+from .headers import date_header
 
 
 class ClientDisconnected(Exception):
@@ -85,8 +86,23 @@ async def send_error(
             "headers": [
                 (b"content-type", JSON_CONTENT_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
+                date_header(),
                 *(headers or []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def dated(send: Send) -> Send:
+    """``send`` that adds a ``date`` header to a response start that has none (for the
+    operator's routes, which are not on the hot path)."""
+
+    async def send_dated(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"date" for name, _ in headers):
+                message = {**message, "headers": [*headers, date_header()]}
+        await send(message)
+
+    return send_dated

@@ -81,7 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
         "port": settings.server.port,
         "log_config": None,
         "access_log": False,  # uvicorn's access log would print ?key= query strings
+        # Answers carry the upstream's own server and date headers; uvicorn's would repeat
+        # them (the proxy dates the answers it writes itself).
         "server_header": False,
+        "date_header": False,
         # Explicit, so a missing one is an error rather than a silent fallback to the slow
         # pure-Python loop and parser (they roughly double the throughput).
         "loop": "auto" if sys.platform == "win32" else "uvloop",
@@ -116,6 +119,9 @@ def _simulate(args: argparse.Namespace) -> int:
         port=args.port,
         log_config=None,
         access_log=False,
+        # The simulator sends Google's front-end headers itself (``date`` and ``server`` too).
+        server_header=False,
+        date_header=False,
         # Faults like ``hang`` hold connections open forever; do not let them block a stop.
         timeout_graceful_shutdown=3,
     )

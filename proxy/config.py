@@ -7,10 +7,12 @@ names the offending key, e.g. ``routes.gemini-2.5-pro[1]: expected a string``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,10 +39,20 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "GEMINI_BREAKER_REDIS_PASSWORD": ("redis", "password"),
     "GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD": ("redis", "sentinel", "password"),
     "GEMINI_BREAKER_ADMIN_TOKEN": ("admin", "token"),
+    "GEMINI_BREAKER_CLIENT_TOKENS": ("server", "client_tokens"),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
 }
 # The parent process hands the merged configuration to its worker processes through this.
 SETTINGS_JSON_ENV = "GEMINI_BREAKER_SETTINGS_JSON"
+
+# The chains served when the file has no ``routes:`` key at all (``routes: {}`` turns them off):
+# a newcomer's proxy fails over from the first request on.
+DEFAULT_ROUTES: Mapping[str, list[str]] = MappingProxyType(
+    {
+        "gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"],
+        "gemini-2.5-flash": ["gemini-2.5-flash", "gemini-2.5-flash-lite"],
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,15 @@ class ServerSettings:
     """Worker processes; each is a replica of the cluster, so several need ``redis.url``."""
     request_deadline: float = field(default=300.0, metadata={"min": 0.01})
     """Longest a request may take, retries and failover included; ``X-Server-Timeout`` caps it."""
+    client_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """Tokens callers present as their API key; each is replaced by ``upstream.api_key``."""
+    allow_open_relay: bool = False
+    """Let any caller beyond loopback use ``upstream.api_key`` without a client token."""
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether the server listens on this machine only."""
+        return is_loopback_host(self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +251,13 @@ class Settings:
     on the next model (the default) or end with an in-band ``error``."""
     """Requested model -> ordered chain of models to serve it."""
 
+    @property
+    def named_models(self) -> frozenset[str]:
+        """Every model name the configuration holds: routes, their chains, ``models:``."""
+        return frozenset(
+            {*self.routes, *(m for chain in self.routes.values() for m in chain), *self.models}
+        )
+
     def chain_for(self, model: str) -> tuple[str, ...]:
         """The failover chain for a requested model; a model with no route serves itself."""
         return self.routes.get(model) or (model,)
@@ -300,7 +328,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         )
         for name, spec in models_raw.items()
     }
-    routes, stream_break = _build_routes(raw.get("routes"))
+    routes, stream_break = _build_routes(raw.get("routes", DEFAULT_ROUTES))
     settings = Settings(
         server=build_dataclass(ServerSettings, raw.get("server"), "server"),
         upstream=build_dataclass(UpstreamSettings, raw.get("upstream"), "upstream"),
@@ -327,6 +355,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         )
     if not settings.redis.namespace or any(c in settings.redis.namespace for c in "{}: "):
         raise ConfigError("redis.namespace: must be non-empty, without braces, colons or spaces")
+    _check_exposure(settings)
     return dataclasses.replace(
         settings,
         upstream=dataclasses.replace(
@@ -367,6 +396,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _from_env(var: str, value: str, section: str, key: str) -> Any:
+    if (section, key) == ("server", "client_tokens"):
+        return [token.strip() for token in value.split(",") if token.strip()]
     if (section, key) == ("server", "port"):
         try:
             return int(value)
@@ -408,6 +439,52 @@ def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]
             raise ConfigError(f"{where}: a model appears twice in the chain")
         routes[name] = tuple(chain)
     return routes, policies
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address is on this machine only (``localhost`` or a loopback IP)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Refuse the configurations that hand the proxy's credentials to the network: short
+    tokens, unauthenticated admin beyond loopback, the API key relayed to any caller."""
+    server, admin = settings.server, settings.admin
+    tokens = [("admin.token", admin.token)] if admin.token is not None else []
+    tokens += [(f"server.client_tokens[{i}]", t) for i, t in enumerate(server.client_tokens)]
+    for where, token in tokens:
+        if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()):
+            raise ConfigError(
+                f"{where}: expected at least {MIN_TOKEN_CHARS} printable ASCII characters"
+            )
+        if token.strip() != token:
+            raise ConfigError(f"{where}: expected no surrounding spaces")
+    if admin.allow_unauthenticated_loopback and admin.token is None and not server.on_loopback:
+        raise ConfigError(
+            "admin.allow_unauthenticated_loopback: the server listens on "
+            f"{server.host}, beyond loopback; set admin.token instead"
+        )
+    if server.client_tokens and settings.upstream.api_key is None:
+        raise ConfigError("server.client_tokens: they stand for upstream.api_key, which is unset")
+    if (
+        settings.upstream.api_key is not None
+        and not server.on_loopback
+        and not server.client_tokens
+        and not server.allow_open_relay
+    ):
+        raise ConfigError(
+            f"server.client_tokens: the server listens on {server.host}, beyond loopback, and "
+            "would send upstream.api_key for any caller; set client tokens "
+            "(GEMINI_BREAKER_CLIENT_TOKENS) or server.allow_open_relay: true"
+        )
 
 
 def _check_redis(redis: RedisSettings) -> None:

@@ -46,6 +46,7 @@ from .headers import (
     Headers,
     client_response_headers,
     credential_scope,
+    date_header,
     request_origin,
     rewrite_upload_url,
     upstream_request_headers,
@@ -428,6 +429,8 @@ class Exchange:
             span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
             return _Failed(model, error=exc, answer_now=poison)
         span.responded(response.status_code)
+        if response.status_code == 404:
+            self.coordinator.quota_not_found(self.credential, model)
         verdict = classify_status(response.status_code)
         span.outcome(verdict.value)
         if verdict is not Verdict.FAILURE and self._hold is not None:
@@ -853,6 +856,7 @@ class Exchange:
                     (b"content-type", JSON_CONTENT_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"retry-after", seconds),
+                    date_header(),
                     (MODEL_HEADER, model.encode()),
                     (SHED_HEADER, shed.reason.encode()),
                 ],

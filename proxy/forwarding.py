@@ -23,6 +23,7 @@ from .asgi_io import (
     stream_body,
 )
 from .capability_lookup import CapabilityLookup
+from .client_tokens import ClientTokens, without_credentials
 from .cluster.coordinator import Coordinator
 from .config import Settings
 from .deadlines import DeadlineBook
@@ -52,6 +53,8 @@ class Forwarder:
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (README "Design notes")."""
+        tokens = settings.server.client_tokens
+        self.client_tokens = ClientTokens(tokens) if tokens else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -96,6 +99,17 @@ class Forwarder:
             await send_error(send, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
+        # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
+        # request that did present a token, is their credential.
+        if self.client_tokens is not None and not (
+            gemini_path.upload and b"upload_id=" in scope["query_string"]
+        ):
+            refusal = self.client_tokens.check(headers, scope["query_string"])
+            if refusal is not None:
+                await send_error(send, refusal.code, refusal.message)
+                return refusal.code, None, 0
+            headers, query_string = without_credentials(headers, scope["query_string"])
+            scope = {**scope, "headers": headers, "query_string": query_string}
         limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:

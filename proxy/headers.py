@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from email.utils import formatdate
 from urllib.parse import parse_qsl, urlsplit
 
 Headers = list[tuple[bytes, bytes]]
@@ -31,6 +32,12 @@ _NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {b"host", b"content-length"}
 API_KEY_HEADER = b"x-goog-api-key"
 UPLOAD_URL_HEADER = b"x-goog-upload-url"
 MODEL_HEADER = b"x-gemini-breaker-model"
+
+
+def date_header() -> tuple[bytes, bytes]:
+    """A ``date`` header for an answer the proxy writes itself (relayed answers carry the
+    upstream's; the server adds none, so there is never a second one)."""
+    return (b"date", formatdate(usegmt=True).encode())
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:

@@ -66,6 +66,15 @@ class AdaptiveThrottle:
         """A request of this scope is being sent upstream."""
         self._counts(scope).add_a()
 
+    def forget(self, scope: tuple[str, str]) -> None:
+        """Drop a scope that holds no rejection (its throttle is off anyway): the upstream
+        has no such model, so a scan of made-up names leaves nothing behind."""
+        counts = self._scopes.get(scope)
+        if counts is not None:
+            counts.refresh()
+            if counts.b == 0:
+                del self._scopes[scope]
+
     def rejected(self, scope: tuple[str, str]) -> None:
         """The upstream answered a request of this scope with 429."""
         self._counts(scope).add_b()

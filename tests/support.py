@@ -26,10 +26,18 @@ def free_port() -> int:
 
 @contextmanager
 def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL."""
+    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL. As the
+    ``serve`` and ``simulate`` commands do, uvicorn adds no ``server`` or ``date`` header."""
     port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        date_header=False,
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread, so this is safe in a thread.

@@ -36,7 +36,7 @@ from .test_cluster_e2e import Cluster, ask, spread, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
-TOKEN = "op3rator-t0ken"
+TOKEN = "op3rator-t0ken-2026"
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -72,16 +72,26 @@ def generate(url: str, text: str = "hello") -> httpx.Response:
 # -- access -----------------------------------------------------------------------------------
 
 
-def request_from(host: str | None, authorization: str | None = None) -> Request:
-    headers = [(b"authorization", authorization.encode())] if authorization else []
+def request_from(
+    peer: str | None,
+    authorization: str | None = None,
+    method: str = "GET",
+    **extra: str,
+) -> Request:
+    """A request to /admin from ``peer``; ``extra`` headers (underscores for dashes)
+    replace the default ``Host: 127.0.0.1:8080``."""
+    fields = {"host": "127.0.0.1:8080", **{k.replace("_", "-"): v for k, v in extra.items()}}
+    if authorization:
+        fields["authorization"] = authorization
+    headers = [(name.encode(), value.encode()) for name, value in fields.items()]
     return Request(
         {
             "type": "http",
-            "method": "GET",
+            "method": method,
             "path": "/admin/state",
             "query_string": b"",
             "headers": headers,
-            "client": None if host is None else (host, 40000),
+            "client": None if peer is None else (peer, 40000),
         }
     )
 
@@ -110,8 +120,8 @@ def test_without_a_token_the_admin_api_is_disabled() -> None:
     [
         ("127.0.0.1", True),
         ("::1", True),
-        ("127.0.0.2", True),
-        ("::ffff:127.0.0.1", True),
+        ("127.0.0.2", False),  # exactly the two loopback addresses a sidecar's app uses
+        ("::ffff:127.0.0.1", False),
         ("10.0.0.5", False),
         ("192.168.1.20", False),
         ("::ffff:10.0.0.5", False),
@@ -123,6 +133,61 @@ def test_loopback_opt_in_admits_only_loopback_callers(host: str | None, allowed:
     auth = AdminAuth(None, allow_unauthenticated_loopback=True)
     assert auth.mode == "loopback"
     assert refusal(auth, request_from(host)) == (None if allowed else (403, "PERMISSION_DENIED"))
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "allowed"),
+    [
+        ("GET", {"host": "localhost:8080"}, True),
+        ("GET", {"host": "[::1]:8080"}, True),
+        ("GET", {"host": "127.0.0.1"}, True),
+        ("GET", {"host": "attacker.example:8080"}, False),  # DNS rebinding
+        ("GET", {"host": "localhost.attacker.example"}, False),
+        ("GET", {"host": ""}, False),
+        ("GET", {"origin": "http://127.0.0.1:8080"}, True),
+        ("GET", {"origin": "http://localhost:3000"}, True),
+        ("GET", {"origin": "https://attacker.example"}, False),
+        ("GET", {"origin": "null"}, False),
+        ("GET", {"sec_fetch_site": "same-origin"}, True),
+        ("GET", {"sec_fetch_site": "none"}, True),
+        ("GET", {"sec_fetch_site": "cross-site"}, False),
+        ("POST", {"content_type": "application/json"}, True),
+        ("POST", {"content_type": "application/json; charset=utf-8"}, True),
+        ("POST", {}, False),
+        ("POST", {"content_type": "text/plain"}, False),  # what a page's simple fetch sends
+        ("POST", {"content_type": "application/x-www-form-urlencoded"}, False),
+    ],
+)
+def test_loopback_opt_in_refuses_what_a_web_page_could_send(
+    method: str, headers: dict[str, str], allowed: bool
+) -> None:
+    auth = AdminAuth(None, allow_unauthenticated_loopback=True)
+    request = request_from("127.0.0.1", None, method, **headers)
+    assert refusal(auth, request) == (None if allowed else (403, "PERMISSION_DENIED"))
+
+
+def test_a_web_page_cannot_reach_the_unauthenticated_admin_api(simulator_url: str) -> None:
+    """Against the real proxy: a same-machine caller with the browser's cross-site marks, a
+    rebound host name or a form post gets 403 and the action does not happen."""
+    settings = proxy_settings(simulator_url)
+    path = f"/admin/breakers/{PRO}/force_open"
+    body = {"reason": "drill"}
+    with serve(create_app(settings)) as url:
+        attempts = [
+            httpx.post(url + path, json=body, headers={"origin": "https://evil.example"}),
+            httpx.post(url + path, json=body, headers={"sec-fetch-site": "cross-site"}),
+            httpx.post(url + path, json=body, headers={"host": "evil.example:80"}),
+            httpx.post(url + path, data=body),  # a form: application/x-www-form-urlencoded
+            httpx.post(
+                url + path, content=json.dumps(body), headers={"content-type": "text/plain"}
+            ),
+        ]
+        for response in attempts:
+            assert response.status_code == 403, response.text
+            assert response.json()["error"]["status"] == "PERMISSION_DENIED"
+        assert get(url, "/admin/breakers")["breakers"][PRO]["state"] == "closed"
+        assert act(url, path, body).status_code == 200
+        assert get(url, "/admin/breakers")["breakers"][PRO]["state"] == "forced_open"
 
 
 def test_a_token_is_checked_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,7 +436,8 @@ def test_bad_admin_requests_say_what_is_wrong(
 ) -> None:
     content = body if isinstance(body, str) else None
     payload = None if isinstance(body, str) or body is None else body
-    response = httpx.request(method, proxy + path, json=payload, content=content)
+    headers = {"content-type": "application/json"} if content is not None else None
+    response = httpx.request(method, proxy + path, json=payload, content=content, headers=headers)
     assert response.status_code == code, response.text
     assert says in response.json()["error"]["message"]
     assert get(proxy, "/admin/audit")["entries"] == []  # nothing happened

@@ -21,14 +21,28 @@ def test_defaults_listen_on_loopback_and_forward_to_google() -> None:
     assert settings.upstream.base_url == GOOGLE_BASE_URL
     assert settings.upstream.api_key is None
     assert settings.redis.url is None
-    assert settings.chain_for("gemini-2.5-flash") == ("gemini-2.5-flash",)
+
+
+def test_without_routes_the_standard_chains_fail_over_and_an_empty_mapping_turns_them_off(
+    tmp_path: Path,
+) -> None:
+    pro, flash, lite = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
+    settings = load_settings(None, env={})
+    assert settings.chain_for(pro) == (pro, flash, lite)
+    assert settings.chain_for(flash) == (flash, lite)
+    assert settings.chain_for(lite) == (lite,)
+    off = load_settings(write(tmp_path, "routes: {}\n"), env={})
+    assert off.routes == {}
+    assert off.chain_for(pro) == (pro,)
+    mine = load_settings(write(tmp_path, "routes: {fast: [gemini-2.5-flash]}\n"), env={})
+    assert mine.routes == {"fast": (flash,)}  # configured routes replace the defaults
 
 
 def test_full_file_is_read(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
-server: {host: 0.0.0.0, port: 9000, max_body_bytes: 1024}
+server: {host: 0.0.0.0, port: 9000, max_body_bytes: 1024, allow_open_relay: true}
 upstream: {base_url: "http://127.0.0.1:8090/", api_key: file-key}
 redis: {url: "redis://127.0.0.1:6380/0"}
 model_defaults: {first_event_timeout: 30}
@@ -183,3 +197,65 @@ def test_invalid_redis_settings_name_the_key(redis: dict[str, object], named: st
     with pytest.raises(ConfigError) as caught:
         build_settings({"redis": redis})
     assert str(caught.value).startswith(named)
+
+
+LOOPBACK_ONLY = "the server listens on 0.0.0.0, beyond loopback"
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"admin": {"token": "short-token"}}, "admin.token: expected at least 16"),
+        ({"admin": {"token": " " + "x" * 20}}, "admin.token: expected no surrounding spaces"),
+        (
+            {"upstream": {"api_key": "k"}, "server": {"client_tokens": ["x" * 15]}},
+            "server.client_tokens[0]: expected at least 16",
+        ),
+        (
+            {"server": {"client_tokens": ["x" * 16]}},
+            "server.client_tokens: they stand for upstream.api_key",
+        ),
+        (
+            {"server": {"host": "0.0.0.0"}, "admin": {"allow_unauthenticated_loopback": True}},
+            "admin.allow_unauthenticated_loopback: " + LOOPBACK_ONLY,
+        ),
+        (
+            {"server": {"host": "0.0.0.0"}, "upstream": {"api_key": "k"}},
+            "server.client_tokens: " + LOOPBACK_ONLY,
+        ),
+        (
+            {"server": {"host": "gateway.internal"}, "upstream": {"api_key": "k"}},
+            "server.client_tokens: the server listens on gateway.internal",
+        ),
+    ],
+    ids=[
+        "short admin token",
+        "padded admin token",
+        "short client token",
+        "client tokens without a key",
+        "unauthenticated admin beyond loopback",
+        "open relay not opted in",
+        "open relay on a host name",
+    ],
+)
+def test_configurations_that_expose_credentials_are_refused(
+    raw: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        build_settings(raw)
+
+
+def test_the_api_key_beyond_loopback_needs_client_tokens_or_the_open_relay_opt_in() -> None:
+    exposed = {"server": {"host": "0.0.0.0"}, "upstream": {"api_key": "k"}}
+    opted_in = build_settings({**exposed, "server": {"host": "::", "allow_open_relay": True}})
+    assert opted_in.server.allow_open_relay
+    env = {"GEMINI_BREAKER_HOST": "0.0.0.0", "GEMINI_API_KEY": "k"}
+    tokens = "first-client-token-0001, second-client-token-02"
+    guarded = load_settings(None, env={**env, "GEMINI_BREAKER_CLIENT_TOKENS": tokens})
+    assert guarded.server.client_tokens == ("first-client-token-0001", "second-client-token-02")
+    assert "client-token" not in repr(guarded)
+    for host in ("127.0.0.1", "::1", "localhost", "[::1]"):
+        build_settings({"server": {"host": host}, "upstream": {"api_key": "k"}})
+        build_settings(
+            {"server": {"host": host}, "admin": {"allow_unauthenticated_loopback": True}}
+        )

@@ -200,7 +200,7 @@ def test_client_deadline_caps_the_request(proxy: str, simulator: SimulatorContro
 
 
 def test_admin_state_requires_the_token_when_configured(simulator_url: str) -> None:
-    settings = proxy_settings(simulator_url, admin={"token": "s3cret-admin"})
+    settings = proxy_settings(simulator_url, admin={"token": "s3cret-admin-token"})
     with serve(create_app(settings)) as url:
         missing = httpx.get(url + "/admin/state")
         assert missing.status_code == 401
@@ -208,7 +208,7 @@ def test_admin_state_requires_the_token_when_configured(simulator_url: str) -> N
         wrong = httpx.get(url + "/admin/state", headers={"authorization": "Bearer nope"})
         assert wrong.status_code == 403
         assert "s3cret" not in wrong.text
-        ok = httpx.get(url + "/admin/state", headers={"authorization": "Bearer s3cret-admin"})
+        ok = httpx.get(url + "/admin/state", headers={"authorization": "Bearer s3cret-admin-token"})
         assert ok.status_code == 200
         assert ok.json()["routes"][PRO]["chain"] == [PRO, FLASH, LITE]
         assert ok.json()["store"] == {

@@ -54,6 +54,7 @@ STANDALONE: dict[str, Any] = {
     "redis": {"url": "redis://redis-master:6379/0", "username": "breaker"},
     "secrets": {
         "apiKey": {"value": API_KEY},
+        "clientTokens": {"existingSecret": "app-tokens", "key": "gemini-breaker"},
         "adminToken": {"existingSecret": "ops-tokens", "key": "gemini-breaker"},
         "redisPassword": {"existingSecret": "redis-auth", "key": "password"},
     },
@@ -73,6 +74,7 @@ CASES: dict[str, dict[str, Any]] = {
         "podDisruptionBudget": {"maxUnavailable": 1},
     },
     "single-replica": {"replicaCount": 1, "autoscaling": {"enabled": False}},
+    "open-relay": {"secrets": {"apiKey": {"value": API_KEY}}, "server": {"allowOpenRelay": True}},
     "sidecar": {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
     "sidecar-example": {
         "mode": "sidecar",
@@ -149,6 +151,18 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         "no Redis is",
     ),
     "workers without redis": ({"server": {"workers": 2}}, "need a Redis"),
+    "api key for any caller": (
+        {"secrets": {"apiKey": {"value": "k"}}},
+        "secrets.clientTokens: the proxy listens on 0.0.0.0",
+    ),
+    "client tokens without a key": (
+        {"secrets": {"clientTokens": {"value": "client-token-0123456789"}}},
+        "secrets.clientTokens: they stand for secrets.apiKey",
+    ),
+    "client tokens in the config file": (
+        {"config": {"server": {"client_tokens": ["client-token-0123456789"]}}},
+        "/config/server/client_tokens",
+    ),
 }
 
 
@@ -473,6 +487,9 @@ def test_secrets_are_referenced_never_inlined(helm: HelmResults) -> None:
     assert env["GEMINI_BREAKER_REDIS_PASSWORD"] == {
         "secretKeyRef": {"name": "redis-auth", "key": "password"}
     }
+    assert env["GEMINI_BREAKER_CLIENT_TOKENS"] == {
+        "secretKeyRef": {"name": "app-tokens", "key": "gemini-breaker"}
+    }
     assert "GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD" not in env
     # The chart's Secret holds only the value given to the chart.
     secret = rendered.get("Secret", FULLNAME)
@@ -515,6 +532,8 @@ def test_the_configuration_of_the_gateway(helm: HelmResults, tmp_path: Path) -> 
     assert settings.redis.password == "redis-auth/password"  # from the Secret reference
     assert settings.upstream.api_key == f"{FULLNAME}/api-key"
     assert settings.admin.token == "ops-tokens/gemini-breaker"
+    assert settings.server.client_tokens == ("app-tokens/gemini-breaker",)
+    assert not settings.server.allow_open_relay
     assert settings.telemetry.otlp_endpoint == "http://otel-collector:4318"
     assert settings.model_defaults.headers_timeout == 45
     assert settings.quota.max_retry_wait == 5

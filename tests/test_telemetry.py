@@ -84,7 +84,7 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture
 def telemetry(spans: InMemorySpanExporter) -> Iterator[Telemetry]:
-    instance = Telemetry("gemini-breaker", "replica-a", span_exporter=spans)
+    instance = Telemetry("gemini-breaker", "replica-a", span_exporter=spans, models=CHAIN)
     yield instance
     instance.shutdown()
 
@@ -303,7 +303,7 @@ def test_a_failing_cluster_source_leaves_the_rest_of_the_scrape_intact(
 
 
 def test_two_instances_share_no_values() -> None:
-    first, second = Telemetry(replica="a"), Telemetry(replica="b")
+    first, second = Telemetry(replica="a", models=CHAIN), Telemetry(replica="b", models=CHAIN)
     try:
         first.watch_cluster(lambda: view(active=FLASH))
         second.watch_cluster(lambda: view(active=PRO, pro="closed"))
@@ -329,7 +329,7 @@ def test_two_instances_share_no_values() -> None:
         second.shutdown()
     # Shut down, an instance leaves nothing registered anywhere, and may be shut down again.
     first.shutdown()
-    fresh = Telemetry()
+    fresh = Telemetry(models=CHAIN)
     try:
         assert "gemini_breaker_requests_total" not in scrape(fresh)
     finally:
@@ -343,13 +343,15 @@ def test_no_api_key_ever_becomes_a_label(telemetry: Telemetry) -> None:
     exposition = telemetry.render_metrics()
     assert exposition is not None
     assert b"AIza" not in exposition.body
-    assert value(
-        scrape(telemetry), "gemini_breaker_sheds_total", model="redacted", reason="cooldown"
-    )
+    assert value(scrape(telemetry), "gemini_breaker_sheds_total", model="other", reason="cooldown")
+    telemetry.vocabulary.know([key])  # not even a configured name shows a key
+    telemetry.vocabulary.learn(key)
+    telemetry.shed(key, "cooldown")
+    assert b"AIza" not in telemetry.render_metrics().body  # type: ignore[union-attr]
 
 
 def test_openmetrics_when_the_scraper_asks_and_nothing_without_prometheus() -> None:
-    telemetry = Telemetry()
+    telemetry = Telemetry(models=CHAIN)
     quiet = Telemetry(prometheus=False)
     try:
         telemetry.quota_alert(FLASH)
@@ -367,7 +369,7 @@ def test_openmetrics_when_the_scraper_asks_and_nothing_without_prometheus() -> N
 
 def test_extra_metric_readers_see_the_same_metrics() -> None:
     reader = InMemoryMetricReader()
-    telemetry = Telemetry(prometheus=False, metric_readers=[reader])
+    telemetry = Telemetry(prometheus=False, metric_readers=[reader], models=CHAIN)
     try:
         telemetry.retry(PRO, "timeout")
         data = reader.get_metrics_data()
@@ -572,7 +574,7 @@ async def test_concurrent_requests_keep_their_own_trees(
 
 
 def test_without_an_exporter_spans_cost_nothing_but_still_carry_a_trace_id() -> None:
-    telemetry = Telemetry()
+    telemetry = Telemetry(models=CHAIN)
     try:
         with telemetry.request("POST", {"traceparent": TRACEPARENT}, parse_path(GENERATE)) as req:
             assert not req.span.is_recording()
@@ -746,6 +748,7 @@ def test_otlp_exports_spans_and_metrics_to_the_configured_endpoint() -> None:
             otlp_endpoint=f"http://127.0.0.1:{server.server_port}/",
             prometheus=False,
             otlp_export_interval=3600,
+            models=CHAIN,
         )
         with telemetry.request("POST", {}, parse_path(GENERATE)) as request:
             with telemetry.attempt(PRO, 1):

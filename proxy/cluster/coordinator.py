@@ -351,6 +351,10 @@ class Coordinator:
         """A request of this scope is being sent to ``model``."""
         self.throttle.requested((scope, model))
 
+    def quota_not_found(self, scope: str, model: str) -> None:
+        """The upstream answered 404 for ``model``: it keeps no throttle state."""
+        self.throttle.forget((scope, model))
+
     def rate_limited(self, scope: str, model: str, limit: RateLimit) -> float:
         """A 429 from the upstream: hold the scope here at once, tell the cluster in the
         background. Returns the seconds until the scope may be tried again."""

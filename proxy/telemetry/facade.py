@@ -30,7 +30,8 @@ class Telemetry(MetricsRecorder):
     ``prometheus``: keep the metrics for ``render_metrics``. ``otlp_endpoint``: also export
     metrics (every ``otlp_export_interval`` seconds) and spans over OTLP/HTTP to that base URL.
     ``span_exporter``: an extra span exporter, called synchronously (tests pass an in-memory
-    one). ``metric_readers``: extra readers. Without any span exporter, spans are not sampled
+    one). ``metric_readers``: extra readers. ``models``: names that may be label values from
+    the start (see ``LabelVocabulary``). Without any span exporter, spans are not sampled
     (nearly free) but still carry the trace id into the logs.
     """
 
@@ -45,6 +46,7 @@ class Telemetry(MetricsRecorder):
         metric_readers: Sequence[MetricReader] = (),
         otlp_headers: Mapping[str, str] | None = None,
         otlp_export_interval: float = 15.0,
+        models: Iterable[str] = (),
     ) -> None:
         attributes = {SERVICE_NAME: service_name}
         if replica:
@@ -81,7 +83,7 @@ class Telemetry(MetricsRecorder):
         self._span_tracer: Tracer | None = self.tracer if processors else None
         self._shutdown_lock = threading.Lock()
         self._closed = False
-        super().__init__(self.meter_provider.get_meter(SCOPE))
+        super().__init__(self.meter_provider.get_meter(SCOPE), models)
 
     # -- spans ----------------------------------------------------------------------------------
 

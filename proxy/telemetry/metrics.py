@@ -9,9 +9,10 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from . import names
 from .cluster import ClusterGauges, ClusterSource, ClusterView
 from .known import Labels, known_series
-from .names import label, operation_name
+from .names import operation_name
 from .tallies import SeriesTallies
 from .usage import token_counts
+from .vocabulary import LabelVocabulary
 
 # Buckets (seconds) advised by the GenAI conventions for gen_ai.client.operation.duration and
 # gen_ai.server.time_to_first_token.
@@ -23,14 +24,6 @@ FIRST_TOKEN_BUCKETS = (
     *(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
     *(30.0, 60.0, 120.0),  # past every default first-event ceiling
 )
-
-
-# Distinct label sets kept per counter (and attribute sets cached per histogram): model
-# names come from request paths, so a client must not be able to grow them without bound.
-# Past the limit, new label sets are counted under OpenTelemetry's overflow attribute (as the
-# SDK does past its own limit of 2000, which this stays under).
-MAX_SERIES = 1000
-OVERFLOW: Labels = (("otel.metric.overflow", True),)
 
 
 class Tally:
@@ -46,8 +39,6 @@ class Tally:
 
     def add(self, amount: int, labels: Labels) -> None:
         counts = self._counts
-        if labels not in counts and len(counts) >= MAX_SERIES:
-            labels = OVERFLOW
         counts[labels] = counts.get(labels, 0) + amount
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -57,9 +48,11 @@ class Tally:
 
 class MetricsRecorder:
     """Every metric of one proxy instance. Each method is cheap and never raises on odd
-    input; label values go through ``names.label`` (no API key ever becomes a label)."""
+    input; model, route and status labels come from ``vocabulary`` (bounded sets, so no
+    caller can grow the series; no API key ever becomes a label)."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, models: Iterable[str] = ()) -> None:
+        self.vocabulary = LabelVocabulary(models)
         self._cluster: ClusterSource | None = None
         ClusterGauges(meter, self._cluster_view)
         self._requests = Tally(
@@ -106,8 +99,9 @@ class MetricsRecorder:
             "Upstream waits that ran out, by the limit that fired (headers, first_event, "
             "learned, gap).",
         )
-        self._per_model: dict[tuple[str, str | None], dict[str, str]] = {}
-        """Histogram attributes by (model, method), built once: the SDK hashes them anyway."""
+        self._per_model: dict[tuple[str, str], dict[str, str]] = {}
+        """Histogram attributes by (model label, operation), built once: the SDK hashes them
+        anyway."""
         self.tallies = SeriesTallies()
         """The last interval's counts for the cluster series, taken by the heartbeat."""
 
@@ -152,9 +146,9 @@ class MetricsRecorder:
         self._requests.add(
             1,
             (
-                (names.MODEL, label(model)),
-                (names.STATUS_CODE, str(status_code)),
-                (names.ROUTE, label(route)),
+                (names.MODEL, self.vocabulary.model(model)),
+                (names.STATUS_CODE, self.vocabulary.status(status_code)),
+                (names.ROUTE, self.vocabulary.model(route)),
                 (names.GEN_AI_OPERATION_NAME, operation_name(method)),
             ),
         )
@@ -165,9 +159,9 @@ class MetricsRecorder:
         self._failovers.add(
             1,
             (
-                (names.ROUTE, label(route)),
-                (names.FROM_MODEL, label(from_model)),
-                (names.TO_MODEL, label(to_model)),
+                (names.ROUTE, self.vocabulary.model(route)),
+                (names.FROM_MODEL, self.vocabulary.model(from_model)),
+                (names.TO_MODEL, self.vocabulary.model(to_model)),
                 (names.REASON, reason),
             ),
         )
@@ -178,7 +172,7 @@ class MetricsRecorder:
         self._transitions.add(
             1,
             (
-                (names.MODEL, label(model)),
+                (names.MODEL, self.vocabulary.model(model)),
                 (names.FROM_STATE, from_state),
                 (names.TO_STATE, to_state),
             ),
@@ -187,12 +181,12 @@ class MetricsRecorder:
     def retry(self, model: str, reason: str) -> None:
         """An attempt on ``model`` is retried on the same model (reason e.g. ``upstream_error``,
         ``timeout``, ``connection``, ``rate_limited`` for a waited-out 429)."""
-        self._retries.add(1, ((names.MODEL, label(model)), (names.REASON, reason)))
+        self._retries.add(1, ((names.MODEL, self.vocabulary.model(model)), (names.REASON, reason)))
 
     def shed(self, model: str, reason: str) -> None:
         """The proxy answered for ``model`` itself (reason ``cooldown``, ``pacing``,
         ``throttle``, ``budget`` or ``breakers_open``)."""
-        self._sheds.add(1, ((names.MODEL, label(model)), (names.REASON, reason)))
+        self._sheds.add(1, ((names.MODEL, self.vocabulary.model(model)), (names.REASON, reason)))
         self.tallies.add("", model, "shed")
 
     def upstream_latency(self, model: str, seconds: float, method: str | None = None) -> None:
@@ -208,24 +202,30 @@ class MetricsRecorder:
         Returns the counts by token type."""
         counts = token_counts(usage)
         for kind, count in counts.items():
-            self._tokens.add(count, ((names.MODEL, label(model)), (names.GEN_AI_TOKEN_TYPE, kind)))
+            self._tokens.add(
+                count,
+                ((names.MODEL, self.vocabulary.model(model)), (names.GEN_AI_TOKEN_TYPE, kind)),
+            )
         return counts
 
     def credential_alert(self, model: str, status_code: int) -> None:
         """The upstream answered 401/403 for ``model``: a key problem, not a model one."""
         self._credential_alerts.add(
-            1, ((names.MODEL, label(model)), (names.STATUS_CODE, str(status_code)))
+            1, ((names.MODEL, self.vocabulary.model(model)), (names.STATUS_CODE, str(status_code)))
         )
 
     def quota_alert(self, model: str) -> None:
         """A per-day quota for ``model`` is exhausted."""
-        self._quota_alerts.add(1, ((names.MODEL, label(model)),))
+        self._quota_alerts.add(1, ((names.MODEL, self.vocabulary.model(model)),))
 
     def schema_drift(self, model: str, *, streamed: bool = False) -> None:
         """A JSON-mode answer from ``model`` was not the JSON asked for."""
         self._schema_drift.add(
             1,
-            ((names.MODEL, label(model)), (names.STREAMED, "true" if streamed else "false")),
+            (
+                (names.MODEL, self.vocabulary.model(model)),
+                (names.STREAMED, "true" if streamed else "false"),
+            ),
         )
 
     def stream_continuation(self, from_model: str, to_model: str | None) -> None:
@@ -234,8 +234,8 @@ class MetricsRecorder:
         self._continuations.add(
             1,
             (
-                (names.FROM_MODEL, label(from_model)),
-                (names.TO_MODEL, label(to_model)),
+                (names.FROM_MODEL, self.vocabulary.model(from_model)),
+                (names.TO_MODEL, self.vocabulary.model(to_model)),
                 (names.OUTCOME, "continued" if to_model else "failed"),
             ),
         )
@@ -243,16 +243,14 @@ class MetricsRecorder:
     def deadline_miss(self, model: str, deadline: str) -> None:
         """An attempt on ``model`` waited out a limit: ``headers``, ``first_event`` (the
         configured ceiling), ``learned`` (the model's learned first-event deadline) or ``gap``."""
-        self._deadline_misses.add(1, ((names.MODEL, label(model)), (names.DEADLINE, deadline)))
+        self._deadline_misses.add(
+            1, ((names.MODEL, self.vocabulary.model(model)), (names.DEADLINE, deadline))
+        )
 
     def _model_attributes(self, model: str, method: str | None) -> dict[str, str]:
-        cache = self._per_model
-        attributes = cache.get((model, method))
+        key = (self.vocabulary.model(model), operation_name(method))
+        attributes = self._per_model.get(key)
         if attributes is None:
-            attributes = {
-                names.MODEL: label(model),
-                names.GEN_AI_OPERATION_NAME: operation_name(method),
-            }
-            if len(cache) < MAX_SERIES:
-                cache[(model, method)] = attributes
+            attributes = {names.MODEL: key[0], names.GEN_AI_OPERATION_NAME: key[1]}
+            self._per_model[key] = attributes
         return attributes

@@ -142,6 +142,8 @@ class AttemptSpan:
             return
         self._responded_after = time.perf_counter() - self._started
         self.span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status_code)
+        if 200 <= status_code < 300:
+            self._recorder.vocabulary.learn(self.model)  # the upstream lists it
 
     def record_latency(self) -> None:
         """Record the upstream latency timed by ``responded`` (at the attempt's end)."""

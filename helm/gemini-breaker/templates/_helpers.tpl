@@ -72,7 +72,7 @@ environment variables (see gemini-breaker.env).
 */}}
 {{- define "gemini-breaker.config" -}}
 {{- $v := .Values -}}
-{{- $server := dict "log_level" $v.server.logLevel "log_format" $v.server.logFormat "workers" $v.server.workers "request_deadline" $v.server.requestDeadline -}}
+{{- $server := dict "log_level" $v.server.logLevel "log_format" $v.server.logFormat "workers" $v.server.workers "request_deadline" $v.server.requestDeadline "allow_open_relay" $v.server.allowOpenRelay -}}
 {{- $redis := dict "namespace" $v.redis.namespace -}}
 {{- with $v.redis.url }}{{ $_ := set $redis "url" . }}{{ end -}}
 {{- with $v.redis.sentinel.masterName -}}
@@ -104,6 +104,7 @@ environment variables (see gemini-breaker.env).
 {{/* Each credential: values key, environment variable. */}}
 {{- define "gemini-breaker.secretEnvNames" -}}
 apiKey: GEMINI_API_KEY
+clientTokens: GEMINI_BREAKER_CLIENT_TOKENS
 adminToken: GEMINI_BREAKER_ADMIN_TOKEN
 redisPassword: GEMINI_BREAKER_REDIS_PASSWORD
 redisSentinelPassword: GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD
@@ -121,6 +122,16 @@ redisSentinelPassword: GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD
 {{- end -}}
 {{- if and (or .Values.secrets.redisSentinelPassword.value .Values.secrets.redisSentinelPassword.existingSecret) (not .Values.redis.sentinel.masterName) -}}
 {{- fail "secrets.redisSentinelPassword: set only with redis.sentinel" -}}
+{{- end -}}
+{{- $secrets := .Values.secrets -}}
+{{- $key := or $secrets.apiKey.value $secrets.apiKey.existingSecret -}}
+{{- $tokens := or $secrets.clientTokens.value $secrets.clientTokens.existingSecret -}}
+{{- $host := include "gemini-breaker.host" . -}}
+{{- if and $key (not (has $host (list "127.0.0.1" "localhost" "::1"))) (not $tokens) (not .Values.server.allowOpenRelay) -}}
+{{- fail (printf "secrets.clientTokens: the proxy listens on %s with secrets.apiKey; set client tokens (callers send one as their API key) or server.allowOpenRelay: true" $host) -}}
+{{- end -}}
+{{- if and $tokens (not $key) -}}
+{{- fail "secrets.clientTokens: they stand for secrets.apiKey, which is not set" -}}
 {{- end -}}
 {{- if and (gt (int .Values.server.workers) 1) (not $redis) -}}
 {{- fail "server.workers: several workers per pod need a Redis (redis.url, redis.sentinel or redis.cluster)" -}}
