@@ -17,6 +17,23 @@ from .support import serve
 ROUTES = {"gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]}
 
 
+FIGURES = pytest.StashKey[dict[str, str]]()
+
+
+@pytest.fixture(scope="session")
+def figures(pytestconfig: pytest.Config) -> dict[str, str]:
+    """Measurements a test reports (not asserts): printed at the end of the run."""
+    return pytestconfig.stash.setdefault(FIGURES, {})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    measured = config.stash.get(FIGURES, {})
+    if measured:
+        terminalreporter.section("figures")
+        for name, value in measured.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
