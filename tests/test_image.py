@@ -141,5 +141,7 @@ def test_the_image_holds_no_compiler_and_no_pip(
     answer = json.loads(result.stdout)
     assert answer["found"] == []
     assert answer["pip"] is False and answer["prefix"] == "/opt/gemini-breaker"
-    version = docker_engine.docker("run", "--rm", "--network", "none", project_image.tag, "--version")
+    version = docker_engine.docker(
+        "run", "--rm", "--network", "none", project_image.tag, "--version"
+    )
     assert version.stdout.strip() == "gemini-breaker 0.1.0"
