@@ -282,8 +282,10 @@ def docker_engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def project_image(
-    docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BuiltImage]:
-    base = make_base_image(docker_engine, tmp_path_factory.mktemp("docker"))
-    yield build_project_image(docker_engine, base)
+def base_image(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_base_image(docker_engine, tmp_path_factory.mktemp("docker"))
+
+
+@pytest.fixture(scope="session")
+def project_image(docker_engine: Engine, base_image: str) -> BuiltImage:
+    return build_project_image(docker_engine, base_image)
