@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from .tool_cache import cache_dir, unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"  # the Debian release of the public base, python:3.11-slim-bookworm
 MIRROR = "http://deb.debian.org/debian"
@@ -39,22 +41,6 @@ BASE_IMAGE = "gemini-breaker-base:local"
 # The engine's own client: Debian's docker.io CLI matches the daemon's API and builds with the
 # daemon's built-in BuildKit (a newer CLI elsewhere on PATH may want the buildx plugin).
 DOCKER = "/usr/bin/docker"
-
-
-def cache_dir() -> Path:
-    """Where the base root file system is kept between runs, outside any checkout."""
-    if os.environ.get("GEMINI_BREAKER_CACHE"):
-        return Path(os.environ["GEMINI_BREAKER_CACHE"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/gemini-breaker")
-    return Path.home() / ".cache" / "gemini-breaker"
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail under CI, where a skipped deployment test would hide a broken set-up."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def missing_requirement() -> str | None:
