@@ -12,7 +12,11 @@ from proxy.config import build_settings
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.client import SimulatorControl
 
+from .docker_engine import base_image, docker_engine, project_image
 from .support import serve
+
+# Session fixtures of the docker tests, registered here so that one engine serves them all.
+__all__ = ["base_image", "docker_engine", "project_image"]
 
 ROUTES = {"gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]}
 

@@ -30,9 +30,6 @@ from google.genai import errors
 from proxy.simulator.client import SimulatorControl
 
 from .docker_engine import ROOT, BuiltImage, Engine
-from .docker_engine import base_image as base_image  # the fixtures
-from .docker_engine import docker_engine as docker_engine
-from .docker_engine import project_image as project_image
 from .test_sdk_e2e import sdk
 
 pytestmark = pytest.mark.docker

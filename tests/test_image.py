@@ -20,9 +20,6 @@ from proxy.simulator.client import SimulatorControl
 
 from .conftest import calls
 from .docker_engine import BuiltImage, Engine
-from .docker_engine import base_image as base_image  # the fixtures
-from .docker_engine import docker_engine as docker_engine
-from .docker_engine import project_image as project_image
 from .support import free_port
 from .test_sdk_e2e import sdk
 
