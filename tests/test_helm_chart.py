@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,21 +161,21 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
 # ---- running Helm ----
 
 
-def tool(fetch: Any) -> Path:
+def tool(fetch: Callable[[], Path]) -> Path:
     """A tool from tests/helm_tools.py; skip where it cannot be had (fail in CI)."""
     try:
-        path: Path = fetch()
+        return fetch()
     except helm_tools.ToolUnavailable as exc:
         unavailable(f"{exc}; the chart cannot be checked")
         raise
-    return path
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(map(int, version.split(".")))
 
 
 # The Kubernetes versions the chart is checked against: the oldest and newest with schemas.
-KUBE_VERSIONS = (
-    min(all_versions(), key=lambda v: tuple(map(int, v.split(".")))),
-    max(all_versions(), key=lambda v: tuple(map(int, v.split(".")))),
-)
+KUBE_VERSIONS = (min(all_versions(), key=version_key), max(all_versions(), key=version_key))
 
 
 @dataclass
@@ -234,8 +235,8 @@ def example_chart(tmp: Path) -> Path:
     return target
 
 
-# Each case's chart and values: the chart's cases, the refused ones, and the example app.
 def sources(example: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Each case's chart and values: the chart's cases, the refused ones, the example app."""
     found = {name: (CHART, values) for name, values in CASES.items()}
     found |= {f"invalid: {name}": (CHART, values) for name, (values, _) in INVALID.items()}
     found["example"] = (example, {})
