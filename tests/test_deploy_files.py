@@ -257,7 +257,7 @@ def test_the_image_is_built_in_stages_on_the_pinned_slim_base() -> None:
     builder = stages[0]
     assert builder[0][1].split()[-2:] == ["AS", "builder"]
     build = " ".join(arguments(builder, "RUN"))
-    assert "pip wheel --no-deps" in build and "python -m venv /opt/gemini-breaker" in build
+    assert "pip wheel --no-deps" in build and "python3 -m venv /opt/gemini-breaker" in build
     # The image gets the dependency versions the test suite passed with.
     assert "pip install -c constraints.txt /wheels/" in build
     assert ".ci/constraints.txt" in build_inputs()

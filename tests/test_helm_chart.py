@@ -1,10 +1,13 @@
-"""The Helm chart (helm/gemini-breaker), linted and rendered by a real Helm engine.
+"""The Helm chart (helm/gemini-breaker), checked with the real ``helm`` binary and Kubernetes'
+own schemas.
 
-helm-sdkpy bundles Helm 4 as a library but needs Python >= 3.12, and the project runs on 3.11.
-The ``helm`` fixture gets such an interpreter with helm-sdkpy from tests/helm_env.py (a venv
-in .venv/helm-py312, made on first use or by ``make helm-env``) and runs tests/helm_render.py
-with it once, for every case below. The tests read the rendered manifests here, and hand each
-rendered configuration file to the proxy's own loader.
+``helm`` (Helm 4, fetched once by tests/helm_tools.py) lints the chart with ``--strict`` for
+every values file below and renders it, as ``helm install --dry-run=client`` (manifest and
+NOTES, no cluster) and as ``helm template --kube-version`` for the oldest and newest Kubernetes
+the chart supports, whose output kubernetes-validate checks strictly against that version's
+OpenAPI schemas; the custom resources (ServiceMonitor, PrometheusRule) are checked against the
+prometheus-operator's schemas (tests/validate_custom_resources.mjs). The tests also read the
+rendered manifests, and hand each rendered configuration file to the proxy's own loader.
 """
 
 from __future__ import annotations
@@ -18,24 +21,27 @@ import socket
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import all_versions
 
 from proxy.config import Settings, load_settings
 
-from . import helm_env
+from . import helm_tools
+from .tool_cache import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "gemini-breaker"
 EXAMPLE = ROOT / "helm" / "examples" / "app-with-sidecar"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-DRIVER = Path(__file__).resolve().parent / "helm_render.py"
+CUSTOM_RESOURCE_VALIDATOR = Path(__file__).resolve().parent / "validate_custom_resources.mjs"
 RELEASE = "demo"
 FULLNAME = "demo-gemini-breaker"
 API_KEY = "AIza-test-api-key-0123456789"
@@ -169,14 +175,21 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
 # ---- running Helm ----
 
 
-def helm_python() -> Path:
-    """The interpreter with helm-sdkpy; skip where none can be had (fail in CI)."""
+def tool(fetch: Callable[[], Path]) -> Path:
+    """A tool from tests/helm_tools.py; skip where it cannot be had (fail in CI)."""
     try:
-        return helm_env.ensure()
-    except helm_env.HelmUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{exc}; CI must render the chart")
-        pytest.skip(str(exc))
+        return fetch()
+    except helm_tools.ToolUnavailable as exc:
+        unavailable(f"{exc}; the chart cannot be checked")
+        raise
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(map(int, version.split(".")))
+
+
+# The Kubernetes versions the chart is checked against: the oldest and newest with schemas.
+KUBE_VERSIONS = (min(all_versions(), key=version_key), max(all_versions(), key=version_key))
 
 
 @dataclass
@@ -203,9 +216,28 @@ class Rendered:
 
 @dataclass
 class HelmResults:
-    lint: dict[str, Any]
+    binary: Path
+    env: dict[str, str]
+    workdir: Path
+    example: Path  # the example application's chart, with gemini-breaker vendored
     rendered: dict[str, Rendered]
     errors: dict[str, str]
+
+    def run(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binary), *map(str, args)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def values_file(self, values: dict[str, Any]) -> Path:
+        """``values`` as a file (JSON is YAML), named by its content."""
+        text = json.dumps(values, sort_keys=True)
+        path = self.workdir / f"values-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+        path.write_text(text)
+        return path
 
 
 def example_chart(tmp: Path) -> Path:
@@ -217,42 +249,40 @@ def example_chart(tmp: Path) -> Path:
     return target
 
 
+def sources(example: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Each case's chart and values: the chart's cases, the refused ones, the example app."""
+    found = {name: (CHART, values) for name, values in CASES.items()}
+    found |= {f"invalid: {name}": (CHART, values) for name, (values, _) in INVALID.items()}
+    found["example"] = (example, {})
+    return found
+
+
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HelmResults]:
-    python = helm_python()
+def helm(tmp_path_factory: pytest.TempPathFactory) -> HelmResults:
+    """Every case rendered by ``helm install --dry-run=client`` (manifest and NOTES; no
+    cluster is contacted)."""
+    binary = tool(helm_tools.helm)
     tmp = tmp_path_factory.mktemp("helm")
-    renders = [{"chart": str(CHART), "release": RELEASE, "values": v} for v in CASES.values()]
-    renders += [{"chart": str(CHART), "release": RELEASE, "values": v} for v, _ in INVALID.values()]
-    renders.append({"chart": str(example_chart(tmp)), "release": RELEASE, "values": {}})
     env = {
-        **os.environ,
-        "HELM_DRIVER": "memory",  # releases stay in the driver's memory
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HELM_", "KUBE"))},
         "HELM_CACHE_HOME": str(tmp / "cache"),
         "HELM_CONFIG_HOME": str(tmp / "config"),
         "HELM_DATA_HOME": str(tmp / "data"),
-        "KUBECACHEDIR": str(tmp / "kube-cache"),
+        "KUBECONFIG": str(tmp / "no-kubeconfig"),  # never a real cluster's
     }
-    env.pop("KUBECONFIG", None)
-    result = subprocess.run(
-        [str(python), str(DRIVER)],
-        input=json.dumps({"lint": str(CHART), "renders": renders}),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout)
-    names = [*CASES, *(f"invalid: {name}" for name in INVALID), "example"]
-    rendered: dict[str, Rendered] = {}
-    errors: dict[str, str] = {}
-    for name, outcome in zip(names, answer["renders"], strict=True):
-        if "error" in outcome:
-            errors[name] = outcome["error"]
-        else:
-            docs = [d for d in yaml.safe_load_all(outcome["manifest"]) if d]
-            rendered[name] = Rendered(docs, outcome["notes"])
-    yield HelmResults(answer["lint"], rendered, errors)
+    results = HelmResults(binary, env, tmp, example_chart(tmp), {}, {})
+    for name, (chart, values) in sources(results.example).items():
+        result = results.run(
+            "install", RELEASE, chart, "--dry-run=client", "--namespace", "default",
+            "--output", "json", "--values", results.values_file(values),
+        )  # fmt: skip
+        if result.returncode != 0:
+            results.errors[name] = result.stderr
+            continue
+        release = json.loads(result.stdout)
+        docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+        results.rendered[name] = Rendered(docs, release["info"].get("notes", ""))
+    return results
 
 
 def render(helm: HelmResults, case: str) -> Rendered:
@@ -329,10 +359,20 @@ def test_the_image_is_the_one_the_dockerfile_builds() -> None:
     assert "PATH=/opt/gemini-breaker/bin:" in dockerfile
 
 
-def test_helm_lint_passes(helm: HelmResults) -> None:
-    # Severity 1 is informational (the chart has no icon); 2 is a warning, 4 an error.
-    assert helm.lint["errors"] == 0
-    assert [m for m in helm.lint["messages"] if m["severity"] >= 2] == []
+LINTED = {"chart defaults": {}, **CASES}
+
+
+@pytest.mark.parametrize("case", list(LINTED))
+def test_helm_lint_strict_passes(helm: HelmResults, case: str) -> None:
+    """``--strict`` turns every warning into a failure."""
+    result = helm.run("lint", "--strict", CHART, "--values", helm.values_file(LINTED[case]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+def test_helm_lint_strict_passes_for_the_example_application(helm: HelmResults) -> None:
+    result = helm.run("lint", "--strict", helm.example, "--values", EXAMPLE / "values.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_standalone_mode_is_a_gateway(helm: HelmResults) -> None:
@@ -647,15 +687,88 @@ def test_a_refused_url_is_not_echoed(helm: HelmResults) -> None:
     assert "hunter2" not in helm.errors["invalid: credentials in the url"]
 
 
-def test_the_driver_refuses_a_persistent_release_store() -> None:
-    """The driver refuses to run without the in-memory release store, so it can never write
-    releases into a real cluster that a KUBECONFIG names."""
+# ---- Kubernetes' schemas ----
+
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The modes, and the sidecar injected into an application's chart.
+VALIDATED = [c for c in CASES if c != "sidecar"] + ["sidecar", "example"]
+
+
+def template(helm: HelmResults, case: str, kube_version: str) -> list[dict[str, Any]]:
+    """``helm template`` of a case for one Kubernetes version (which the chart's kubeVersion
+    must admit)."""
+    chart, values = sources(helm.example)[case]
+    result = helm.run(
+        "template", RELEASE, chart, "--namespace", "default", "--kube-version", kube_version,
+        "--values", helm.values_file(values),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def validate_custom_resources(docs: list[dict[str, Any]]) -> list[str | None]:
+    """Each document's error by the prometheus-operator schemas, or None."""
+    models = tool(helm_tools.custom_resource_models)
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node missing (apt-get install nodejs)")
     result = subprocess.run(
-        [sys.executable, str(DRIVER)],
-        input="{}",
+        [str(node), str(CUSTOM_RESOURCE_VALIDATOR), str(models)],
+        input=json.dumps(docs),
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "HELM_DRIVER"},
-        timeout=60,
+        timeout=120,
     )
-    assert result.returncode == 2 and "HELM_DRIVER=memory" in result.stderr
+    assert result.returncode == 0, result.stderr
+    errors: list[str | None] = json.loads(result.stdout)
+    return errors
+
+
+def test_the_chart_names_the_oldest_kubernetes_it_is_checked_against(helm: HelmResults) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    oldest = KUBE_VERSIONS[0]
+    assert chart["kubeVersion"] == f">={oldest}-0"
+    major, minor, _ = oldest.split(".")
+    older = f"{major}.{int(minor) - 1}.0"
+    result = helm.run("template", RELEASE, CHART, "--kube-version", older)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("case", VALIDATED)
+def test_rendered_objects_are_valid_kubernetes(
+    helm: HelmResults, case: str, kube_version: str
+) -> None:
+    """Every built-in object by that version's OpenAPI schema, strictly (an unknown field is
+    an error), and the custom resources by their own schemas."""
+    docs = template(helm, case, kube_version)
+    assert docs
+    custom = [d for d in docs if d["kind"] in CUSTOM_KINDS]
+    for doc in docs:
+        if doc["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+    assert validate_custom_resources(custom) == [None] * len(custom)
+
+
+def test_the_monitoring_objects_are_rendered_and_checked(helm: HelmResults) -> None:
+    """The monitoring mode renders both custom resources, and their validator refuses a
+    malformed one (it can fail)."""
+    docs = template(helm, "standalone", KUBE_VERSIONS[-1])
+    custom = [d for d in docs if d["kind"] in CUSTOM_KINDS]
+    assert {d["kind"] for d in custom} == CUSTOM_KINDS
+    broken = json.loads(json.dumps(custom))
+    for doc in broken:
+        if doc["kind"] == "ServiceMonitor":
+            doc["spec"]["endpoints"][0]["port"] = 8080  # a port name must be a string
+        else:
+            del doc["spec"]["groups"][0]["rules"][0]["expr"]
+    assert all(validate_custom_resources(broken))
+
+
+def test_strict_validation_refuses_an_unknown_field(helm: HelmResults) -> None:
+    (deployment,) = [
+        d for d in template(helm, "defaults", KUBE_VERSIONS[0]) if d["kind"] == "Deployment"
+    ]
+    proxy_container(deployment)["livenessProbes"] = proxy_container(deployment).pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[0], strict=True)
