@@ -134,11 +134,10 @@ async def open_tunnel(
         raise
     if not 200 <= status < 300:
         transport.abort()
-        what = {407: "refused the credentials" if proxy.authorization else "asks for credentials"}
-        raise TunnelRefused(
-            f"the egress proxy {proxy.label} {what.get(status, 'refused the tunnel')} "
-            f"({status} {reason})"
-        )
+        what = "refused the tunnel"
+        if status in (401, 407):  # 407 by the standard; some proxies (tinyproxy) answer 401
+            what = "refused the credentials" if proxy.authorization else "asks for credentials"
+        raise TunnelRefused(f"the egress proxy {proxy.label} {what} ({status} {reason})")
     return transport
 
 

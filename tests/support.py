@@ -25,11 +25,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL."""
+def serve(
+    app: ASGIApp, port: int | None = None, tls: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL. ``tls``:
+    (certificate file, key file) to serve HTTPS with."""
     port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread, so this is safe in a thread.
@@ -40,7 +50,7 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
             if not thread.is_alive():
                 raise RuntimeError(f"server on port {port} failed to start")
             thread.join(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
