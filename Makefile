@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser promtool helm-env bench upgrade clean
+.PHONY: run simulate test lint typecheck unit browser promtool tinyproxy helm-env bench upgrade clean
 
 # Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
 $(STAMP): pyproject.toml .ci/constraints.txt
@@ -56,13 +56,17 @@ browser:
 promtool:
 	$(call debian,promtool,prometheus,the Prometheus config check will skip)
 
+# The egress-proxy tests go through Debian's tinyproxy (skipped without it, failing under CI=true).
+tinyproxy:
+	$(call debian,tinyproxy,tinyproxy,the egress proxy tests will skip)
+
 # The Helm chart's test renders it with helm-sdkpy (Helm as a library), which needs Python
 # >= 3.12: this keeps a separate environment for it in .venv/helm-py312 (Python found on PATH or
 # under pyenv; without one the test skips, and fails under CI=true).
 helm-env: $(STAMP)
 	$(BIN)/python -m tests.helm_env
 
-unit: $(STAMP) browser promtool helm-env
+unit: $(STAMP) browser promtool tinyproxy helm-env
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
@@ -74,6 +78,7 @@ bench: $(STAMP)
 	$(call debian,nginx wrk,nginx-light wrk,the benchmarks run without nginx and wrk)
 	$(BIN)/python bench/sidecar.py $(ARGS)
 	$(BIN)/python bench/streams.py
+	$(BIN)/python bench/keepalive_closes.py
 	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \
 		--idle-seconds 3 --transitions 10
 
