@@ -240,6 +240,10 @@ class Upstream:
                 await response.wait_for_headers(first_byte_at)
             except http_client.ResponseTimeout:
                 connection.abort()
+                if isinstance(body, StreamedBody) and first_byte_at == body.deadline:
+                    raise UpstreamTimeout(
+                        "The request's deadline passed while waiting for the upstream."
+                    ) from None
                 raise self._no_response(limits) from None
             except TimeoutError:
                 connection.abort()
