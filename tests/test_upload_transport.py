@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import pytest
 
 from proxy.app import create_app
 
@@ -129,9 +128,3 @@ def test_a_client_that_leaves_an_upload_cancels_the_upstream_call() -> None:
             assert upstream.received.wait(10)  # the whole chunk reached the upstream
         # The client left before any answer: the proxy closes its upstream call.
         assert upstream.closed.wait(10), "the upstream call was not cancelled"
-
-
-@pytest.fixture(autouse=True)
-def _no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
