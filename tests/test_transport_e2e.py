@@ -139,6 +139,19 @@ def test_the_sdk_reaches_a_tls_upstream_through_an_egress_proxy(
         assert forward.tunnels() >= 1
 
 
+def test_an_http_upstream_goes_through_the_proxy_in_absolute_form(
+    tmp_path: Path, simulator_url: str, simulator: SimulatorControl
+) -> None:
+    with tinyproxy(tmp_path, auth=True) as forward:
+        proxy_url = forward.url.replace("://", f"://{PROXY_USER}:{PROXY_PASSWORD}@")
+        settings = proxy_settings(simulator_url, upstream={"proxy_url": proxy_url})
+        with serve(create_app(settings)) as url:
+            assert sdk(url).models.generate_content(model=FLASH, contents=PROMPT).text
+        log = forward.log.read_text()
+    assert f"POST {simulator_url}/v1beta/models/{FLASH}:generateContent" in log
+    assert [c["model"] for c in calls(simulator)] == [FLASH]
+
+
 def test_https_proxy_from_the_environment_and_no_proxy(
     tmp_path: Path, tls_simulator: TlsSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
