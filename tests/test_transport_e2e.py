@@ -245,3 +245,19 @@ def test_no_request_is_lost_when_the_upstream_recycles_connections() -> None:
             )
             assert response.status_code == 200, response.text
     assert sum(a.method == "POST" for a in app.state.attempts.list()) == 60
+
+
+def test_a_refused_connection_is_no_models_fault() -> None:
+    settings = proxy_settings(f"http://127.0.0.1:{free_port()}")
+    with serve(create_app(settings)) as url:
+        for _ in range(3):
+            response = httpx.post(
+                f"{url}/v1beta/models/{PRO}:generateContent",
+                json={"contents": [{"parts": [{"text": "hi"}]}]},
+                headers={"x-goog-api-key": "k"},
+            )
+            assert response.status_code == 502
+            assert "the upstream refused the connection" in response.json()["error"]["message"]
+            assert response.headers["x-gemini-breaker-attempts"] == "1"  # no failover
+        breakers = httpx.get(f"{url}/admin/breakers").json()["breakers"]
+    assert all(b["failures"] == 0 for b in breakers.values())
