@@ -225,7 +225,10 @@ class Upstream:
         connect_at = min(now + limits.connect_timeout, first_byte_at)
         fresh = False
         while True:
-            connection = await self._connect(connect_at, first_byte_at, limits, fresh)
+            try:
+                connection = await pool.acquire(connect_at, fresh)
+            except http_client.HTTPClientError as exc:
+                raise self._connect_failed(exc, connect_at, first_byte_at, limits) from None
             head_only = method == "HEAD"
             try:
                 if isinstance(body, bytes):
@@ -278,26 +281,24 @@ class Upstream:
         self.in_flight += 1
         return UpstreamResponse(response, self)
 
-    async def _connect(
-        self, connect_at: float, first_byte_at: float, limits: ModelSettings, fresh: bool
-    ) -> http_client.Connection:
-        try:
-            return await self._pool.acquire(connect_at, fresh)
-        except http_client.PoolTimeout:
-            if connect_at < first_byte_at:
-                raise UpstreamBusy(
-                    "The proxy's upstream connection pool is exhausted; retry later."
-                ) from None
-            raise self._no_response(limits) from None
-        except http_client.ConnectTimeout:
-            if connect_at < first_byte_at:
-                raise UpstreamTimeout(
-                    f"Connecting to the upstream ({self.host}) timed out after "
-                    f"{limits.connect_timeout:g} s."
-                ) from None
-            raise self._no_response(limits) from None
-        except http_client.ConnectFailed as exc:
-            raise OriginUnreachable(f"The upstream ({self.host}) is unreachable: {exc}.") from None
+    def _connect_failed(
+        self,
+        exc: http_client.HTTPClientError,
+        connect_at: float,
+        first_byte_at: float,
+        limits: ModelSettings,
+    ) -> UpstreamError:
+        """What the client is told when no connection could be had."""
+        if isinstance(exc, http_client.ConnectFailed):
+            return OriginUnreachable(f"The upstream ({self.host}) is unreachable: {exc}.")
+        if connect_at >= first_byte_at:
+            return self._no_response(limits)
+        if isinstance(exc, http_client.PoolTimeout):
+            return UpstreamBusy("The proxy's upstream connection pool is exhausted; retry later.")
+        return UpstreamTimeout(
+            f"Connecting to the upstream ({self.host}) timed out after "
+            f"{limits.connect_timeout:g} s."
+        )
 
     def _no_response(self, limits: ModelSettings) -> UpstreamTimeout:
         return UpstreamTimeout(
