@@ -6,6 +6,7 @@ import io
 import os
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,10 +27,14 @@ def free_port() -> int:
 
 @contextmanager
 def serve(
-    app: ASGIApp, port: int | None = None, tls: tuple[str, str] | None = None
+    app: ASGIApp,
+    port: int | None = None,
+    tls: tuple[str, str] | None = None,
+    client_ca: str | None = None,
 ) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL. ``tls``:
-    (certificate file, key file) to serve HTTPS with."""
+    (certificate file, key file) to serve HTTPS with; ``client_ca``: require a client
+    certificate issued by this CA."""
     port = port or free_port()
     config = uvicorn.Config(
         app,
@@ -40,6 +45,8 @@ def serve(
         lifespan="on",
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
+        ssl_ca_certs=client_ca,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread, so this is safe in a thread.

@@ -261,3 +261,25 @@ def test_a_refused_connection_is_no_models_fault() -> None:
             assert response.headers["x-gemini-breaker-attempts"] == "1"  # no failover
         breakers = httpx.get(f"{url}/admin/breakers").json()["breakers"]
     assert all(b["failures"] == 0 for b in breakers.values())
+
+
+def test_a_client_certificate_is_presented_when_configured(tls_simulator: TlsSimulator) -> None:
+    files = tls_simulator.files
+    app = create_simulator_app(SimulatorConfig())
+    with serve(
+        app, tls=(str(files.server_cert), str(files.server_key)), client_ca=str(files.ca)
+    ) as simulator_url:
+        trusting = {"tls": {"ca_file": str(files.ca)}}
+        with serve(create_app(proxy_settings(simulator_url, upstream=trusting))) as url:
+            with pytest.raises(errors.ServerError) as caught:
+                sdk(url).models.generate_content(model=FLASH, contents=PROMPT)
+            assert caught.value.code == 502
+        certified = {
+            "tls": {
+                "ca_file": str(files.ca),
+                "cert_file": str(files.client_cert),
+                "key_file": str(files.client_key),
+            }
+        }
+        with serve(create_app(proxy_settings(simulator_url, upstream=certified))) as url:
+            assert sdk(url).models.generate_content(model=FLASH, contents=PROMPT).text
