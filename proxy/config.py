@@ -21,6 +21,7 @@ import yaml
 from .capabilities import ModelCapabilities
 from .cluster.state import BreakerParams, QuotaParams
 from .deadlines import LearningParams, first_event_ceiling
+from .egress import parse_proxy_url
 from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
 
 __all__ = ["ConfigError", "Settings", "build_settings", "load_raw", "load_settings"]
@@ -82,6 +83,15 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTlsSettings:
+    ca_file: str | None = None
+    """PEM bundle of CAs trusted in addition to the system's (e.g. a TLS-inspecting proxy's)."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    """Client certificate (and its key, unless in ``cert_file``) for upstreams that ask."""
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamSettings:
     base_url: str = GOOGLE_BASE_URL
     api_key: str | None = field(default=None, repr=False)
@@ -89,6 +99,11 @@ class UpstreamSettings:
     max_connections: int = field(default=512, metadata={"min": 1})
     max_keepalive_connections: int = field(default=128, metadata={"min": 0})
     keepalive_expiry: float = field(default=30.0, metadata={"min": 0})
+    proxy_url: str | None = field(default=None, repr=False)
+    """``http://[user:password@]host:port`` egress proxy (CONNECT for an https upstream)."""
+    trust_env: bool = True
+    """Without ``proxy_url``: use ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (any case)."""
+    tls: UpstreamTlsSettings = field(default_factory=UpstreamTlsSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +358,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         stream_break=stream_break,
     )
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
+    _check_upstream_transport(settings.upstream)
     key = settings.upstream.api_key
     if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key):
         # It goes out as a header value: a line break would split the request.
@@ -532,6 +548,21 @@ def parse_address(address: str, where: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: expected host:port, got {address!r}")
     return host, int(port)
+
+
+def _check_upstream_transport(upstream: UpstreamSettings) -> None:
+    if upstream.proxy_url:
+        try:
+            parse_proxy_url(upstream.proxy_url)
+        except ValueError as exc:  # the message never repeats the URL (it may hold a password)
+            raise ConfigError(f"upstream.proxy_url: {exc}") from None
+    tls = upstream.tls
+    if tls.key_file is not None and tls.cert_file is None:
+        raise ConfigError("upstream.tls.key_file: needs cert_file (the client certificate)")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"upstream.tls.{name}: no such file: {path}")
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

@@ -57,6 +57,7 @@ from .stream_relay import Continuation, SseRelay
 from .telemetry import AttemptSpan, Telemetry
 from .telemetry.usage import usage_from_tail
 from .upstream import (
+    OriginUnreachable,
     Upstream,
     UpstreamBodyError,
     UpstreamBusy,
@@ -408,6 +409,9 @@ class Exchange:
             )
         except UpstreamBusy as exc:  # the proxy's own pool, not the model's fault
             span.outcome("busy", error_type=type(exc).__name__)
+            return _Failed(model, error=exc, final=True)
+        except OriginUnreachable as exc:  # no model of this upstream can help; none is to blame
+            span.outcome("unreachable", error_type=type(exc).__name__)
             return _Failed(model, error=exc, final=True)
         except UpstreamTimeout as exc:
             if cut_by_deadline:  # the client's deadline, not the model, ran out

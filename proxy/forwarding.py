@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterable
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .asgi_io import (
     BodyTooLarge,
@@ -32,7 +32,7 @@ from .gemini.paths import GeminiPath, parse_path
 from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
 from .telemetry import Telemetry
-from .upstream import Upstream
+from .upstream import StreamedBody, Upstream
 
 access_log = logging.getLogger("gemini_breaker.access")
 
@@ -115,9 +115,13 @@ class Forwarder:
         if length is not None and length > limit:
             await send_error(send, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
+        deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
         if gemini_path.upload:
-            body = stream_body(receive, limit)
+            sent = asyncio.Event()
+            body = StreamedBody(_until_sent(stream_body(receive, limit), sent), length, deadline)
+            # The body's messages are the upload's own; once it is sent, a disconnect is watched.
+            receive = _after(sent, receive)
         else:
             try:
                 body = await read_body(receive, limit)
@@ -141,12 +145,9 @@ class Forwarder:
             send,
             gemini_path,
             body,
-            deadline=asyncio.get_running_loop().time() + self._deadline(headers),
+            deadline=deadline,
         )
-        if isinstance(body, bytes):
-            await exchange.run_cancelling_on_disconnect(receive)
-        else:
-            await exchange.run()
+        await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts
 
     def _deadline(self, headers: Headers) -> float:
@@ -163,3 +164,22 @@ class Forwarder:
                     deadline = min(deadline, client)
                 break
         return deadline
+
+
+async def _until_sent(parts: AsyncIterable[bytes], sent: asyncio.Event) -> AsyncIterable[bytes]:
+    """``parts``, setting ``sent`` once they are all through (or failed)."""
+    try:
+        async for part in parts:
+            yield part
+    finally:
+        sent.set()
+
+
+def _after(event: asyncio.Event, receive: Receive) -> Receive:
+    """``receive``, called only once ``event`` is set."""
+
+    async def receive_after() -> Message:
+        await event.wait()
+        return await receive()
+
+    return receive_after

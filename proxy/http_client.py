@@ -2,10 +2,11 @@
 and a keep-alive pool.
 
 A proxy forwards what it is given, so this client does little: no redirects, cookies,
-decompression, proxies from the environment or headers of its own beyond ``Host`` and the
-body's framing. In exchange a request costs a few tens of microseconds of CPU where aiohttp's
-client cost about 110 and httpx's about 2,000 (README, "Performance"): one ``write`` of head
-and body, and, when a pooled connection is free and the answer is whole, one suspension.
+decompression or headers of its own beyond ``Host``, the body's framing and, through an
+egress proxy, ``Proxy-Authorization`` (``proxy/egress.py``). In exchange a request costs a few
+tens of microseconds of CPU where aiohttp's client cost about 110 and httpx's about 2,000
+(README, "Performance"): one ``write`` of head and body, and, when a pooled connection is free
+and the answer is whole, one suspension.
 
 Errors are the classes below; their messages never contain the URL, the headers or the body.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import select
+import socket
 import ssl
 from collections.abc import AsyncIterable
 from typing import Any
@@ -23,10 +26,16 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .egress import EgressProxy, TunnelRefused, open_tunnel
+
+log = logging.getLogger("gemini_breaker.upstream")
+
 Headers = list[tuple[bytes, bytes]]
 
 # Bytes a response may buffer before the socket stops being read (until the reader catches up).
 READ_HIGH_WATER = 256 * 1024
+# A failing TLS verification is logged at most once per this many seconds (not per request).
+TLS_FAILURE_LOG_INTERVAL = 60.0
 
 
 class HTTPClientError(Exception):
@@ -34,7 +43,8 @@ class HTTPClientError(Exception):
 
 
 class ConnectFailed(HTTPClientError):
-    """No connection could be made (refused, unresolvable, TLS handshake failed)."""
+    """No connection could be made (refused, unresolvable, TLS handshake failed, or the egress
+    proxy would not open the tunnel)."""
 
 
 class PoolTimeout(HTTPClientError):
@@ -72,8 +82,8 @@ class Response:
         "status",
     )
 
-    def __init__(self, connection: _Connection) -> None:
-        self._connection: _Connection | None = connection
+    def __init__(self, connection: Connection) -> None:
+        self._connection: Connection | None = connection
         self.status = 0
         self.raw_headers: Headers = []
         self._lower: dict[str, str] | None = None
@@ -192,7 +202,7 @@ class Response:
             waiter.set_result(None)
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection to the upstream, carrying one exchange at a time."""
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -208,6 +218,12 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self.expiry: asyncio.TimerHandle | None = None
         self.lost = False
+        """It closed, or is closing: it never carries another request."""
+        self.reused = False
+        """It came from the pool (it carried an exchange before this one)."""
+        self.received = False
+        """A byte of the current exchange's response arrived."""
+        self._message_done = False
         self._poll: select.poll | None = None
 
     def stale(self) -> bool:
@@ -230,10 +246,11 @@ class _Connection(asyncio.Protocol):
         return response
 
     async def start_streaming(
-        self, head: bytes, body: AsyncIterable[bytes], head_only: bool
+        self, head: bytes, body: AsyncIterable[bytes], head_only: bool, chunked: bool = True
     ) -> Response:
-        """Send a request whose body arrives in parts (chunked), waiting when the socket's
-        buffer is full; its response."""
+        """Send a request whose body arrives in parts, waiting when the socket's buffer is
+        full; its response. ``chunked`` False: the head declared the body's length, and the
+        parts go as they are."""
         response = self._begin(head_only)
         transport = self.transport
         assert transport is not None
@@ -242,10 +259,10 @@ class _Connection(asyncio.Protocol):
             if self.lost:
                 break
             if part:
-                transport.write(b"%x\r\n%b\r\n" % (len(part), part))
+                transport.write(b"%x\r\n%b\r\n" % (len(part), part) if chunked else part)
                 if self._write_paused:
                     await self._drain()
-        if not self.lost:
+        if chunked and not self.lost:
             transport.write(b"0\r\n\r\n")
         return response
 
@@ -256,6 +273,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.response = None
+        self.lost = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -273,6 +291,8 @@ class _Connection(asyncio.Protocol):
         response = Response(self)
         self.response = response
         self._head_only = head_only
+        self.received = False
+        self._message_done = False
         return response
 
     async def _drain(self) -> None:
@@ -293,15 +313,22 @@ class _Connection(asyncio.Protocol):
             self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # nothing was asked: a broken or confused upstream
-            self.abort()
+        response = self.response
+        if response is None or self._message_done:
+            # Nothing was asked, or bytes follow a complete response: a broken or confused
+            # upstream. They are never taken as (part of) the next response.
+            self._extra_bytes()
             return
+        self.received = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._broken("the upstream switched protocols")
         except httptools.HttpParserError:
-            self._broken("the upstream's response could not be parsed")
+            if self._message_done:  # the response was whole; what followed it was refused
+                self._extra_bytes()
+            else:
+                self._broken("the upstream's response could not be parsed")
 
     def eof_received(self) -> bool:
         return False  # close the transport: HTTP/1.1 has no use for a half-open connection
@@ -333,6 +360,15 @@ class _Connection(asyncio.Protocol):
     def _broken(self, why: str) -> None:
         if self.response is not None:
             self.response._fail(ConnectionBroken(why))
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _extra_bytes(self) -> None:
+        """Close the connection; a complete response keeps its body but not the connection."""
+        if self.response is not None:
+            self.response.reusable = False
+        self.lost = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -341,6 +377,10 @@ class _Connection(asyncio.Protocol):
         return b"content-length" not in names and b"transfer-encoding" not in names
 
     # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._message_done:  # a second response in the bytes of one: stop parsing them
+            raise ConnectionBroken("bytes after a complete response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
@@ -369,6 +409,7 @@ class _Connection(asyncio.Protocol):
             if self.response is not None:
                 self.response.raw_headers.clear()
             return
+        self._message_done = True
         response = self.response
         if response is not None:
             response._end(reusable=self._parser.should_keep_alive() and not self._head_only)
@@ -386,6 +427,7 @@ class ConnectionPool:
         max_idle: int,
         keepalive_expiry: float,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: EgressProxy | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         self.loop = asyncio.get_running_loop()
@@ -399,17 +441,25 @@ class ConnectionPool:
             netloc += f":{self.port}"
         self.host_header = netloc.encode("ascii")
         self.prefix = (parts.path or "").rstrip("/").encode("latin-1")
+        self.proxy = proxy
+        self._proxy_header = b""
+        if proxy is not None and not self.tls:
+            # Through the proxy in absolute form; an https upstream is tunnelled instead.
+            self.prefix = b"http://" + self.host_header + self.prefix
+            if proxy.authorization is not None:
+                self._proxy_header = b"\r\nproxy-authorization: " + proxy.authorization
         self._ssl: ssl.SSLContext | None = None
         if self.tls:
-            self._ssl = ssl_context or _default_ssl_context()
+            self._ssl = ssl_context or default_ssl_context()
         self._max_connections = max_connections
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
         self._connecting = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._tls_logged_at: float | None = None
 
     def request_head(
         self, method: str, target: bytes, headers: Headers, length: int | None
@@ -417,9 +467,12 @@ class ConnectionPool:
         """The request line and headers; ``length`` None means a chunked body."""
         lines = [method.encode("ascii"), b" ", self.prefix, target, b" HTTP/1.1\r\nhost: "]
         lines.append(self.host_header)
+        if self._proxy_header:
+            lines.append(self._proxy_header)
         for name, value in headers:
             lines += (b"\r\n", name, b": ", value)
-        breaks = len(headers) + 3  # the request line's, one per header, the blank line's two
+        # The request line's, one per header, the blank line's two.
+        breaks = len(headers) + 3 + (1 if self._proxy_header else 0)
         if length is None:
             lines.append(b"\r\ntransfer-encoding: chunked")
             breaks += 1
@@ -434,19 +487,25 @@ class ConnectionPool:
             raise ValueError("a header name or value contains a line break")
         return head
 
-    async def acquire(self, deadline: float) -> _Connection:
-        """A connection (pooled if one is idle, else new), by ``deadline`` (``loop.time()``)."""
-        connection = self._idle_connection()
+    async def acquire(self, deadline: float, fresh: bool = False) -> Connection:
+        """A connection (pooled if one is idle, else new), by ``deadline`` (``loop.time()``);
+        ``fresh``: a new one, closing an idle one if that is what makes room."""
+        connection = None if fresh else self._idle_connection()
         if connection is not None:
             return connection
         while len(self._open) + self._connecting >= self._max_connections:
+            if fresh and self._idle:
+                idle = self._idle.pop(0)  # the least recently used
+                idle.abort()
+                self.forget(idle)
+                continue
             await self._wait_for_room(deadline)
-            connection = self._idle_connection()
+            connection = None if fresh else self._idle_connection()
             if connection is not None:
                 return connection
         return await self._connect(deadline)
 
-    def _idle_connection(self) -> _Connection | None:
+    def _idle_connection(self) -> Connection | None:
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -454,11 +513,12 @@ class ConnectionPool:
                 connection.expiry.cancel()
                 connection.expiry = None
             if not connection.stale():
+                connection.reused = True
                 return connection
             connection.abort()
         return None
 
-    def put_back(self, connection: _Connection) -> None:
+    def put_back(self, connection: Connection) -> None:
         if connection.lost:
             return
         if self._closed or len(self._idle) >= self._max_idle or self._expiry <= 0:
@@ -468,7 +528,7 @@ class ConnectionPool:
         self._idle.append(connection)
         self._wake_one()
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         """A connection closed: it leaves the pool, making room for another."""
         self._open.discard(connection)
         if connection in self._idle:
@@ -484,23 +544,25 @@ class ConnectionPool:
         # Let the transports report their loss, so nothing is left for garbage collection.
         await asyncio.sleep(0)
 
-    async def _connect(self, deadline: float) -> _Connection:
+    async def _connect(self, deadline: float) -> Connection:
         self._connecting += 1
         try:
             async with asyncio.timeout_at(deadline):
-                _, connection = await self.loop.create_connection(
-                    lambda: _Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
-                )
+                connection = await self._open_connection()
         except TimeoutError:
             raise ConnectTimeout("connecting took too long") from None
+        except ssl.SSLCertVerificationError as exc:
+            why = f"certificate verify failed: {exc.verify_message}"
+            self._log_tls_failure(why)
+            raise ConnectFailed(f"TLS {why}") from None
         except ssl.SSLError as exc:
-            raise ConnectFailed(f"TLS handshake failed ({type(exc).__name__})") from None
+            why = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
+            self._log_tls_failure(why)
+            raise ConnectFailed(why) from None
+        except TunnelRefused as exc:
+            raise ConnectFailed(str(exc)) from None
         except OSError as exc:
-            raise ConnectFailed(f"connection failed ({type(exc).__name__})") from None
+            raise ConnectFailed(self._connect_error(exc)) from None
         finally:
             self._connecting -= 1
             self._wake_one()
@@ -508,6 +570,59 @@ class ConnectionPool:
             raise ConnectFailed("the connection closed as it opened")
         self._open.add(connection)
         return connection
+
+    async def _open_connection(self) -> Connection:
+        proxy = self.proxy
+        if proxy is None:
+            _, connection = await self.loop.create_connection(
+                lambda: Connection(self),
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self._ssl is not None else None,
+            )
+            return connection
+        if self._ssl is None:  # absolute-form requests to the proxy itself
+            _, connection = await self.loop.create_connection(
+                lambda: Connection(self), proxy.host, proxy.port
+            )
+            return connection
+        raw = await open_tunnel(self.loop, proxy, self.host, self.port)
+        connection = Connection(self)
+        try:
+            transport = await self.loop.start_tls(
+                raw, connection, self._ssl, server_hostname=self.host
+            )
+        except BaseException:
+            raw.abort()
+            raise
+        if transport is None:  # the tunnel closed during the handshake
+            raw.abort()
+            raise ConnectionResetError("the tunnel closed during the TLS handshake")
+        connection.connection_made(transport)
+        return connection
+
+    def _connect_error(self, exc: OSError) -> str:
+        through = f"through the egress proxy {self.proxy.label} " if self.proxy else ""
+        if isinstance(exc, socket.gaierror):
+            where = f"the egress proxy {self.proxy.label}" if self.proxy else "the host name"
+            return f"{where} could not be resolved"
+        if isinstance(exc, ConnectionRefusedError):
+            where = f"the egress proxy {self.proxy.label}" if self.proxy else "the upstream"
+            return f"{where} refused the connection"
+        return f"connection failed {through}({type(exc).__name__})"
+
+    def _log_tls_failure(self, why: str) -> None:
+        now = self.loop.time()
+        last = self._tls_logged_at
+        if last is None or now - last >= TLS_FAILURE_LOG_INTERVAL:
+            self._tls_logged_at = now
+            log.warning(
+                "TLS to the upstream %s failed: %s (logged at most every %g s)",
+                self.host,
+                why,
+                TLS_FAILURE_LOG_INTERVAL,
+            )
 
     async def _wait_for_room(self, deadline: float) -> None:
         waiter = self.loop.create_future()
@@ -535,8 +650,16 @@ class ConnectionPool:
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
-def _default_ssl_context() -> ssl.SSLContext:
+def default_ssl_context(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext:
+    """The system's trust store, plus the CAs of ``ca_file``; a client certificate when
+    ``cert_file`` is given (its key in it, or in ``key_file``)."""
     context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
     return context
 

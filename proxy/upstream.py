@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, overload
@@ -20,7 +22,21 @@ from urllib.parse import urlsplit
 from . import http_client
 from .config import ModelSettings, UpstreamSettings
 from .deadlines import FIRST_EVENT, GAP, HEADERS
+from .egress import proxy_for
 from .headers import Headers
+
+log = logging.getLogger("gemini_breaker.upstream")
+
+# Requests that may go out once more when a reused connection turned out closed before any
+# byte of the answer came: idempotent methods, and the model calls that change nothing.
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+REPLAYABLE_CALLS = (
+    ":generateContent",
+    ":streamGenerateContent",
+    ":countTokens",
+    ":embedContent",
+    ":batchEmbedContents",
+)
 
 
 class UpstreamError(Exception):
@@ -45,6 +61,13 @@ class UpstreamUnreachable(UpstreamError):
     status = 502
 
 
+class OriginUnreachable(UpstreamUnreachable):
+    """The upstream could not be reached at all (name resolution, refused, TLS, egress proxy):
+    no other model of the same upstream can help, and no model is to blame."""
+
+    status = 502
+
+
 class UpstreamTimeout(UpstreamError):
     """Connecting or waiting for the response headers took longer than allowed."""
 
@@ -61,6 +84,26 @@ class UpstreamBodyError(UpstreamError):
     """The response body broke off, or stalled, after the headers were received."""
 
     status = 502
+
+
+class StreamedBody:
+    """A request body that arrives in parts (an upload), with the length the client declared
+    (None: sent chunked) and the deadline by which it must be sent and answered."""
+
+    __slots__ = ("deadline", "length", "parts")
+
+    def __init__(self, parts: AsyncIterable[bytes], length: int | None, deadline: float) -> None:
+        self.parts = parts
+        self.length = length
+        self.deadline = deadline
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self.parts)
+
+
+def replayable(method: str, path: str) -> bool:
+    """Whether the request may be sent twice (see ``REPLAYABLE_METHODS``)."""
+    return method in REPLAYABLE_METHODS or (method == "POST" and path.endswith(REPLAYABLE_CALLS))
 
 
 class ResponseHeaders:
@@ -124,6 +167,8 @@ class Upstream:
         self._pool = pool
         self.in_flight = 0
         """Responses open now."""
+        self.stale_retries = 0
+        """Requests sent once more because a reused connection had closed under them."""
 
     @staticmethod
     @contextlib.asynccontextmanager
@@ -131,14 +176,22 @@ class Upstream:
         settings: UpstreamSettings, ssl_context: ssl.SSLContext | None = None
     ) -> AsyncIterator[http_client.ConnectionPool]:
         """The connection pool (inside the event loop), closed when the block ends; timeouts
-        are set per request from the model's settings. ``ssl_context`` replaces the system's
-        trust store (tests use it)."""
+        are set per request from the model's settings. TLS trust comes from ``upstream.tls``
+        unless ``ssl_context`` replaces it (tests use it); the egress proxy from
+        ``upstream.proxy_url`` or the environment."""
+        if ssl_context is None and settings.base_url.startswith("https:"):
+            tls = settings.tls
+            ssl_context = http_client.default_ssl_context(tls.ca_file, tls.cert_file, tls.key_file)
+        proxy = proxy_for(settings.base_url, settings.proxy_url, settings.trust_env, os.environ)
+        if proxy is not None:
+            log.info("reaching the upstream through the egress proxy %s", proxy.label)
         pool = http_client.ConnectionPool(
             settings.base_url,
             max_connections=settings.max_connections,
             max_idle=settings.max_keepalive_connections,
             keepalive_expiry=settings.keepalive_expiry,
             ssl_context=ssl_context,
+            proxy=proxy,
         )
         try:
             yield pool
@@ -157,58 +210,107 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived (body unread). The
         wait for a connection (pooled or new) is bounded by ``connect_timeout``, and the whole
-        wait for the headers by ``headers_timeout`` (default: the model's)."""
+        wait for the headers by ``headers_timeout`` (default: the model's; and a
+        ``StreamedBody``'s deadline).
+
+        A request whose reused connection turns out closed before any byte of the answer
+        came (the upstream closed it as the request crossed) goes once more on a new
+        connection when it can be sent twice (``replayable``); it cost nothing otherwise."""
         if headers_timeout is None:
             headers_timeout = limits.headers_timeout
         pool = self._pool
         target = path.encode("latin-1")
         if query_string:
             target += b"?" + query_string
-        head = pool.request_head(
-            method, target, headers, len(body) if isinstance(body, bytes) else None
-        )
+        if isinstance(body, bytes):
+            length: int | None = len(body)
+        else:
+            length = body.length if isinstance(body, StreamedBody) else None
+        head = pool.request_head(method, target, headers, length)
         now = pool.loop.time()
         first_byte_at = now + headers_timeout
+        if isinstance(body, StreamedBody):
+            first_byte_at = min(first_byte_at, body.deadline)
         connect_at = min(now + limits.connect_timeout, first_byte_at)
-        try:
-            connection = await pool.acquire(connect_at)
-        except http_client.PoolTimeout:
-            if connect_at < first_byte_at:
-                raise UpstreamBusy(
-                    "The proxy's upstream connection pool is exhausted; retry later."
+        fresh = False
+        while True:
+            try:
+                connection = await pool.acquire(connect_at, fresh)
+            except http_client.HTTPClientError as exc:
+                raise self._connect_failed(
+                    exc, connect_at, first_byte_at, limits, headers_timeout
                 ) from None
-            raise self._no_response(headers_timeout) from None
-        except http_client.ConnectTimeout:
-            if connect_at < first_byte_at:
+            head_only = method == "HEAD"
+            try:
+                if isinstance(body, bytes):
+                    response = connection.start(head, body, head_only)
+                elif isinstance(body, StreamedBody):
+                    async with asyncio.timeout_at(body.deadline):
+                        response = await connection.start_streaming(
+                            head, body, head_only, chunked=body.length is None
+                        )
+                else:
+                    response = await connection.start_streaming(head, body, head_only)
+                await response.wait_for_headers(first_byte_at)
+            except http_client.ResponseTimeout:
+                connection.abort()
+                if isinstance(body, StreamedBody) and first_byte_at == body.deadline:
+                    raise UpstreamTimeout(
+                        "The request's deadline passed while waiting for the upstream."
+                    ) from None
+                raise self._no_response(headers_timeout) from None
+            except TimeoutError:
+                connection.abort()
                 raise UpstreamTimeout(
-                    f"Connecting to the upstream ({self.host}) timed out after "
-                    f"{limits.connect_timeout:g} s."
+                    "The request's deadline passed while its body was being sent."
                 ) from None
-            raise self._no_response(headers_timeout) from None
-        except http_client.ConnectFailed:
-            raise UpstreamUnreachable(
-                f"The upstream ({self.host}) is unreachable: ConnectError."
-            ) from None
-        head_only = method == "HEAD"
-        try:
-            if isinstance(body, bytes):
-                response = connection.start(head, body, head_only)
-            else:
-                response = await connection.start_streaming(head, body, head_only)
-            await response.wait_for_headers(first_byte_at)
-        except http_client.ResponseTimeout:
-            connection.abort()
-            raise self._no_response(headers_timeout) from None
-        except http_client.ConnectionBroken:
-            connection.abort()
-            raise UpstreamUnreachable(
-                f"The upstream ({self.host}) is unreachable: ReadError."
-            ) from None
-        except BaseException:  # cancelled, or the client's upload failed: never reuse it
-            connection.abort()
-            raise
+            except http_client.ConnectionBroken:
+                connection.abort()
+                if (
+                    connection.reused
+                    and not connection.received
+                    and isinstance(body, bytes)
+                    and not fresh
+                    and replayable(method, path)
+                ):
+                    fresh = True
+                    self.stale_retries += 1
+                    continue
+                raise UpstreamUnreachable(
+                    f"The upstream ({self.host}) is unreachable: ReadError."
+                ) from None
+            except BaseException:  # cancelled, or the client's upload failed: never reuse it
+                connection.abort()
+                raise
+            break
+        if response.status == 407 and pool.proxy is not None and not pool.tls:
+            response.release()
+            raise OriginUnreachable(
+                f"The egress proxy {pool.proxy.label} refused the request: "
+                "407 Proxy Authentication Required."
+            )
         self.in_flight += 1
         return UpstreamResponse(response, self)
+
+    def _connect_failed(
+        self,
+        exc: http_client.HTTPClientError,
+        connect_at: float,
+        first_byte_at: float,
+        limits: ModelSettings,
+        headers_timeout: float,
+    ) -> UpstreamError:
+        """What the client is told when no connection could be had."""
+        if isinstance(exc, http_client.ConnectFailed):
+            return OriginUnreachable(f"The upstream ({self.host}) is unreachable: {exc}.")
+        if connect_at >= first_byte_at:
+            return self._no_response(headers_timeout)
+        if isinstance(exc, http_client.PoolTimeout):
+            return UpstreamBusy("The proxy's upstream connection pool is exhausted; retry later.")
+        return UpstreamTimeout(
+            f"Connecting to the upstream ({self.host}) timed out after "
+            f"{limits.connect_timeout:g} s."
+        )
 
     def _no_response(self, waited: float) -> UpstreamTimeout:
         return UpstreamTimeout(

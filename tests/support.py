@@ -6,6 +6,7 @@ import io
 import os
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,9 +26,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
+def serve(
+    app: ASGIApp,
+    port: int | None = None,
+    tls: tuple[str, str] | None = None,
+    client_ca: str | None = None,
+) -> Iterator[str]:
     """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yield its base URL. As the
-    ``serve`` and ``simulate`` commands do, uvicorn adds no ``server`` or ``date`` header."""
+    ``serve`` and ``simulate`` commands do, uvicorn adds no ``server`` or ``date`` header.
+    ``tls``: (certificate file, key file) to serve HTTPS with; ``client_ca``: require a client
+    certificate issued by this CA."""
     port = port or free_port()
     config = uvicorn.Config(
         app,
@@ -38,6 +46,10 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
         lifespan="on",
         server_header=False,
         date_header=False,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+        ssl_ca_certs=client_ca,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
     )
     server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread, so this is safe in a thread.
@@ -48,7 +60,7 @@ def serve(app: ASGIApp, port: int | None = None) -> Iterator[str]:
             if not thread.is_alive():
                 raise RuntimeError(f"server on port {port} failed to start")
             thread.join(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -79,7 +79,13 @@ def test_failures_are_retried_then_fail_over(
     response = gemini.models.generate_content(model=PRO, contents="hello")
     assert response.model_version == FLASH
     assert served(response) == (FLASH, "1", "3")
-    assert models_tried(simulator) == [PRO, PRO, FLASH]
+    tried = models_tried(simulator)
+    if fault["kind"] == "reset":
+        # A reset on a reused connection looks like a close that crossed the request: it is
+        # resent once on a new connection (which the fault resets too) within the attempt.
+        assert tried[-1] == FLASH and set(tried[:-1]) == {PRO} and 2 <= len(tried[:-1]) <= 4
+    else:
+        assert tried == [PRO, PRO, FLASH]
 
 
 def test_an_upstream_that_never_answers_fails_over_without_a_retry(

@@ -63,7 +63,9 @@ class SimulatorApp:
             Mount("/_sim", routes=ControlApi(state).routes()),
             Route("/{path:path}", GeminiApi(state)),
         ]
-        self._app = TransportCapture(FrontEndHeaders(Starlette(routes=routes, lifespan=lifespan)))
+        self._app = TransportCapture(
+            FrontEndHeaders(Starlette(routes=routes, lifespan=lifespan)), state.config.close_every
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._app(scope, receive, send)

@@ -7,6 +7,7 @@ The YAML file (every section optional)::
     chunk_words: 3           # words per streamed chunk (default 3)
     chunk_interval: 0.0      # seconds between two stream chunks (default 0); a unary answer
                              # comes whole after as long as its stream would take
+    close_every: 0           # close the connection after every Nth response (default 0: never)
     max_attempts: 10000      # requests kept in the attempt log (default 10000)
     models:                  # catalogue additions (a built-in model: only the given fields change)
       my-model: {input_token_limit: 1000, output_token_limit: 100, supports_prefill: false}
@@ -49,7 +50,9 @@ Faults from the file count as installed when the server starts. Kinds:
 - ``reset``: TCP reset before any response byte. ``hang``: no answer until the client leaves.
 - Streams only, after ``after_chunks`` (default 1; 0: the headers, then nothing) chunks,
   always before the last one:
-  ``cut {abrupt=false}`` ends the body cleanly (or aborts the connection), ``stall`` goes
+  ``cut {abrupt=false, close=false}`` ends the body cleanly (or aborts the connection; with
+  ``close``, ends it cleanly and resets the connection, unread, when the next request arrives on
+  it, as when a front end's close crosses that request on the wire), ``stall`` goes
   silent until the client leaves, ``malformed`` sends one event that is not JSON and ends.
 - ``blocked {block_reason=SAFETY}``: generate calls get 200 with ``promptFeedback`` only.
 - ``empty_final_chunk``: streams only; the stream sends every text chunk, then ends with an
@@ -134,7 +137,7 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
     ),
     "reset": frozenset(),
     "hang": frozenset(),
-    "cut": frozenset({"after_chunks", "abrupt"}),
+    "cut": frozenset({"after_chunks", "abrupt", "close"}),
     "stall": frozenset({"after_chunks"}),
     "malformed": frozenset({"after_chunks"}),
     "blocked": frozenset({"block_reason"}),
@@ -160,6 +163,9 @@ class FaultSpec:
     """cut, stall, malformed (default 1); error: fail a stream mid-way instead of up front."""
     abrupt: bool = False
     """cut: abort the connection instead of ending the body cleanly."""
+    close: bool = False
+    """cut: after the clean end, close the connection as the client's next request on it
+    arrives (unread, with a reset: the close crossed that request on the wire)."""
     per: str = field(default="minute", metadata={"choices": ("minute", "day")})
     retry_delay: float = field(default=15.0, metadata={"min": 0})
     retry_info: bool = True
@@ -230,6 +236,10 @@ class SimulatorConfig:
     chunk_interval: float = field(default=0.0, metadata={"min": 0})
     max_attempts: int = field(default=10_000, metadata={"min": 1})
     """How many requests the attempt log keeps."""
+    close_every: int = field(default=0, metadata={"min": 0})
+    """Close the connection right after every Nth response (counted over all connections),
+    without a ``connection: close`` header, as Google's front ends recycle keep-alive
+    connections; 0: never."""
 
 
 def load_simulator_config(path: str | os.PathLike[str] | None) -> SimulatorConfig:
@@ -250,7 +260,7 @@ def load_simulator_config(path: str | os.PathLike[str] | None) -> SimulatorConfi
 def build_simulator_config(raw: Any) -> SimulatorConfig:
     """Validate a parsed configuration mapping; errors name the offending key."""
     require_mapping(raw, "simulator configuration")
-    scalar_keys = ("seed", "chunk_words", "chunk_interval", "max_attempts")
+    scalar_keys = ("seed", "chunk_words", "chunk_interval", "max_attempts", "close_every")
     reject_unknown(raw, {"models", "faults", "quotas", "api_keys", *scalar_keys}, "")
     base = build_dataclass(
         SimulatorConfig, {key: raw[key] for key in scalar_keys if key in raw}, ""

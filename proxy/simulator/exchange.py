@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import weakref
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,8 @@ from proxy.simulator.attempts import Attempt
 from proxy.simulator.wire import Reply
 
 TRANSPORT_EXTENSION = "gemini_sim.transport"
+# The set of connections whose next request is reset unread (``Exchange.close_before_next``).
+DOOMED_EXTENSION = "gemini_sim.doomed"
 # How long to wait for the server to notice a connection we aborted ourselves.
 _ABORT_SETTLE_SECONDS = 5.0
 
@@ -32,24 +35,53 @@ class TransportUnavailableError(RuntimeError):
 
 
 class TransportCapture:
-    """Outermost ASGI app: records the connection's transport in ``scope["extensions"]``.
+    """Outermost ASGI app: records the connection's transport in ``scope["extensions"]``, and
+    closes connections the way Google's front ends do (``close_every``, ``close_before_next``).
 
     uvicorn passes its ``RequestResponseCycle.send`` bound method as ``send``; the cycle holds
     the ``asyncio.Transport`` (in both the h11 and the httptools implementations). Anything
     that wraps ``send`` hides it, which is why this has to be the first thing to see it.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, close_every: int = 0) -> None:
         self.app = app
+        self.close_every = close_every
+        self.responses = 0
+        self.doomed: weakref.WeakSet[Any] = weakref.WeakSet()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            transport = getattr(getattr(send, "__self__", None), "transport", None)
-            if transport is not None and hasattr(transport, "abort"):
-                extensions = dict(scope.get("extensions") or {})
-                extensions[TRANSPORT_EXTENSION] = transport
-                scope = {**scope, "extensions": extensions}
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is None or not hasattr(transport, "abort"):
+            await self.app(scope, receive, send)
+            return
+        if transport in self.doomed:
+            self.doomed.discard(transport)
+            await reset(transport, receive)
+            return
+        extensions = dict(scope.get("extensions") or {})
+        extensions[TRANSPORT_EXTENSION] = transport
+        extensions[DOOMED_EXTENSION] = self.doomed
+        await self.app({**scope, "extensions": extensions}, receive, send)
+        self.responses += 1
+        if self.close_every and self.responses % self.close_every == 0:
+            transport.close()  # after the response's bytes, a FIN: no header announced it
+
+
+async def reset(transport: Any, receive: Receive) -> None:
+    """Reset the connection (RST, not FIN) and wait until the server has seen it go."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    # Let the server see the connection go before the app returns, or it would log
+    # "returned without starting response" and try to answer 500 on a dead socket.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_ABORT_SETTLE_SECONDS):
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 class Exchange:
@@ -146,6 +178,17 @@ class Exchange:
         self._watch()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._gone.wait(), _ABORT_SETTLE_SECONDS)
+
+    def close_before_next(self) -> None:
+        """Reset this connection, unread, when the next request arrives on it."""
+        doomed = (self.scope.get("extensions") or {}).get(DOOMED_EXTENSION)
+        transport = (self.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
+        if doomed is None or transport is None:
+            raise TransportUnavailableError(
+                "cannot close the connection: the server transport is not reachable "
+                "(run the simulator under uvicorn, with create_simulator_app outermost)"
+            )
+        doomed.add(transport)
 
     async def close(self) -> None:
         if self._watcher is not None and not self._watcher.done():

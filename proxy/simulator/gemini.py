@@ -393,6 +393,8 @@ class GeminiApi:
             await ex.write(_frame(sse, event, first=index == 0))
         opener = b"" if sse or count else b"["
         if fault is None or (fault.kind == "cut" and not fault.abrupt):
+            if fault is not None and fault.close:
+                ex.close_before_next()
             await ex.write(b"" if sse else opener + b"]", more=False)
         elif fault.kind == "cut":
             await ex.abort()
