@@ -25,7 +25,7 @@ from .client_tokens import describe_access
 from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import DEFAULT_ROUTES, SETTINGS_JSON_ENV, Settings, build_settings
-from .forwarding import Forwarder
+from .pipeline.forwarding import Forwarder
 from .static_assets import PREFIX as STATIC_PREFIX
 from .static_assets import load_assets, static_endpoint
 from .status_page import status_page

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from . import http_client
 from .config import ModelSettings, UpstreamSettings
-from .deadlines import FIRST_EVENT, GAP, HEADERS
 from .egress import proxy_for
 from .headers import Headers
+from .pipeline.deadlines import FIRST_EVENT, GAP, HEADERS
 
 log = logging.getLogger("gemini_breaker.upstream")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import Settings, build_settings
-from proxy.deadlines import (
+from proxy.pipeline.deadlines import (
     DeadlineBook,
     FirstEventLearner,
     LearningParams,

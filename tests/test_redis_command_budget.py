@@ -21,7 +21,7 @@ from proxy.cluster.keys import Keys
 from proxy.cluster.state import BreakerParams
 from proxy.cluster.store import BreakerStore
 from proxy.config import Settings, build_settings
-from proxy.outcomes import Verdict
+from proxy.pipeline.outcomes import Verdict
 
 from .coordinator_support import DEADLINE, eventually, replica
 from .redis_support import RedisServer

@@ -33,10 +33,10 @@ import fakeredis
 from redis.asyncio.client import PubSub
 
 from ..config import Settings
-from ..evidence import FailureLedger
 from ..gemini.quota import RateLimit
-from ..outcomes import Verdict
-from ..throttle import AdaptiveThrottle
+from ..pipeline.evidence import FailureLedger
+from ..pipeline.outcomes import Verdict
+from ..pipeline.throttle import AdaptiveThrottle
 from .connect import StoreClient, subscribe
 from .health import REDIS_FAILURES, StoreHealth, StoreUnavailable
 from .keys import Keys
@@ -127,7 +127,7 @@ class Coordinator:
         self.quota = settings.quota
         self.throttle = AdaptiveThrottle(settings.quota.throttle_k, settings.quota.throttle_window)
         self.evidence = FailureLedger(settings.quota.throttle_window)
-        """Which failures of this replica are evidence about a model (see ``proxy.evidence``)."""
+        """Which failures of this replica are evidence about a model (``pipeline.evidence``)."""
         self.quota_alerts: Counter[str] = Counter()
         """Per-day quota 429s per model, since start."""
         self.schema_drift: Counter[str] = Counter()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .asgi_io import (
+from ..asgi_io import (
     BodyTooLarge,
     ClientDisconnected,
     declared_length,
@@ -22,17 +22,17 @@ from .asgi_io import (
     send_error,
     stream_body,
 )
+from ..client_tokens import ClientTokens, without_credentials
+from ..cluster.coordinator import Coordinator
+from ..config import Settings
+from ..gemini.paths import GeminiPath, parse_path
+from ..headers import Headers, redact_query
+from ..telemetry import Telemetry
+from ..upstream import StreamedBody, Upstream
 from .capability_lookup import CapabilityLookup
-from .client_tokens import ClientTokens, without_credentials
-from .cluster.coordinator import Coordinator
-from .config import Settings
 from .deadlines import DeadlineBook
 from .exchange import CLIENT_CLOSED, Exchange, Services
-from .gemini.paths import GeminiPath, parse_path
-from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
-from .telemetry import Telemetry
-from .upstream import StreamedBody, Upstream
 
 access_log = logging.getLogger("gemini_breaker.access")
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from starlette.types import Send
 
-from .cluster.coordinator import Admission, Coordinator
-from .config import ModelSettings
-from .gemini.errors import sse_error_event
-from .gemini.sse import (
+from ..cluster.coordinator import Admission, Coordinator
+from ..config import ModelSettings
+from ..gemini.errors import sse_error_event
+from ..gemini.sse import (
     CorruptEvent,
     Delivered,
     EventSplitter,
@@ -28,9 +28,9 @@ from .gemini.sse import (
     parse_event,
     stitch,
 )
-from .headers import Headers, client_response_headers
+from ..headers import Headers, client_response_headers
+from ..upstream import Upstream, UpstreamBodyError, UpstreamError, UpstreamResponse
 from .outcomes import Verdict, classify_status
-from .upstream import Upstream, UpstreamBodyError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gemini_breaker.streams")
 

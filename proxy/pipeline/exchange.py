@@ -21,11 +21,37 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
+from ..asgi_io import BodyTooLarge, ClientDisconnected, send_error
+from ..cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
+from ..cluster.state import OPEN
+from ..config import ModelSettings, Settings
+from ..gemini.errors import JSON_CONTENT_TYPE, sse_error_event
+from ..gemini.features import RequestNeeds, continuation_body, needs_of_body
+from ..gemini.paths import GeminiPath
+from ..gemini.quota import RateLimit, parse_rate_limit, shed_body
+from ..gemini.schema import check_json_answer, json_answer_problem
+from ..headers import (
+    UPLOAD_URL_HEADER,
+    Headers,
+    client_response_headers,
+    credential_scope,
+    date_header,
+    request_origin,
+    rewrite_upload_url,
+    upstream_request_headers,
+)
+from ..telemetry import AttemptSpan, Telemetry
+from ..telemetry.usage import usage_from_tail
+from ..upstream import (
+    OriginUnreachable,
+    Upstream,
+    UpstreamBodyError,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from .capability_lookup import CapabilityLookup
-from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
-from .cluster.state import OPEN
-from .config import ModelSettings, Settings
 from .deadlines import (
     FIRST_EVENT,
     GAP,
@@ -36,35 +62,9 @@ from .deadlines import (
     unary_budget,
 )
 from .failure_hold import FailureHold
-from .gemini.errors import JSON_CONTENT_TYPE, sse_error_event
-from .gemini.features import RequestNeeds, continuation_body, needs_of_body
-from .gemini.paths import GeminiPath
-from .gemini.quota import RateLimit, parse_rate_limit, shed_body
-from .gemini.schema import check_json_answer, json_answer_problem
-from .headers import (
-    UPLOAD_URL_HEADER,
-    Headers,
-    client_response_headers,
-    credential_scope,
-    date_header,
-    request_origin,
-    rewrite_upload_url,
-    upstream_request_headers,
-)
 from .outcomes import Verdict, classify_status
 from .retry_budget import RetryBudget
 from .stream_relay import Continuation, SseRelay
-from .telemetry import AttemptSpan, Telemetry
-from .telemetry.usage import usage_from_tail
-from .upstream import (
-    OriginUnreachable,
-    Upstream,
-    UpstreamBodyError,
-    UpstreamBusy,
-    UpstreamError,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
 
 log = logging.getLogger("gemini_breaker.forwarding")
 

@@ -1,14 +1,14 @@
 """One request's failed attempts, held back from the breakers until the request's fate is known.
 
 A failure is reported when the request turns out to be fine elsewhere (another model
-answered, or the chain ran out), judged by ``proxy.evidence`` first; it is dropped when the
+answered, or the chain ran out), judged by ``proxy.pipeline.evidence`` first; it is dropped when the
 request failed the same way on two models (the request is poison). Created only when an
 attempt failed, so a request that succeeds at once costs nothing here.
 """
 
 from __future__ import annotations
 
-from .cluster.coordinator import Admission, Coordinator
+from ..cluster.coordinator import Admission, Coordinator
 from .evidence import HeldFailure, counts_against_model, fingerprint, is_request_fault
 from .outcomes import Verdict
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 # Which limit ended a wait, as logs and the ``deadline_misses`` metric name it.
 HEADERS = "headers"
