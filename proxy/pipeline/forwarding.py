@@ -25,13 +25,15 @@ from ..asgi_io import (
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
-from ..gemini.paths import GeminiPath, parse_path
+from ..dialects import GEMINI
+from ..gemini.paths import GeminiPath
 from ..headers import Headers, redact_query
 from ..telemetry import Telemetry
 from ..upstream import StreamedBody, Upstream
 from .capability_lookup import CapabilityLookup
 from .deadlines import DeadlineBook
-from .exchange import CLIENT_CLOSED, Exchange, Services
+from .exchange import Exchange, Services
+from .respond import CLIENT_CLOSED
 from .retry_budget import RetryBudget
 
 access_log = logging.getLogger("gemini_breaker.access")
@@ -51,6 +53,8 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
+        self.dialect = GEMINI
+        """The API the proxy speaks (the only one so far)."""
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (README "Design notes")."""
         tokens = settings.server.client_tokens
@@ -60,7 +64,7 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        gemini_path = parse_path(path)
+        gemini_path = self.dialect.parse(path, scope["query_string"], scope["headers"])
         with self.telemetry.request(scope["method"], scope["headers"], gemini_path) as span:
             exchange = await self._handle(scope, receive, send, path, gemini_path)
             span.finish(exchange[0], exchange[1], attempts=exchange[2])
@@ -138,6 +142,7 @@ class Forwarder:
             self.capabilities,
             self.telemetry,
             self.deadlines,
+            self.dialect,
         )
         exchange = Exchange(
             services,
