@@ -25,34 +25,25 @@ from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
 from ..gemini.features import RequestNeeds, needs_of_body
-from ..gemini.quota import parse_rate_limit
 from ..headers import Headers, credential_scope, upstream_request_headers
 from ..telemetry import AttemptSpan, Telemetry
 from ..upstream import (
-    OriginUnreachable,
     Upstream,
-    UpstreamBusy,
     UpstreamError,
     UpstreamResponse,
-    UpstreamTimeout,
 )
 from . import unary_relay
 from .answer_checks import AnswerChecks
+from .attempt import attempt
 from .breaker_report import BreakerReport
 from .capability_lookup import CapabilityLookup
-from .deadlines import GAP, LEARNED, DeadlineBook, max_output_tokens, start_wait
+from .deadlines import LEARNED, DeadlineBook, max_output_tokens
 from .outcomes import (
-    SERVED,
-    AttemptOutcome,
     Failed,
     KeptAnswer,
-    ProxyError,
     RateLimited,
     Reply,
     Served,
-    Stopped,
-    Verdict,
-    classify_status,
 )
 from .policy import (
     DONE,
@@ -69,15 +60,11 @@ from .policy import (
     when_chain_ends,
 )
 from .respond import (
-    ATTEMPTS_HEADER,
     CLIENT_CLOSED,
-    FALLBACKS_HEADER,
-    MODEL_HEADER,
     Responder,
     unavailable_retry_after,
 )
 from .retry_budget import RetryBudget
-from .stream_attempt import relay_stream
 
 log = logging.getLogger("gemini_breaker.forwarding")
 
@@ -145,7 +132,7 @@ class Exchange:
         self.sse = services.dialect.framing(route, scope["query_string"]) is Framing.SSE
         self._passed_over: str | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
-        self._last_model: str | None = None
+        self.last_model: str | None = None
         self.span: AttemptSpan | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -209,7 +196,12 @@ class Exchange:
             await self.client.error(exc.status, exc.message)
             return
         await unary_relay.relay(
-            self.upstream, self.client, response, limits, self.deadline, self._headers(response)
+            self.upstream,
+            self.client,
+            response,
+            limits,
+            self.deadline,
+            self.answer_headers(response),
         )
 
     # -- the chain ----------------------------------------------------------------------------
@@ -297,7 +289,7 @@ class Exchange:
         waited_out_429 = False
         while True:
             tries += 1
-            outcome = await self._attempt(admission, limits, position)
+            outcome = await attempt(self, admission, limits, position)
             if isinstance(outcome, Served):
                 return DONE
             request_fault = False
@@ -363,131 +355,6 @@ class Exchange:
                 return False
         return False
 
-    # -- one attempt --------------------------------------------------------------------------
-
-    async def _attempt(
-        self, admission: Admission, limits: ModelSettings, position: int
-    ) -> AttemptOutcome:
-        """One upstream attempt, inside its own span."""
-        with self.telemetry.attempt(
-            admission.model,
-            self.attempts + 1,
-            retry=admission.model == self._last_model,
-            failover=position > 0,
-            probe=admission.probe,
-            method=self.route.method,
-        ) as span:
-            self.span = span
-            self._last_model = admission.model
-            return await self._attempt_once(admission, limits, position, span)
-
-    async def _attempt_once(
-        self, admission: Admission, limits: ModelSettings, position: int, span: AttemptSpan
-    ) -> AttemptOutcome:
-        model = admission.model
-        wait, kind = start_wait(
-            self.settings,
-            self.services.deadlines,
-            model,
-            limits,
-            self.route.method,
-            self._max_output_tokens,
-        )
-        remaining = self.remaining()
-        self.attempts += 1
-        self.coordinator.quota_requested(self.credential, model)
-        sent_at = self.loop.time()
-        try:
-            response = await self.open(
-                model, limits, headers_timeout=max(min(wait, remaining), 0.001)
-            )
-        except (UpstreamBusy, OriginUnreachable) as exc:
-            # The proxy's own pool, or an origin no model of this upstream can reach: no
-            # further attempt can help, and no model is to blame.
-            busy = isinstance(exc, UpstreamBusy)
-            span.outcome("busy" if busy else "unreachable", error_type=type(exc).__name__)
-            return Stopped(ProxyError(model, exc.status, exc.message))
-        except UpstreamTimeout as exc:
-            if remaining < wait:  # the client's deadline, not the model, ran out
-                message = f"The request's deadline passed while waiting for {model}."
-                return Stopped(ProxyError(model, UpstreamTimeout.status, message))
-            poison = self.report.hold(admission, type(exc).__name__)
-            span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            reply = ProxyError(model, exc.status, exc.message)
-            if exc.deadline is None:  # connecting timed out: worth another connection
-                return Failed(reply, poison=poison)
-            self.deadline_missed(model, kind, wait)
-            return Failed(reply, deadline_missed=True, poison=poison)
-        except UpstreamError as exc:
-            poison = self.report.hold(admission, type(exc).__name__)
-            span.outcome(Verdict.FAILURE.value, error_type=type(exc).__name__)
-            return Failed(ProxyError(model, exc.status, exc.message), poison=poison)
-        return await self._answered(admission, response, limits, position, (sent_at, wait, kind))
-
-    async def _answered(
-        self,
-        admission: Admission,
-        response: UpstreamResponse,
-        limits: ModelSettings,
-        position: int,
-        start: tuple[float, float, str],
-    ) -> AttemptOutcome:
-        """The upstream answered: classify it, and relay it unless it is to be kept."""
-        model, status, span = admission.model, response.status_code, self.span
-        assert span is not None
-        span.responded(status)
-        if status == 404:
-            self.coordinator.quota_not_found(self.credential, model)
-        verdict = classify_status(status)
-        span.outcome(verdict.value)
-        if verdict is not Verdict.FAILURE:
-            self.report.settle()  # the request is served by this model (or answered as it is)
-        if verdict is Verdict.RATE_LIMITED:
-            kept = await self.keep(model, response, limits)
-            limit = parse_rate_limit(kept.body, response.headers.get("retry-after"))
-            delay = self.coordinator.rate_limited(self.credential, model, limit)
-            if limit.per_day:
-                self.telemetry.quota_alert(model)
-            return RateLimited(kept, limit, delay)
-        if verdict is Verdict.FAILURE:
-            poison = self.report.hold(admission, str(status))
-            return Failed(await self.keep(model, response, limits), poison=poison)
-        if status == 400:
-            return await self.checks.client_error(admission, response, limits)
-        if verdict is Verdict.SUCCESS and self.checks.checks_json:
-            return await self.checks.checked_json(admission, response, limits, position)
-        if verdict is Verdict.CREDENTIAL:
-            self.coordinator.credential_alerts[model] += 1
-            self.telemetry.credential_alert(model, status)
-            log.warning(
-                "credential alert: %s answered %d for %s; check the API key",
-                self.upstream.host,
-                status,
-                model,
-            )
-        extra = [
-            (MODEL_HEADER, model.encode()),
-            (FALLBACKS_HEADER, str(position).encode()),
-            (ATTEMPTS_HEADER, str(self.attempts).encode()),
-        ]
-        if self.sse and status == 200:
-            return await relay_stream(self, response, admission, limits, position, extra, start)
-        self.served_by = model
-        usage_span = span if self.route.is_generate and not self.sse else None
-        broken = await unary_relay.relay(
-            self.upstream,
-            self.client,
-            response,
-            limits,
-            self.deadline,
-            self._headers(response, extra),
-            usage_span,
-        )
-        if broken is not None and broken.deadline == GAP:
-            self.telemetry.deadline_miss(model, GAP)
-        self.report.outcome(admission, verdict if broken is None else Verdict.FAILURE)
-        return SERVED
-
     def deadline_missed(self, model: str, kind: str, waited: float) -> None:
         """Say which limit ran out (log, metric); a miss of a learned deadline widens it."""
         if kind == LEARNED:
@@ -522,7 +389,7 @@ class Exchange:
         return AnswerChecks(self)
 
     @functools.cached_property
-    def _max_output_tokens(self) -> int | None:
+    def max_output_tokens(self) -> int | None:
         return max_output_tokens(self.body_bytes)
 
     @property
@@ -558,7 +425,7 @@ class Exchange:
         most = most or unary_relay.MAX_KEPT_ERROR_BYTES
         return await unary_relay.keep(self.upstream, model, response, limits, self.deadline, most)
 
-    def _headers(self, response: UpstreamResponse, extra: Headers | None = None) -> Headers:
+    def answer_headers(self, response: UpstreamResponse, extra: Headers | None = None) -> Headers:
         return unary_relay.answer_headers(
             response, extra or [], self.scope, self.upstream.base_url, self.route.prefix
         )
