@@ -324,3 +324,16 @@ async def test_a_stream_without_a_finish_reason_is_broken(settings: Any) -> None
     relay, _, failure = await relay_of(stream(event("a")), settings)
     assert failure is None
     assert relay.broken is not None and "finishReason" in relay.broken.message
+
+
+async def test_a_short_429_is_waited_out_once_on_the_same_model(
+    coordinator: Coordinator, telemetry: Telemetry
+) -> None:
+    settings = proxy_settings("https://upstream.invalid", quota={"max_retry_wait": 5})
+    retry_info = {
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.05s"}]
+    }
+    upstream = ScriptedUpstream({PRO: [error(429, retry_info), answer("ok")]})
+    exchange, client = await run(settings, coordinator, telemetry, upstream)
+    assert upstream.models == [PRO, PRO]
+    assert (client.status, exchange.served_by) == (200, PRO)
