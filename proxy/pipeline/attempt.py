@@ -22,7 +22,7 @@ from ..upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from . import unary_relay
+from . import answer_checks, unary_relay
 from .deadlines import GAP, start_wait
 from .outcomes import (
     SERVED,
@@ -137,9 +137,9 @@ async def _answered(
         poison = exchange.report.hold(admission, str(status))
         return Failed(await exchange.keep(model, response, limits), poison=poison)
     if status == 400:
-        return await exchange.checks.client_error(admission, response, limits)
-    if verdict is Verdict.SUCCESS and exchange.checks.checks_json:
-        return await exchange.checks.checked_json(admission, response, limits, position)
+        return await answer_checks.client_error(exchange, admission, response, limits)
+    if verdict is Verdict.SUCCESS and answer_checks.checks_json(exchange):
+        return await answer_checks.checked_json(exchange, admission, response, limits, position)
     if verdict is Verdict.CREDENTIAL:
         exchange.coordinator.credential_alerts[model] += 1
         exchange.telemetry.credential_alert(model, status)

@@ -33,7 +33,6 @@ from ..upstream import (
     UpstreamResponse,
 )
 from . import unary_relay
-from .answer_checks import AnswerChecks
 from .attempt import attempt
 from .breaker_report import BreakerReport
 from .capability_lookup import CapabilityLookup
@@ -263,12 +262,13 @@ class Exchange:
             assert not isinstance(decision, (Done, Retry, WaitOut))
             last = decision.reply
         end = when_chain_ends(last, self.remaining())
-        if last is not None:
-            await self._answer(last)
-        elif end == "deadline":
+        if end == "deadline":
             await self.client.error(504, "The request's deadline passed before any model answered.")
-        else:
+        elif end == "unavailable":
             await self._unavailable(requested, skipped)
+        else:
+            assert last is not None
+            await self._answer(last)
 
     async def _gate(self, model: str) -> Shed | None:
         """The quota checks before a model is tried: cooldown, pacing, throttle (no Redis
@@ -296,7 +296,9 @@ class Exchange:
             if not isinstance(outcome, RateLimited):
                 request_fault = self.report.request_fault()
                 if request_fault:
-                    log.info("%s failed the same way on two models: answering it", model)
+                    log.info(
+                        "%s failed the same way on two models: answering it", self.route.method
+                    )
             ceiling = backoff_ceiling(tries, limits.backoff_initial, limits.backoff_max)
             now = Situation(
                 tries=tries,
@@ -382,11 +384,6 @@ class Exchange:
     def needs(self) -> RequestNeeds:
         """What the request needs from a model (parsed once, only when a fallback is weighed)."""
         return needs_of_body(self.body_bytes)
-
-    @functools.cached_property
-    def checks(self) -> AnswerChecks:
-        """The checks of answers that are not relayed as they come (made when first needed)."""
-        return AnswerChecks(self)
 
     @functools.cached_property
     def max_output_tokens(self) -> int | None:

@@ -14,6 +14,7 @@ from ..config import ModelSettings
 from ..gemini.features import continuation_body
 from ..headers import Headers
 from ..upstream import UpstreamError, UpstreamResponse
+from . import answer_checks
 from .deadlines import FIRST_EVENT, GAP, stream_first_event_wait
 from .outcomes import SERVED, AttemptOutcome, Failed, ProxyError, Verdict, classify_status
 from .policy import continues_broken_stream
@@ -70,7 +71,7 @@ async def relay_stream(
     broken = relay.broken
     if broken is None:
         exchange.report.outcome(admission, Verdict.SUCCESS)
-        exchange.checks.check_streamed(model, relay.delivered.text)
+        answer_checks.check_streamed(exchange, model, relay.delivered.text)
         await relay.finish()
         return SERVED
     exchange.report.outcome(admission, Verdict.FAILURE)
@@ -85,7 +86,7 @@ async def relay_stream(
         exchange.telemetry.stream_continuation(model, continued_on)
         if continued_on is not None:
             exchange.served_by = continued_on
-            exchange.checks.check_streamed(continued_on, relay.delivered.text)
+            answer_checks.check_streamed(exchange, continued_on, relay.delivered.text)
             await relay.finish()
             return SERVED
     await relay.fail(broken)
