@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, admin_cli, demo
+from . import __version__
 from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
 from .logs import configure_logging
+from .operators import admin_cli, demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import yaml
 from .capabilities import ModelCapabilities
 from .cluster.state import BreakerParams, QuotaParams
 from .deadlines import LearningParams, first_event_ceiling
-from .egress import parse_proxy_url
+from .transport.egress import parse_proxy_url
 from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
 
 __all__ = ["ConfigError", "Settings", "build_settings", "load_raw", "load_settings"]

@@ -19,13 +19,13 @@ import pytest
 import yaml
 from starlette.requests import Request
 
-from proxy import admin as admin_module
-from proxy.admin import AdminAuth
 from proxy.app import create_app
 from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, Pin, PinChange, Snapshot
 from proxy.config import ConfigError, build_settings
+from proxy.operators import admin as admin_module
+from proxy.operators.admin import AdminAuth
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import calls, proxy_settings

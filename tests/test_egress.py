@@ -8,7 +8,7 @@ import base64
 import pytest
 
 from proxy.config import ConfigError, build_settings
-from proxy.egress import EgressProxy, bypassed, parse_proxy_url, proxy_for
+from proxy.transport.egress import EgressProxy, bypassed, parse_proxy_url, proxy_for
 
 GOOGLE = "https://generativelanguage.googleapis.com"
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from google.genai.errors import APIError
 
+from proxy.operators.status_page import PATH
 from proxy.simulator.client import SimulatorControl
-from proxy.status_page import PATH
 
 from .png_support import colour_counts, near
 from .redis_support import redis_server as redis_server  # the fixture

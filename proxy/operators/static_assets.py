@@ -21,7 +21,7 @@ from starlette.responses import Response
 from .admin import AdminAuth, refuse
 
 PREFIX = "/admin/static/"
-#: Served files: path under ``proxy/static/`` -> content type.
+#: Served files: path under ``proxy/operators/static/`` -> content type.
 FILES: Mapping[str, str] = {
     "uplot/uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uplot/uPlot.min.css": "text/css; charset=utf-8",

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .cluster.coordinator import Coordinator
-from .cluster.health import StoreUnavailable
-from .cluster.state import ACTIONS, ActiveModel, BreakerState, Pin
-from .cluster.store import MAX_PIN_SECONDS, StoreError
-from .config import Settings
-from .gemini.errors import JSON_CONTENT_TYPE, error_body
+from ..cluster.coordinator import Coordinator
+from ..cluster.health import StoreUnavailable
+from ..cluster.state import ACTIONS, ActiveModel, BreakerState, Pin
+from ..cluster.store import MAX_PIN_SECONDS, StoreError
+from ..config import Settings
+from ..gemini.errors import JSON_CONTENT_TYPE, error_body
 
 #: Largest JSON body an admin action accepts.
 MAX_BODY_BYTES = 64 * 1024

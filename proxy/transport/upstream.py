@@ -1,8 +1,8 @@
 """The one pooled upstream HTTP client, with per-model deadlines.
 
-The client is the project's own (``proxy/http_client.py``): with 8 requests in flight against
-the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us of CPU per
-request, where httpx spent 760-2,100 us and aiohttp about 280 us (README, "Performance").
+The client is the project's own (``proxy/transport/http_client.py``): with 8 requests in
+flight against the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us
+of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us (README, "Performance").
 
 Failures are raised as ``UpstreamError`` subclasses that carry the status and message the
 client should see; nothing from the upstream URL (which may carry ``?key=``) goes into them.
@@ -19,9 +19,9 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, overload
 from urllib.parse import urlsplit
 
+from ..config import ModelSettings, UpstreamSettings
+from ..deadlines import FIRST_EVENT, GAP, HEADERS
 from . import http_client
-from .config import ModelSettings, UpstreamSettings
-from .deadlines import FIRST_EVENT, GAP, HEADERS
 from .egress import proxy_for
 from .headers import Headers
 
