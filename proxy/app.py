@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 from .client_tokens import describe_access
 from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
-from .config import DEFAULT_ROUTES, SETTINGS_JSON_ENV, Settings, build_settings
+from .config import DEFAULT_ROUTES, Settings
+from .config_load import SETTINGS_JSON_ENV, build_settings
 from .forwarding import Forwarder
 from .operators.admin import AdminApi, AdminAuth
 from .operators.static_assets import PREFIX as STATIC_PREFIX

@@ -23,10 +23,11 @@ from proxy.app import create_app
 from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, Pin, PinChange, Snapshot
-from proxy.config import ConfigError, build_settings
+from proxy.config_load import build_settings
 from proxy.operators import admin as admin_module
 from proxy.operators.admin import AdminAuth
 from proxy.simulator.client import SimulatorControl
+from proxy.validation import ConfigError
 
 from .conftest import calls, proxy_settings
 from .redis_support import RedisServer

@@ -28,7 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_load import load_settings
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import proxy_settings

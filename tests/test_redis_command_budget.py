@@ -20,7 +20,8 @@ from proxy.cluster.coordinator import FULL_RECONCILE_EVERY, Admission, Coordinat
 from proxy.cluster.keys import Keys
 from proxy.cluster.state import BreakerParams
 from proxy.cluster.store import BreakerStore
-from proxy.config import Settings, build_settings
+from proxy.config import Settings
+from proxy.config_load import build_settings
 from proxy.outcomes import Verdict
 
 from .coordinator_support import DEADLINE, eventually, replica

@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.cluster.coordinator import Coordinator
-from proxy.config import Settings, build_settings
+from proxy.config import Settings
+from proxy.config_load import build_settings
 
 from .coordinator_support import eventually, replica
 from .redis_support import RedisServer

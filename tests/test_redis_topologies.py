@@ -19,7 +19,7 @@ import redis
 from proxy.app import create_app
 from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 
 from .conftest import proxy_settings
 from .coordinator_support import replica

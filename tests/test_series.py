@@ -23,7 +23,7 @@ from proxy.app import create_app
 from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
 from proxy.cluster.series import MAX_FIELDS, RawSeries, SeriesStore, fold, quantile
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.simulator.client import SimulatorControl
 from proxy.telemetry.known import FAILOVER_REASONS, breaker_edges
 from proxy.telemetry.tallies import LATENCY_BOUNDS, OTHER, SeriesTallies, status_kind

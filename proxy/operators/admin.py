@@ -425,15 +425,11 @@ def _route_chain(settings: Settings, route: str) -> tuple[str, ...]:
     return chain
 
 
-def known_models(coordinator: Coordinator) -> set[str]:
+def known_models(coordinator: Coordinator) -> frozenset[str]:
     """Models an operator may act on: those of the routes, the configured ones, and any
     breaker the cluster already knows."""
     settings = coordinator.settings
-    return (
-        {m for chain in settings.routes.values() for m in chain}
-        | set(settings.models)
-        | set(coordinator.mirror.breakers)
-    )
+    return settings.routed_models | set(settings.models) | set(coordinator.mirror.breakers)
 
 
 # -- documents --------------------------------------------------------------------------------
@@ -488,8 +484,8 @@ def _route_json(coordinator: Coordinator, route: str, chain: tuple[str, ...]) ->
 
 def _all_breakers(coordinator: Coordinator) -> list[BreakerState]:
     mirror = coordinator.mirror
-    models = {m for chain in coordinator.settings.routes.values() for m in chain}
-    return [mirror.breaker(m) for m in sorted(models | set(mirror.breakers))]
+    models = coordinator.settings.routed_models | set(mirror.breakers)
+    return [mirror.breaker(m) for m in sorted(models)]
 
 
 def state_document(coordinator: Coordinator) -> dict[str, Any]:
