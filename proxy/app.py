@@ -25,7 +25,8 @@ from .cluster.coordinator import Coordinator
 from .config import DEFAULT_ROUTES, Settings
 from .config_load import SETTINGS_JSON_ENV, build_settings
 from .forwarding import Forwarder
-from .operators.admin import AdminApi, AdminAuth
+from .operators.admin import AdminApi
+from .operators.admin_auth import AdminAuth
 from .operators.static_assets import PREFIX as STATIC_PREFIX
 from .operators.static_assets import load_assets, static_endpoint
 from .operators.status_page import status_page

@@ -24,8 +24,8 @@ from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, Pin, PinChange, Snapshot
 from proxy.config_load import build_settings
-from proxy.operators import admin as admin_module
-from proxy.operators.admin import AdminAuth
+from proxy.operators import admin_auth
+from proxy.operators.admin_auth import AdminAuth
 from proxy.simulator.client import SimulatorControl
 from proxy.validation import ConfigError
 
@@ -193,13 +193,13 @@ def test_a_web_page_cannot_reach_the_unauthenticated_admin_api(simulator_url: st
 
 def test_a_token_is_checked_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = admin_module.hmac.compare_digest
+    real = admin_auth.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(admin_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(admin_auth.hmac, "compare_digest", spy)
     # A configured token wins over the loopback opt-in: loopback callers need it too.
     auth = AdminAuth(TOKEN, allow_unauthenticated_loopback=True)
     assert auth.mode == "token"

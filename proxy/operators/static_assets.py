@@ -18,7 +18,7 @@ from importlib import resources
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .admin import AdminAuth, refuse
+from .admin_auth import AdminAuth, refuse
 
 PREFIX = "/admin/static/"
 #: Served files: path under ``proxy/operators/static/`` -> content type.
