@@ -24,7 +24,7 @@ from proxy.pipeline.respond import Responder
 from proxy.pipeline.retry_budget import RetryBudget
 from proxy.pipeline.stream_relay import SseRelay
 from proxy.telemetry import Telemetry
-from proxy.upstream import UpstreamBodyError, UpstreamTimeout
+from proxy.transport.upstream import UpstreamBodyError, UpstreamTimeout
 
 from .conftest import proxy_settings
 

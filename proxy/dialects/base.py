@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
-from ..headers import Headers
+from ..transport.headers import Headers
 
 
 class Framing(enum.Enum):

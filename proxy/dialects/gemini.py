@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..gemini.errors import error_body, sse_error_event
 from ..gemini.paths import GeminiPath, parse_path
-from ..headers import Headers
+from ..transport.headers import Headers
 from .base import Framing, RequestRoute
 
 

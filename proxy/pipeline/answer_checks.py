@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..cluster.coordinator import Admission
 from ..config import ModelSettings
 from ..gemini.schema import check_json_answer, json_answer_problem
-from ..upstream import UpstreamResponse
+from ..transport.upstream import UpstreamResponse
 from .outcomes import SERVED, Failed, ProxyError, Rejected, Served, TooLong, Verdict
 from .respond import FALLBACKS_HEADER
 

@@ -15,7 +15,7 @@ from ..cluster.coordinator import Admission
 from ..config import ModelSettings
 from ..gemini.quota import parse_rate_limit
 from ..telemetry import AttemptSpan
-from ..upstream import (
+from ..transport.upstream import (
     OriginUnreachable,
     UpstreamBusy,
     UpstreamError,

@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from ..config import Settings
-from ..headers import Headers
-from ..upstream import Upstream, UpstreamError
+from ..transport.headers import Headers
+from ..transport.upstream import Upstream, UpstreamError
 from .capabilities import CapabilityRegistry
 
 log = logging.getLogger("gemini_breaker.capabilities")

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from ..asgi_io import BodyTooLarge, ClientDisconnected
 from ..cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
 from ..gemini.features import RequestNeeds, needs_of_body
-from ..headers import Headers, credential_scope, upstream_request_headers
 from ..telemetry import AttemptSpan, Telemetry
-from ..upstream import (
+from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
+from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from ..transport.upstream import (
     Upstream,
     UpstreamError,
     UpstreamResponse,

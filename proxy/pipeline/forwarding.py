@@ -14,7 +14,13 @@ from collections.abc import AsyncIterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ..asgi_io import (
+from ..client_tokens import ClientTokens, without_credentials
+from ..cluster.coordinator import Coordinator
+from ..config import Settings
+from ..dialects import GEMINI
+from ..gemini.paths import GeminiPath
+from ..telemetry import Telemetry
+from ..transport.asgi_io import (
     BodyTooLarge,
     ClientDisconnected,
     declared_length,
@@ -22,14 +28,8 @@ from ..asgi_io import (
     send_error,
     stream_body,
 )
-from ..client_tokens import ClientTokens, without_credentials
-from ..cluster.coordinator import Coordinator
-from ..config import Settings
-from ..dialects import GEMINI
-from ..gemini.paths import GeminiPath
-from ..headers import Headers, redact_query
-from ..telemetry import Telemetry
-from ..upstream import StreamedBody, Upstream
+from ..transport.headers import Headers, redact_query
+from ..transport.upstream import StreamedBody, Upstream
 from .capability_lookup import CapabilityLookup
 from .deadlines import DeadlineBook
 from .exchange import Exchange, Services

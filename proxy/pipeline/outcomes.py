@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from ..gemini.quota import RateLimit
-from ..headers import Headers
+from ..transport.headers import Headers
 
 
 class Verdict(enum.Enum):

@@ -12,11 +12,11 @@ import math
 
 from starlette.types import Send
 
-from ..asgi_io import send_error
 from ..cluster.coordinator import Shed
 from ..gemini.errors import JSON_CONTENT_TYPE
 from ..gemini.quota import shed_body
-from ..headers import Headers, date_header
+from ..transport.asgi_io import send_error
+from ..transport.headers import Headers, date_header
 from .outcomes import KeptAnswer, Reply
 
 CLIENT_CLOSED = 499

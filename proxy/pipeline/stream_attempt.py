@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from ..cluster.coordinator import Admission
 from ..config import ModelSettings
 from ..gemini.features import continuation_body
-from ..headers import Headers
-from ..upstream import UpstreamError, UpstreamResponse
+from ..transport.headers import Headers
+from ..transport.upstream import UpstreamError, UpstreamResponse
 from . import answer_checks
 from .deadlines import FIRST_EVENT, GAP, stream_first_event_wait
 from .outcomes import SERVED, AttemptOutcome, Failed, ProxyError, Verdict, classify_status

@@ -23,8 +23,8 @@ from ..gemini.sse import (
     parse_event,
     stitch,
 )
-from ..headers import Headers, client_response_headers
-from ..upstream import Upstream, UpstreamBodyError, UpstreamResponse
+from ..transport.headers import Headers, client_response_headers
+from ..transport.upstream import Upstream, UpstreamBodyError, UpstreamResponse
 from .respond import Responder
 
 log = logging.getLogger("gemini_breaker.streams")

@@ -10,16 +10,16 @@ from starlette.types import Scope
 
 from ..config import ModelSettings
 from ..gemini.errors import sse_error_event
-from ..headers import (
+from ..telemetry import AttemptSpan
+from ..telemetry.usage import usage_from_tail
+from ..transport.headers import (
     UPLOAD_URL_HEADER,
     Headers,
     client_response_headers,
     request_origin,
     rewrite_upload_url,
 )
-from ..telemetry import AttemptSpan
-from ..telemetry.usage import usage_from_tail
-from ..upstream import Upstream, UpstreamBodyError, UpstreamResponse
+from ..transport.upstream import Upstream, UpstreamBodyError, UpstreamResponse
 from .outcomes import KeptAnswer
 from .respond import Responder
 
