@@ -61,6 +61,7 @@ def test_a_path_of_another_api_is_not_gemini() -> None:
 
 
 def test_errors_are_google_rpc_status() -> None:
+    assert GEMINI.error_content_type.startswith(b"application/json")
     error = json.loads(GEMINI.error_body(503, "busy"))["error"]
     assert (error["code"], error["message"], error["status"]) == (503, "busy", "UNAVAILABLE")
     event = GEMINI.stream_error(502, "cut")

@@ -297,7 +297,7 @@ async def relay_of(
     client = Client()
     upstream = ScriptedUpstream({})
     loop = asyncio.get_running_loop()
-    relay = SseRelay(upstream, Responder(client.send), loop.time() + 10)  # type: ignore[arg-type]
+    relay = SseRelay(upstream, Responder(client.send, GEMINI), loop.time() + 10)  # type: ignore[arg-type]
     failure = await relay.first(response, settings.model_settings(PRO), [])  # type: ignore[arg-type]
     return relay, client, failure
 

@@ -70,6 +70,8 @@ class Dialect(Protocol):
     name: str
     model_in_body: bool
     """The model is named in the body, so routing needs the body read first."""
+    error_content_type: bytes
+    """The content type of ``error_body``."""
 
     def parse(self, path: str, query: bytes, headers: Headers) -> RequestRoute | None:
         """The request's route; None when the path is not one of this API's."""

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..gemini.errors import error_body, sse_error_event
+from ..gemini.errors import JSON_CONTENT_TYPE, error_body, sse_error_event
 from ..gemini.paths import GeminiPath, parse_path
 from ..transport.headers import Headers
 from .base import Framing, RequestRoute
@@ -15,6 +15,7 @@ class GeminiDialect:
 
     name = "gemini"
     model_in_body = False
+    error_content_type = JSON_CONTENT_TYPE.encode()
 
     def parse(self, path: str, query: bytes, headers: Headers) -> GeminiPath | None:
         return parse_path(path)

@@ -115,7 +115,7 @@ class Exchange:
         self.route = route
         self.body = body
         self.deadline = deadline
-        self.client = Responder(send)
+        self.client = Responder(send, services.dialect)
         self.served_by: str | None = None
         self.attempts = 0
         self.credential = credential_scope(

@@ -13,9 +13,9 @@ import math
 from starlette.types import Send
 
 from ..cluster.coordinator import Shed
+from ..dialects import Dialect
 from ..gemini.errors import JSON_CONTENT_TYPE
 from ..gemini.quota import shed_body
-from ..transport.asgi_io import send_error
 from ..transport.headers import Headers, date_header
 from .outcomes import KeptAnswer, Reply
 
@@ -28,12 +28,14 @@ SHED_HEADER = b"x-gemini-breaker-shed"
 
 
 class Responder:
-    """Sends to one client; ``status`` is what it was told (499 until then)."""
+    """Sends to one client, in its API's dialect; ``status`` is what it was told (499 until
+    then)."""
 
-    __slots__ = ("finishing", "send", "status")
+    __slots__ = ("dialect", "finishing", "send", "status")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, dialect: Dialect) -> None:
         self.send = send
+        self.dialect = dialect
         self.status = CLIENT_CLOSED
         self.finishing = False
         """The response's last message is being sent."""
@@ -47,11 +49,24 @@ class Responder:
         self.finishing = True
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
+    async def stream_error(self, code: int, message: str) -> None:
+        """End a stream that broke after it started with an in-band error (the SDK raises on
+        it; a silent close would look whole)."""
+        await self.end(self.dialect.stream_error(code, message))
+
     async def error(self, code: int, message: str, extra: Headers | None = None) -> None:
-        """The proxy's own error, as a ``google.rpc.Status``."""
+        """The proxy's own error, in the shape the client's SDK raises as an exception."""
+        body = self.dialect.error_body(code, message)
+        headers = [
+            (b"content-type", self.dialect.error_content_type),
+            (b"content-length", str(len(body)).encode()),
+            date_header(),
+            *(extra or []),
+        ]
         self.status = code
         self.finishing = True
-        await send_error(self.send, code, message, headers=extra)
+        await self.send({"type": "http.response.start", "status": code, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
 
     async def reply(self, reply: Reply, attempts: int, retry_after: float | None = None) -> None:
         """Answer with a failure: a kept upstream error, or the proxy's error about a model.

@@ -14,7 +14,6 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 
 from ..config import ModelSettings
-from ..gemini.errors import sse_error_event
 from ..gemini.sse import (
     CorruptEvent,
     Delivered,
@@ -161,7 +160,7 @@ class SseRelay:
 
     async def fail(self, broken: UpstreamBodyError) -> None:
         """End the stream with Google's in-band error, which the SDK raises."""
-        await self.client.end(sse_error_event(broken.status, broken.message))
+        await self.client.stream_error(broken.status, broken.message)
 
     async def append(
         self, response: UpstreamResponse, limits: ModelSettings

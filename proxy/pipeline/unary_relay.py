@@ -9,7 +9,6 @@ import logging
 from starlette.types import Scope
 
 from ..config import ModelSettings
-from ..gemini.errors import sse_error_event
 from ..telemetry import AttemptSpan
 from ..telemetry.usage import usage_from_tail
 from ..transport.headers import (
@@ -59,7 +58,7 @@ async def relay(
             log.warning("upstream response broke off: %s", exc.message)
             if _is_plain_sse(response):
                 # The SDK raises on an in-band error event; a silent close would look whole.
-                await client.end(sse_error_event(exc.status, exc.message))
+                await client.stream_error(exc.status, exc.message)
             # Otherwise return without completing the response: the server then closes the
             # connection mid-body, and the client sees a truncated body as an error.
             return exc
