@@ -33,7 +33,7 @@ from ..transport.upstream import StreamedBody, Upstream
 from .capability_lookup import CapabilityLookup
 from .deadlines import DeadlineBook
 from .exchange import Exchange, Services
-from .respond import CLIENT_CLOSED
+from .respond import CLIENT_CLOSED, Responder
 from .retry_budget import RetryBudget
 
 access_log = logging.getLogger("gemini_breaker.access")
@@ -100,7 +100,7 @@ class Forwarder:
             return 404, None, 0
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
-            await send_error(send, 503, "The proxy is starting; retry shortly.")
+            await self._refuse(send, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
@@ -110,14 +110,14 @@ class Forwarder:
         ):
             refusal = self.client_tokens.check(headers, scope["query_string"])
             if refusal is not None:
-                await send_error(send, refusal.code, refusal.message)
+                await self._refuse(send, refusal.code, refusal.message)
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
         limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
-            await send_error(send, 413, BodyTooLarge(limit).args[0])
+            await self._refuse(send, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
@@ -130,7 +130,7 @@ class Forwarder:
             try:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
-                await send_error(send, 413, exc.args[0])
+                await self._refuse(send, 413, exc.args[0])
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
@@ -154,6 +154,10 @@ class Forwarder:
         )
         await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts
+
+    async def _refuse(self, send: Send, code: int, message: str) -> None:
+        """Answer a request of the dialect's API before any attempt, in its error shape."""
+        await Responder(send, self.dialect).error(code, message)
 
     def _deadline(self, headers: Headers) -> float:
         """Seconds this request may take: the configured deadline, capped by the client's
