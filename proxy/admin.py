@@ -28,6 +28,7 @@ from .cluster.state import ACTIONS, ActiveModel, BreakerState, Pin
 from .cluster.store import MAX_PIN_SECONDS, StoreError
 from .config import Settings
 from .gemini.errors import JSON_CONTENT_TYPE, error_body
+from .telemetry.alerts import AlertCounts
 
 #: Largest JSON body an admin action accepts.
 MAX_BODY_BYTES = 64 * 1024
@@ -173,9 +174,14 @@ class AdminApi:
     """ASGI app for every path under ``/admin/``: checks access first, then dispatches."""
 
     def __init__(
-        self, settings: Settings, coordinator: Callable[[], Coordinator | None], auth: AdminAuth
+        self,
+        settings: Settings,
+        coordinator: Callable[[], Coordinator | None],
+        auth: AdminAuth,
+        alerts: AlertCounts,
     ) -> None:
         self.settings = settings
+        self.alerts = alerts
         self.auth = auth
         self._coordinator = coordinator
         self.endpoints = [
@@ -231,7 +237,7 @@ class AdminApi:
     # -- reads --------------------------------------------------------------------------------
 
     async def _state(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
-        return JSONResponse(state_document(coordinator))
+        return JSONResponse(state_document(coordinator, self.alerts))
 
     async def _breakers(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         return JSONResponse(breakers_document(coordinator))
@@ -243,9 +249,9 @@ class AdminApi:
         return JSONResponse(replicas_document(coordinator))
 
     async def _series(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
-        document = await coordinator.series_document()
+        document = await coordinator.actions.series_document()
         since = document["times_ms"][0]
-        entries = await coordinator.audit(DEFAULT_AUDIT_LIMIT)
+        entries = await coordinator.actions.audit(DEFAULT_AUDIT_LIMIT)
         document["actions"] = [
             {
                 "at_ms": e.at_ms,
@@ -268,7 +274,7 @@ class AdminApi:
             raise AdminError(400, f"limit must be a whole number, got {raw!r}.") from None
         if not 1 <= limit <= MAX_AUDIT_LIMIT:
             raise AdminError(400, f"limit must be between 1 and {MAX_AUDIT_LIMIT}, got {limit}.")
-        entries = await coordinator.audit(limit)
+        entries = await coordinator.actions.audit(limit)
         return JSONResponse(
             {
                 "replica": coordinator.replica,
@@ -309,7 +315,7 @@ class AdminApi:
                 404, f"Unknown model {model!r}; known models: {', '.join(sorted(known))}."
             )
         by, reason = _who_and_why(await _body(request))
-        change = await coordinator.operator_breaker(model, action, by, reason)
+        change = await coordinator.actions.breaker(model, action, by, reason)
         assert change.breaker is not None
         return JSONResponse(
             {
@@ -346,7 +352,7 @@ class AdminApi:
                 400, f"ttl_seconds must be more than 0 and at most {MAX_PIN_SECONDS} (7 days)."
             )
         by, reason = _who_and_why(body)
-        change = await coordinator.operator_pin(route, model, float(ttl), by, reason)
+        change = await coordinator.actions.pin(route, model, float(ttl), by, reason)
         assert change.pin is not None
         return JSONResponse(
             {
@@ -367,7 +373,7 @@ class AdminApi:
         route = captured[0]
         _route_chain(self.settings, route)
         by, reason = _who_and_why(await _body(request))
-        change = await coordinator.operator_unpin(route, by, reason)
+        change = await coordinator.actions.unpin(route, by, reason)
         active = change.active.get(route) or coordinator.mirror.active.get(route)
         return JSONResponse(
             {
@@ -492,7 +498,7 @@ def _all_breakers(coordinator: Coordinator) -> list[BreakerState]:
     return [mirror.breaker(m) for m in sorted(models | set(mirror.breakers))]
 
 
-def state_document(coordinator: Coordinator) -> dict[str, Any]:
+def state_document(coordinator: Coordinator, alerts: AlertCounts) -> dict[str, Any]:
     """Routes with their chain, active model and pin, and every known breaker."""
     mirror = coordinator.mirror
     return {
@@ -503,18 +509,21 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
             "degraded": coordinator.degraded,
             "namespace": coordinator.keys.prefix,
         },
-        "config_drift": coordinator.config_drift,
+        "config_drift": coordinator.sync.config_drift,
         "transitions": list(reversed(coordinator.mirror.transitions)),
-        "credential_alerts": dict(coordinator.credential_alerts),
-        "quota_alerts": dict(coordinator.quota_alerts),
-        "schema_drift": dict(coordinator.schema_drift),
+        "credential_alerts": dict(alerts.credential),
+        "quota_alerts": dict(alerts.quota),
+        "schema_drift": dict(alerts.schema_drift),
         "quotas": [
             {
                 "key_digest": quota.scope,
                 "model": quota.model,
                 "cooling_until_ms": quota.until_ms,
                 "rate_scale": round(
-                    quota.scale_at(mirror.store_now_ms(), coordinator.quota.recovery_per_second), 3
+                    quota.scale_at(
+                        mirror.store_now_ms(), coordinator.settings.quota.recovery_per_second
+                    ),
+                    3,
                 ),
                 "per_day": quota.per_day,
                 "quota_id": quota.quota_id,
@@ -566,8 +575,8 @@ def routes_document(coordinator: Coordinator) -> dict[str, Any]:
 
 def replicas_document(coordinator: Coordinator) -> dict[str, Any]:
     """The replicas the last heartbeat saw, and whether the live ones agree on routes."""
-    seen = coordinator.heartbeat_seen
-    alive_ms = coordinator.replica_alive_seconds * 1000
+    seen = coordinator.sync.heartbeat_seen
+    alive_ms = coordinator.sync.replica_alive_seconds * 1000
     replicas = []
     if seen is not None:
         for r in sorted(seen.replicas, key=lambda r: r.replica):
@@ -578,17 +587,17 @@ def replicas_document(coordinator: Coordinator) -> dict[str, Any]:
                     "seen_seconds_ago": round(max(0, seen.now_ms - r.seen_ms) / 1000, 3),
                     "alive": seen.now_ms - r.seen_ms <= alive_ms,
                     "routes_digest": r.digest,
-                    "same_routes": r.digest == coordinator.routes_digest,
+                    "same_routes": r.digest == coordinator.link.digest,
                     "self": r.replica == coordinator.replica,
                 }
             )
     return {
         "replica": coordinator.replica,
-        "routes_digest": coordinator.routes_digest,
+        "routes_digest": coordinator.link.digest,
         "now_ms": _now_ms(coordinator),
         "degraded": coordinator.degraded,
         "heartbeat_ms": None if seen is None else seen.now_ms,
-        "alive_within_seconds": coordinator.replica_alive_seconds,
-        "config_drift": coordinator.config_drift,
+        "alive_within_seconds": coordinator.sync.replica_alive_seconds,
+        "config_drift": coordinator.sync.config_drift,
         "replicas": replicas,
     }

@@ -93,7 +93,7 @@ async def test_closed_breakers_cost_commands_per_interval_not_per_request(
     requests = 0
     try:
         async with replica(settings) as coordinator:
-            await eventually(lambda: coordinator.heartbeat_seen is not None, "a heartbeat")
+            await eventually(lambda: coordinator.sync.heartbeat_seen is not None, "a heartbeat")
             await probe.config_resetstat()
             started = time.monotonic()
             # About 1,300 successful requests a second for a few seconds, as the request
