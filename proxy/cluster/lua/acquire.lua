@@ -3,6 +3,8 @@
 -- breaker whose wait is over to half-open, hands out at most `probes` permits cluster-wide,
 -- and reopens when permits were issued but never reported within the probe timeout.
 -- Returns {"permit": bool, "change": Change}; only the change is published.
+-- The same rules, stated in Python for the mirror: proxy/cluster/admission.py `decide`
+-- (tests/test_admission_rules.py holds the two to the same answers).
 
 local model = ARGV[3]
 local p = read_params(4)
