@@ -46,16 +46,15 @@ from proxy.cluster import (
     StoreError,
     parse_event,
 )
+from proxy.cluster.codec import decode, encode
 from proxy.cluster.state import (
     AuditEntry,
     Pin,
     PinChange,
     QuotaParams,
     ReplicaSeen,
-    change_to_json,
+    Snapshot,
     parse_any_event,
-    snapshot_from_json,
-    snapshot_to_json,
 )
 
 from .redis_support import RedisServer, require_redis, start_redis
@@ -306,7 +305,8 @@ def test_params_are_validated_and_sent_in_milliseconds() -> None:
 def test_events_parse_from_the_scripts_json() -> None:
     b = replace(BreakerState.initial("m"), state=OPEN, epoch=7, reason="r")
     change = Change(12, b, {"r": ActiveModel("r", None, 7)}, True)
-    assert parse_event(json.dumps(change_to_json(change)).encode()) == change
+    assert parse_event(json.dumps(encode(change)).encode()) == change
+    assert parse_any_event(json.dumps(encode(change))) == change
     # fakeredis's cjson writes an empty object as [].
     assert parse_event('{"now_ms": 1, "breaker": null, "active": [], "changed": false}') == (
         Change(1, None, {}, False)
@@ -314,6 +314,17 @@ def test_events_parse_from_the_scripts_json() -> None:
     for junk in (b"not json", "[]", '{"now_ms": 1}', '{"now_ms": "1"}'):
         with pytest.raises(PayloadError):
             parse_event(junk)
+    # Each event says what it is: one of another kind, or of none, is not guessed at.
+    pin_event = json.dumps({**encode(change), "kind": "pin"})
+    with pytest.raises(PayloadError):
+        parse_event(pin_event)
+    unnamed = json.dumps({k: v for k, v in encode(change).items() if k != "kind"})
+    for junk in (unnamed, json.dumps({**encode(change), "kind": "gossip"})):
+        with pytest.raises(PayloadError):
+            parse_any_event(junk)
+    # A breaker state outside the enumeration is refused.
+    with pytest.raises(PayloadError):
+        parse_event(json.dumps({**encode(change), "breaker": {**encode(b), "state": "ajar"}}))
 
 
 # The scripts
@@ -692,7 +703,7 @@ async def test_register_routes_snapshot_and_seed(backend: Backend) -> None:
     assert moved.active["pro"] == ActiveModel("pro", "c", moved.epoch)
     assert moved.active["fast"] == first.active["fast"]
     assert moved.breakers["a"].state == OPEN
-    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(moved)))) == moved
+    assert decode(Snapshot, json.loads(json.dumps(encode(moved)))) == moved
 
     with pytest.raises(ValueError):
         await store.register_routes({"empty": []}, "r1", "d", {})
@@ -999,7 +1010,7 @@ async def test_seeding_carries_the_pins(backend: Backend) -> None:
     await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
     pinned = await store.pin("pro", "b", 600, "ops", "keep")
     snapshot = await store.snapshot()
-    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
+    assert decode(Snapshot, json.loads(json.dumps(encode(snapshot)))) == snapshot
     other = BreakerStore(backend.redis, Keys(backend.namespace + "-seeded"))
     seeded = await other.seed(snapshot)
     assert seeded.pins == {"pro": pinned.pin}

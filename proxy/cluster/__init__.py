@@ -1,5 +1,6 @@
 """Cluster-wide breaker state in Redis: key names, the Lua scripts and their Python faces."""
 
+from .codec import PayloadError
 from .keys import Keys
 from .state import (
     ACTIONS,
@@ -15,7 +16,6 @@ from .state import (
     BreakerState,
     Change,
     Outcome,
-    PayloadError,
     Snapshot,
     parse_event,
 )

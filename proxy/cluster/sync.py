@@ -16,12 +16,13 @@ import logging
 from redis.asyncio.client import PubSub
 
 from ..config import Settings
+from .codec import PayloadError
 from .connect import subscribe
 from .health import REDIS_FAILURES, StoreUnavailable
 from .link import StoreLink
 from .mirror import Mirror
 from .series import SeriesStore, TallySource
-from .state import Change, Heartbeat, PinChange, QuotaChange, parse_any_event
+from .state import Heartbeat, PinChange, QuotaChange, parse_any_event
 from .store import StoreError
 
 log = logging.getLogger("gemini_breaker.store")
@@ -176,7 +177,7 @@ class ClusterSync:
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and not link.degraded:
-                        self._apply_event(parse_any_event(message["data"]))
+                        self._apply_message(message["data"])
                     if link.degraded:
                         # Redis answers this subscription, so try to leave fail-static now
                         # rather than at the next reconcile interval: the attempt right after
@@ -192,7 +193,13 @@ class ClusterSync:
             lost = True
             await asyncio.sleep(self.settings.redis.retry_seconds)
 
-    def _apply_event(self, event: Change | QuotaChange | PinChange) -> None:
+    def _apply_message(self, data: bytes | str) -> None:
+        try:
+            event = parse_any_event(data)
+        except PayloadError as exc:
+            # A replica of another version, or junk: the next reconcile reads the state.
+            log.warning("ignored an unreadable message on the events channel: %s", exc)
+            return
         if isinstance(event, QuotaChange):
             self.mirror.apply_quota(event)
         elif isinstance(event, PinChange):

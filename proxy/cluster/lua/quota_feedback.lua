@@ -38,6 +38,6 @@ local recover_ms = math.ceil((1 - q.scale) / math.max(recovery, 1e-6) * 1000)
 redis.call('PEXPIREAT', key, q.scale_from_ms + recover_ms + 1000)
 redis.call('SADD', QUOTAS_KEY, scope .. '|' .. model)
 
-local json = cjson.encode({ now_ms = now, quota = quota_json(scope, model, q) })
+local json = cjson.encode({ kind = 'quota', now_ms = now, quota = quota_json(scope, model, q) })
 redis.call('PUBLISH', EVENTS_CHANNEL, json)
 return json

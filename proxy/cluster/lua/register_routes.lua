@@ -37,7 +37,7 @@ for route, chain in pairs(given) do
 end
 if epoch then
   redis.call('PUBLISH', EVENTS_CHANNEL, cjson.encode({
-    now_ms = now, breaker = cjson.null, active = changes, changed = true,
+    kind = 'breaker', now_ms = now, breaker = cjson.null, active = changes, changed = true,
   }))
 end
 return snapshot_json(now)

@@ -42,7 +42,7 @@ if not reason then
   -- Nothing moved: the answer carries the window, not the routes' active models (which only
   -- a transition changes, and which reach the mirror with it); the routes are not read.
   return cjson.encode({
-    now_ms = now, breaker = breaker_json(b, win.calls, win.failures), active = {},
+    kind = 'breaker', now_ms = now, breaker = breaker_json(b, win.calls, win.failures), active = {},
     changed = false,
   })
 end
