@@ -285,7 +285,19 @@ def test_keys_share_one_slot() -> None:
 def test_params_are_validated_and_sent_in_milliseconds() -> None:
     p = BreakerParams()
     assert p.buckets == 30
-    assert p.script_args() == [30000, 1000, 10, 0.5, 5, 2000, 5000, 300000, 600000, 3, 30000]
+    assert p.script_params() == {
+        "window_ms": 30000,
+        "bucket_ms": 1000,
+        "minimum_calls": 10,
+        "failure_rate": 0.5,
+        "burst_failures": 5,
+        "burst_ms": 2000,
+        "open_ms": 5000,
+        "open_max_ms": 300000,
+        "trip_memory_ms": 600000,
+        "probes": 3,
+        "probe_timeout_ms": 30000,
+    }
     assert BreakerParams(window_seconds=0.25, bucket_seconds=0.05).buckets == 5
     for bad in (
         {"bucket_seconds": 0},

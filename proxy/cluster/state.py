@@ -84,21 +84,22 @@ class BreakerParams:
         """Number of slots in the window's ring."""
         return math.ceil(_ms(self.window_seconds) / _ms(self.bucket_seconds))
 
-    def script_args(self) -> list[int | float]:
-        """The parameters as the scripts read them from ARGV: durations in whole milliseconds."""
-        return [
-            _ms(self.window_seconds),
-            _ms(self.bucket_seconds),
-            self.minimum_calls,
-            self.failure_rate,
-            self.burst_failures,
-            _ms(self.burst_seconds),
-            _ms(self.open_seconds),
-            _ms(self.open_max_seconds),
-            _ms(self.trip_memory_seconds),
-            self.half_open_probes,
-            _ms(self.half_open_timeout),
-        ]
+    def script_params(self) -> dict[str, int | float]:
+        """The parameters as the scripts read them (``ARGS.params``): durations in whole
+        milliseconds."""
+        return {
+            "window_ms": _ms(self.window_seconds),
+            "bucket_ms": _ms(self.bucket_seconds),
+            "minimum_calls": self.minimum_calls,
+            "failure_rate": self.failure_rate,
+            "burst_failures": self.burst_failures,
+            "burst_ms": _ms(self.burst_seconds),
+            "open_ms": _ms(self.open_seconds),
+            "open_max_ms": _ms(self.open_max_seconds),
+            "trip_memory_ms": _ms(self.trip_memory_seconds),
+            "probes": self.half_open_probes,
+            "probe_timeout_ms": _ms(self.half_open_timeout),
+        }
 
 
 def _ms(seconds: float) -> int:
