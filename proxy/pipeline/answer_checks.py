@@ -98,7 +98,6 @@ def check_streamed(exchange: Exchange, model: str, text: str) -> None:
 
 
 def _drifted(exchange: Exchange, model: str, problem: str, *, streamed: bool) -> None:
-    exchange.coordinator.schema_drift[model] += 1
     exchange.telemetry.schema_drift(model, streamed=streamed)
     where = "in a stream from" if streamed else "from"
     log.warning("schema drift %s %s: %s", where, model, problem)

@@ -141,7 +141,6 @@ async def _answered(
     if verdict is Verdict.SUCCESS and answer_checks.checks_json(exchange):
         return await answer_checks.checked_json(exchange, admission, response, limits, position)
     if verdict is Verdict.CREDENTIAL:
-        exchange.coordinator.credential_alerts[model] += 1
         exchange.telemetry.credential_alert(model, status)
         log.warning(
             "credential alert: %s answered %d for %s; check the API key",
