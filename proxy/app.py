@@ -134,6 +134,7 @@ def create_app(
                 forwarder.coordinator = None
                 forwarder.capabilities.upstream = None
                 await forwarder.capabilities.stop()
+                await forwarder.origins.aclose()
                 await coordinator.stop()
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(2.0):

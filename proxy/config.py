@@ -40,6 +40,21 @@ def is_loopback_host(host: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class VertexSettings:
+    """Vertex AI: where each location is served, and what a short-form path is given."""
+
+    project: str | None = None
+    """Added to short-form paths (``/publishers/google/models/...``)."""
+    location: str = "us-central1"
+    """Added to short-form paths; a chain entry without ``@location`` uses the request's."""
+    origin_template: str = "https://{location}-aiplatform.googleapis.com"
+    """The origin of a region; ``global``, ``us`` and ``eu`` have Google's own (see
+    ``proxy.dialects.vertex.origin_for``) unless ``origins`` names them."""
+    origins: Mapping[str, str] = field(default_factory=dict)
+    """Location -> origin, over the template (tests point locations at simulators)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata={"min": 0, "max": 65535})
@@ -243,6 +258,7 @@ class Settings:
     quota: QuotaParams = field(default_factory=QuotaParams)
     model_defaults: ModelSettings = field(default_factory=ModelSettings)
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
+    vertex: VertexSettings = field(default_factory=VertexSettings)
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Requested model -> ordered chain of models to serve it."""
     stream_break: Mapping[str, str] = field(default_factory=dict)
@@ -262,8 +278,17 @@ class Settings:
         return frozenset({*self.routes, *self.routed_models, *self.models})
 
     def chain_for(self, model: str) -> tuple[str, ...]:
-        """The failover chain for a requested model; a model with no route serves itself."""
-        return self.routes.get(model) or (model,)
+        """The failover chain for a requested model; a model with no route serves itself.
+        A Vertex target ``model@location`` with no route of its own takes its model's route,
+        each entry without ``@location`` served in the request's location."""
+        chain = self.routes.get(model)
+        if chain:
+            return chain
+        bare, at, location = model.partition("@")
+        chain = self.routes.get(bare) if at else None
+        if not chain:
+            return (model,)
+        return tuple(entry if "@" in entry else f"{entry}@{location}" for entry in chain)
 
     def on_stream_break(self, route: str) -> str:
         return self.stream_break.get(route, "continue")
@@ -271,7 +296,10 @@ class Settings:
     def model_settings(self, model: str | None) -> ModelSettings:
         if model is None:
             return self.model_defaults
-        return self.models.get(model, self.model_defaults)
+        settings = self.models.get(model)
+        if settings is None:  # a Vertex target takes its model's settings
+            settings = self.models.get(model.partition("@")[0], self.model_defaults)
+        return settings
 
     def first_event_ceiling(self, model: str) -> float:
         """The model's configured first-event ceiling, else its family's default."""

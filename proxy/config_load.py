@@ -26,6 +26,7 @@ from .config import (
     Settings,
     TelemetrySettings,
     UpstreamSettings,
+    VertexSettings,
 )
 from .config_checks import check_settings
 from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
@@ -114,6 +115,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         telemetry=build_dataclass(TelemetrySettings, raw.get("telemetry"), "telemetry"),
         retry_budget=build_dataclass(RetryBudgetSettings, raw.get("retry_budget"), "retry_budget"),
         quota=build_dataclass(QuotaParams, raw.get("quota"), "quota"),
+        vertex=_build_vertex(raw.get("vertex")),
         model_defaults=model_defaults,
         models=models,
         routes=routes,
@@ -171,6 +173,24 @@ def _from_env(var: str, value: str, section: str, key: str) -> Any:
 
 
 STREAM_BREAK_POLICIES = ("continue", "error")
+
+
+def _build_vertex(raw: Any) -> VertexSettings:
+    """The ``vertex:`` section; ``origins`` is a mapping of location to origin."""
+    if raw is None:
+        return VertexSettings()
+    require_mapping(raw, "vertex")
+    origins = raw.get("origins") or {}
+    require_mapping(origins, "vertex.origins")
+    for location, origin in origins.items():
+        if not isinstance(origin, str) or not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"vertex.origins.{location}: expected an http(s) origin")
+    rest = {key: value for key, value in raw.items() if key != "origins"}
+    vertex = build_dataclass(VertexSettings, rest, "vertex")
+    if "{location}" not in vertex.origin_template:
+        raise ConfigError("vertex.origin_template: must contain {location}")
+    clean = {str(k): v.rstrip("/") for k, v in origins.items()}
+    return dataclasses.replace(vertex, origins=clean)
 
 
 def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:

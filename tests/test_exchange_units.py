@@ -24,6 +24,7 @@ from proxy.pipeline.respond import Responder
 from proxy.pipeline.retry_budget import RetryBudget
 from proxy.pipeline.stream_relay import SseRelay
 from proxy.telemetry import Telemetry
+from proxy.transport.origins import OriginPools
 from proxy.transport.upstream import UpstreamBodyError, UpstreamTimeout
 
 from .conftest import proxy_settings
@@ -168,6 +169,7 @@ async def run(
         telemetry,
         DeadlineBook(),
         GEMINI,
+        OriginPools(settings.upstream),
     )
     route = parse_path(path)
     assert route is not None

@@ -82,6 +82,9 @@ class Dialect(Protocol):
     def upstream_path(self, route: RequestRoute, model: str | None) -> str:
         """The upstream path for the request sent to ``model`` (None: as the client named)."""
 
+    def origin(self, route: RequestRoute, model: str | None) -> str | None:
+        """The origin serving ``model`` for this request; None: the configured upstream."""
+
     def body_for(self, route: RequestRoute, body: bytes, model: str) -> bytes:
         """The body for the request sent to ``model`` (the same bytes when the model is not in
         the body: never re-serialised)."""

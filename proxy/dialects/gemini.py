@@ -29,6 +29,9 @@ class GeminiDialect:
         assert isinstance(route, GeminiPath)
         return route.path_for(model)
 
+    def origin(self, route: RequestRoute, model: str | None) -> str | None:
+        return None
+
     def body_for(self, route: RequestRoute, body: bytes, model: str) -> bytes:
         return body
 

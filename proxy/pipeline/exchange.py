@@ -27,6 +27,7 @@ from ..gemini.features import RequestNeeds, needs_of_body
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
 from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from ..transport.origins import OriginPools
 from ..transport.upstream import (
     Upstream,
     UpstreamError,
@@ -92,6 +93,8 @@ class Services:
     telemetry: Telemetry
     deadlines: DeadlineBook
     dialect: Dialect
+    origins: OriginPools
+    """Upstreams for the origins a dialect picks per request (Vertex locations)."""
 
 
 class Exchange:
@@ -405,7 +408,9 @@ class Exchange:
         sent = self.body if body is None else body
         if model is not None and model != self.route.model and isinstance(sent, bytes):
             sent = dialect.body_for(self.route, sent, model)
-        return await self.upstream.open(
+        origin = dialect.origin(self.route, model)
+        upstream = self.upstream if origin is None else self.services.origins.upstream(origin)
+        return await upstream.open(
             scope["method"],
             dialect.upstream_path(self.route, model),
             scope["query_string"],

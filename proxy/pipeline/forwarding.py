@@ -17,8 +17,8 @@ from starlette.types import Message, Receive, Scope, Send
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
-from ..dialects import GEMINI
-from ..gemini.paths import GeminiPath
+from ..dialects import GEMINI, Dialect, RequestRoute
+from ..dialects.vertex import VertexDialect
 from ..telemetry import Telemetry
 from ..transport.asgi_io import (
     BodyTooLarge,
@@ -29,6 +29,7 @@ from ..transport.asgi_io import (
     stream_body,
 )
 from ..transport.headers import Headers, redact_query
+from ..transport.origins import OriginPools
 from ..transport.upstream import StreamedBody, Upstream
 from .capability_lookup import CapabilityLookup
 from .deadlines import DeadlineBook
@@ -53,8 +54,10 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
-        self.dialect = GEMINI
-        """The API the proxy speaks (the only one so far)."""
+        self.dialects: tuple[Dialect, ...] = (VertexDialect(settings.vertex), GEMINI)
+        """The APIs the proxy speaks, in the order their paths are tried (a Vertex path
+        would otherwise read as a Developer API resource)."""
+        self.origins = OriginPools(settings.upstream)
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (README "Design notes")."""
         tokens = settings.server.client_tokens
@@ -64,9 +67,9 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        gemini_path = self.dialect.parse(path, scope["query_string"], scope["headers"])
-        with self.telemetry.request(scope["method"], scope["headers"], gemini_path) as span:
-            exchange = await self._handle(scope, receive, send, path, gemini_path)
+        dialect, route = self._parse(path, scope["query_string"], scope["headers"])
+        with self.telemetry.request(scope["method"], scope["headers"], route) as span:
+            exchange = await self._handle(scope, receive, send, path, dialect, route)
             span.finish(exchange[0], exchange[1], attempts=exchange[2])
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
@@ -86,7 +89,8 @@ class Forwarder:
         receive: Receive,
         send: Send,
         path: str,
-        gemini_path: GeminiPath | None,
+        dialect: Dialect,
+        gemini_path: RequestRoute | None,
     ) -> tuple[int, str | None, int]:
         """Answer the request; returns (status, serving model, upstream attempts) for the log."""
         if gemini_path is None:
@@ -100,7 +104,7 @@ class Forwarder:
             return 404, None, 0
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
-            await self._refuse(send, 503, "The proxy is starting; retry shortly.")
+            await self._refuse(send, dialect, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
@@ -110,14 +114,14 @@ class Forwarder:
         ):
             refusal = self.client_tokens.check(headers, scope["query_string"])
             if refusal is not None:
-                await self._refuse(send, refusal.code, refusal.message)
+                await self._refuse(send, dialect, refusal.code, refusal.message)
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
         limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
-            await self._refuse(send, 413, BodyTooLarge(limit).args[0])
+            await self._refuse(send, dialect, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
@@ -130,7 +134,7 @@ class Forwarder:
             try:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
-                await self._refuse(send, 413, exc.args[0])
+                await self._refuse(send, dialect, 413, exc.args[0])
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
@@ -142,7 +146,8 @@ class Forwarder:
             self.capabilities,
             self.telemetry,
             self.deadlines,
-            self.dialect,
+            dialect,
+            self.origins,
         )
         exchange = Exchange(
             services,
@@ -155,9 +160,19 @@ class Forwarder:
         await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts
 
-    async def _refuse(self, send: Send, code: int, message: str) -> None:
+    def _parse(
+        self, path: str, query: bytes, headers: Headers
+    ) -> tuple[Dialect, RequestRoute | None]:
+        """The first dialect whose API the path belongs to (the last one's for none)."""
+        for dialect in self.dialects:
+            route = dialect.parse(path, query, headers)
+            if route is not None:
+                return dialect, route
+        return self.dialects[-1], None
+
+    async def _refuse(self, send: Send, dialect: Dialect, code: int, message: str) -> None:
         """Answer a request of the dialect's API before any attempt, in its error shape."""
-        await Responder(send, self.dialect).error(code, message)
+        await Responder(send, dialect).error(code, message)
 
     def _deadline(self, headers: Headers) -> float:
         """Seconds this request may take: the configured deadline, capped by the client's

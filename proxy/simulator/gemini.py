@@ -29,6 +29,7 @@ from proxy.simulator.faults import RequestTraits, Selection
 from proxy.simulator.files import MAX_FILE_BYTES
 from proxy.simulator.paging import PageError, paginate
 from proxy.simulator.state import SimulatorState
+from proxy.simulator.vertex import vertex_path
 from proxy.simulator.wire import (
     SSE_CONTENT_TYPE,
     Reply,
@@ -87,7 +88,7 @@ class GeminiApi:
         raw_path: bytes | None = scope.get("raw_path")
         path_text = raw_path.decode("latin-1") if raw_path else scope["path"]
         query_string: str = scope.get("query_string", b"").decode("latin-1")
-        gemini_path = parse_path(path_text)
+        gemini_path = vertex_path(path_text) or parse_path(path_text)
         attempt = state.attempts.begin(
             wall=state.wall_clock(),
             mono=state.clock(),

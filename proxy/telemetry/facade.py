@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import Tracer
 
-from ..gemini.paths import GeminiPath
+from ..dialects.base import RequestRoute
 from .exporters import Exposition, PrometheusEndpoint, otlp_exporters
 from .jsonlog import request_id_from
 from .metrics import MetricsRecorder
@@ -91,7 +91,7 @@ class Telemetry(MetricsRecorder):
         self,
         http_method: str,
         headers: Iterable[tuple[bytes, bytes]] | Mapping[str, str],
-        path: GeminiPath | None = None,
+        path: RequestRoute | None = None,
     ) -> AbstractContextManager[RequestSpan]:
         """Around one client request: its span (continuing the ``traceparent`` in
         ``headers``), current for the block, with the request id (the client's

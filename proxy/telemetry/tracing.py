@@ -26,6 +26,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ..dialects.base import RequestRoute
+from ..dialects.vertex import VertexPath
 from ..gemini.paths import GeminiPath
 from . import names
 from .jsonlog import REQUEST_ID
@@ -36,10 +38,12 @@ _PROPAGATED = (b"traceparent", b"tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def route_template(path: GeminiPath | None) -> str | None:
+def route_template(path: RequestRoute | None) -> str | None:
     """``http.route`` of a Gemini path: ``/v1beta/models/{model}:generateContent``,
     ``/v1beta/files/{name}``, ``/upload/v1beta/files``; None for a path that is not one."""
-    if path is None:
+    if isinstance(path, VertexPath):
+        return path.template
+    if not isinstance(path, GeminiPath):
         return None
     head = ("/upload/" if path.upload else "/") + path.version
     if path.model is not None:

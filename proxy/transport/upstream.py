@@ -170,6 +170,10 @@ class Upstream:
         self.stale_retries = 0
         """Requests sent once more because a reused connection had closed under them."""
 
+    async def close_pool(self) -> None:
+        """Close the pool (for pools this upstream owns, see ``new_pool``)."""
+        await self._pool.aclose()
+
     @staticmethod
     @contextlib.asynccontextmanager
     async def create_client(
@@ -179,13 +183,24 @@ class Upstream:
         are set per request from the model's settings. TLS trust comes from ``upstream.tls``
         unless ``ssl_context`` replaces it (tests use it); the egress proxy from
         ``upstream.proxy_url`` or the environment."""
+        pool = Upstream.new_pool(settings, ssl_context)
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+
+    @staticmethod
+    def new_pool(
+        settings: UpstreamSettings, ssl_context: ssl.SSLContext | None = None
+    ) -> http_client.ConnectionPool:
+        """A connection pool to ``settings.base_url``; the caller closes it."""
         if ssl_context is None and settings.base_url.startswith("https:"):
             tls = settings.tls
             ssl_context = http_client.default_ssl_context(tls.ca_file, tls.cert_file, tls.key_file)
         proxy = proxy_for(settings.base_url, settings.proxy_url, settings.trust_env, os.environ)
         if proxy is not None:
-            log.info("reaching the upstream through the egress proxy %s", proxy.label)
-        pool = http_client.ConnectionPool(
+            log.info("reaching %s through the egress proxy %s", settings.base_url, proxy.label)
+        return http_client.ConnectionPool(
             settings.base_url,
             max_connections=settings.max_connections,
             max_idle=settings.max_keepalive_connections,
@@ -193,10 +208,6 @@ class Upstream:
             ssl_context=ssl_context,
             proxy=proxy,
         )
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
 
     async def open(
         self,

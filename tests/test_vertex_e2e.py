@@ -1,0 +1,213 @@
+"""Vertex AI through the proxy: the real google-genai SDK in Vertex mode, the real proxy, and
+one simulator per location standing for that region's origin. Targets are ``model@location``:
+a regional outage moves the route to the same model in the next region before a weaker model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from google.genai import Client, types
+from google.oauth2.credentials import Credentials
+
+from proxy.app import create_app
+from proxy.simulator import SimulatorConfig, create_simulator_app
+from proxy.simulator.attempts import key_digest
+from proxy.simulator.client import SimulatorControl
+
+from .conftest import calls, proxy_settings
+from .support import serve
+
+PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
+US, EU = "us-central1", "europe-west4"
+PROJECT = "test-project"
+TOKEN = "client-oauth-token"
+BREAKER = {
+    "minimum_calls": 4,
+    "failure_rate": 0.5,
+    "burst_failures": 3,
+    "burst_seconds": 5,
+    "open_seconds": 30,
+    "half_open_probes": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def regions() -> Iterator[dict[str, str]]:
+    """One simulator per location (plus one for the global endpoint)."""
+    with (
+        serve(create_simulator_app(SimulatorConfig())) as us,
+        serve(create_simulator_app(SimulatorConfig())) as eu,
+        serve(create_simulator_app(SimulatorConfig())) as world,
+    ):
+        yield {US: us, EU: eu, "global": world}
+
+
+@pytest.fixture
+def sims(regions: dict[str, str]) -> Iterator[dict[str, SimulatorControl]]:
+    controls = {location: SimulatorControl(url) for location, url in regions.items()}
+    for control in controls.values():
+        control.clear_all()
+    yield controls
+    for control in controls.values():
+        control.clear_faults()
+        control.close()
+
+
+@pytest.fixture
+def proxy(regions: dict[str, str]) -> Iterator[str]:
+    """A fresh replica (fresh breakers) with a Vertex route over two regions, then a model."""
+    settings = proxy_settings(
+        "http://127.0.0.1:9",  # the Developer API origin: never reached by these tests
+        vertex={"project": PROJECT, "location": EU, "origins": regions},
+        routes={PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
+        model_defaults={
+            "max_attempts": 2,
+            "backoff_initial": 0.01,
+            "backoff_max": 0.02,
+            "first_event_timeout": 2.0,
+            "unary_timeout": 2.0,
+            "breaker": BREAKER,
+        },
+        redis={"flush_interval": 0.02},
+    )
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def vertex(proxy: str, location: str = US) -> Client:
+    return Client(
+        vertexai=True,
+        project=PROJECT,
+        location=location,
+        credentials=Credentials(token=TOKEN),
+        http_options=types.HttpOptions(base_url=proxy),
+    )
+
+
+def served_by(response: Any) -> str:
+    return str(response.sdk_http_response.headers["x-gemini-breaker-model"])
+
+
+def test_full_form_is_served_in_the_requested_region_with_the_client_token(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = vertex(proxy)
+    response = client.models.generate_content(model=PRO, contents="hello")
+    assert response.model_version == PRO
+    assert served_by(response) == f"{PRO}@{US}"
+    [seen] = calls(sims[US])
+    assert seen["path"] == (
+        f"/v1beta1/projects/{PROJECT}/locations/{US}/publishers/google/models/{PRO}:generateContent"
+    )
+    assert seen["key_digest"] == key_digest(TOKEN)
+    assert calls(sims[EU]) == []
+
+
+def test_stream_and_async_calls_pass_through(proxy: str, sims: dict[str, SimulatorControl]) -> None:
+    client = vertex(proxy)
+    text = "".join(
+        chunk.text or ""
+        for chunk in client.models.generate_content_stream(model=PRO, contents="hi")
+    )
+    assert "simulated answer" in text
+
+    async def unary() -> str:
+        response = await client.aio.models.generate_content(model=PRO, contents="hi")
+        return response.text or ""
+
+    import asyncio
+
+    assert "simulated answer" in asyncio.run(unary())
+    paths = [seen["path"] for seen in calls(sims[US])]
+    assert paths[0].endswith(
+        f"/locations/{US}/publishers/google/models/{PRO}:streamGenerateContent"
+    )
+    assert len(paths) == 2
+
+
+def test_a_model_without_a_route_is_its_own_target_in_its_region(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = vertex(proxy, EU)
+    response = client.models.generate_content(model=FLASH, contents="hello")
+    assert served_by(response) == f"{FLASH}@{EU}"
+    assert [seen["model"] for seen in calls(sims[EU])] == [FLASH]
+    assert calls(sims[US]) == []
+
+
+def test_a_regional_outage_fails_over_to_the_same_model_in_the_next_region(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 503}])
+    client = vertex(proxy)
+    for _ in range(6):
+        response = client.models.generate_content(model=PRO, contents="hello")
+        assert response.model_version == PRO  # no quality drop
+        assert served_by(response) == f"{PRO}@{EU}"
+    [seen, *_] = calls(sims[EU])
+    assert f"/locations/{EU}/publishers/google/models/{PRO}:" in seen["path"]
+    assert seen["key_digest"] == key_digest(TOKEN)
+    # The breaker of pro@us-central1 opened: the region is no longer tried at all.
+    tried_us = len(calls(sims[US]))
+    client.models.generate_content(model=PRO, contents="hello")
+    assert len(calls(sims[US])) == tried_us
+    breakers = httpx.get(f"{proxy}/admin/breakers").json()
+    assert f"{PRO}@{US}" in str(breakers)
+
+
+def test_when_every_region_of_the_model_is_out_the_next_model_serves(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    for location in (US, EU):
+        sims[location].set_faults(PRO, [{"kind": "error", "status": 500}])
+    client = vertex(proxy)
+    response = client.models.generate_content(model=PRO, contents="hello")
+    assert response.model_version == FLASH
+    assert served_by(response) == f"{FLASH}@{US}"
+
+
+def test_short_form_gets_the_configured_project_and_location(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = Client(
+        vertexai=True,
+        credentials=Credentials(token=TOKEN),
+        http_options=types.HttpOptions(
+            base_url=proxy,
+            base_url_resource_scope=types.ResourceScope.COLLECTION,
+            # In this form the SDK sends no token of its own.
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ),
+    )
+    response = client.models.generate_content(model=FLASH, contents="hello")
+    assert served_by(response) == f"{FLASH}@{EU}"
+    [seen] = calls(sims[EU])
+    assert seen["path"].startswith(f"/v1beta1/projects/{PROJECT}/locations/{EU}/publishers/")
+
+
+def test_express_mode_goes_to_the_global_endpoint_with_the_key(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = Client(
+        vertexai=True, api_key="express-key", http_options=types.HttpOptions(base_url=proxy)
+    )
+    response = client.models.generate_content(model=FLASH, contents="hello")
+    assert served_by(response) == f"{FLASH}@global"
+    [seen] = calls(sims["global"])
+    assert seen["path"] == f"/v1beta1/publishers/google/models/{FLASH}:generateContent"
+    assert seen["key_digest"] == key_digest("express-key")
+
+
+def test_other_vertex_resources_pass_through_to_their_region(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    answer = httpx.get(
+        f"{proxy}/v1beta1/projects/{PROJECT}/locations/{EU}/cachedContents",
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 200, answer.text
+    [seen] = sims[EU].attempts()
+    assert seen["path"] == f"/v1beta1/projects/{PROJECT}/locations/{EU}/cachedContents"
