@@ -20,6 +20,7 @@ from ..config import Settings
 from ..dialects import GEMINI, Dialect, RequestRoute
 from ..dialects.vertex import VertexDialect
 from ..telemetry import Telemetry
+from ..transport.adc import AdcTokens, CredentialsUnavailable
 from ..transport.asgi_io import (
     BodyTooLarge,
     ClientDisconnected,
@@ -58,6 +59,8 @@ class Forwarder:
         """The APIs the proxy speaks, in the order their paths are tried (a Vertex path
         would otherwise read as a Developer API resource)."""
         self.origins = OriginPools(settings.upstream)
+        self.adc = AdcTokens()
+        """Tokens for Vertex requests that bring no credential (fetched on first need)."""
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (README "Design notes")."""
         tokens = settings.server.client_tokens
@@ -118,6 +121,14 @@ class Forwarder:
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
+        if isinstance(dialect, VertexDialect) and not _has_credential(headers, scope):
+            try:
+                token = await self.adc.authorization()
+            except CredentialsUnavailable as exc:
+                await self._refuse(send, dialect, 401, f"No credentials: {exc.args[0]}")
+                return 401, None, 0
+            headers = [*headers, (b"authorization", token)]
+            scope = {**scope, "headers": headers}
         limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
@@ -188,6 +199,13 @@ class Forwarder:
                     deadline = min(deadline, client)
                 break
         return deadline
+
+
+def _has_credential(headers: Headers, scope: Scope) -> bool:
+    """The request carries a token or an API key of its own."""
+    if any(name in (b"authorization", b"x-goog-api-key") for name, _ in headers):
+        return True
+    return b"key=" in scope["query_string"]
 
 
 async def _until_sent(parts: AsyncIterable[bytes], sent: asyncio.Event) -> AsyncIterable[bytes]:
