@@ -1,0 +1,130 @@
+"""The Vertex dialect's pure parts: path parsing (full, short and express forms), the origin of
+each location, targets and their chains."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.config import VertexSettings
+from proxy.config_load import build_settings
+from proxy.dialects import GEMINI
+from proxy.dialects.vertex import VertexDialect, origin_for, parse_vertex_path
+from proxy.validation import ConfigError
+
+FULL = "/v1beta1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-pro"
+SETTINGS = VertexSettings(project="cfg", location="europe-west4")
+
+
+def test_full_form_names_model_location_and_method() -> None:
+    route = parse_vertex_path(FULL + ":streamGenerateContent", [], SETTINGS)
+    assert route is not None
+    assert (route.model, route.method, route.project) == (
+        "gemini-2.5-pro@us-central1",
+        "streamGenerateContent",
+        "p1",
+    )
+    assert route.is_generate
+    assert route.path_for(None) == FULL + ":streamGenerateContent"
+    assert route.path_for("gemini-2.5-flash@europe-west4") == (
+        "/v1beta1/projects/p1/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
+        ":streamGenerateContent"
+    )
+    assert route.template == (
+        "/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}"
+        ":streamGenerateContent"
+    )
+
+
+def test_short_form_takes_the_configured_project_and_location() -> None:
+    route = parse_vertex_path(
+        "/publishers/google/models/gemini-2.5-flash:generateContent", [], SETTINGS
+    )
+    assert route is not None
+    assert route.model == "gemini-2.5-flash@europe-west4"
+    assert route.path_for(None) == (
+        "/v1beta1/projects/cfg/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
+        ":generateContent"
+    )
+    # Without a configured project the short form cannot be completed: not a Vertex path.
+    assert (
+        parse_vertex_path("/publishers/google/models/m:generateContent", [], VertexSettings())
+        is None
+    )
+
+
+def test_express_mode_is_global_and_keeps_its_path() -> None:
+    path = "/v1/publishers/google/models/gemini-2.5-flash:generateContent"
+    route = parse_vertex_path(path, [(b"x-goog-api-key", b"k")], VertexSettings())
+    assert route is not None
+    assert (route.model, route.project, route.path_for(None)) == (
+        "gemini-2.5-flash@global",
+        None,
+        path,
+    )
+
+
+def test_other_resources_pass_through_and_developer_paths_are_not_vertex() -> None:
+    path = "/v1/projects/p1/locations/asia-east1/cachedContents/abc"
+    route = parse_vertex_path(path, [], SETTINGS)
+    assert route is not None and route.model is None and route.path_for(None) == path
+    assert parse_vertex_path("/v1beta/models/gemini-2.5-pro:generateContent", [], SETTINGS) is None
+    assert GEMINI.origin(GEMINI.parse("/v1beta/models/m:generateContent", b"", []), "m") is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("location", "origin"),
+    [
+        ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
+        ("global", "https://aiplatform.googleapis.com"),
+        ("us", "https://aiplatform.us.rep.googleapis.com"),
+        ("eu", "https://aiplatform.eu.rep.googleapis.com"),
+        ("europe-west4", "http://127.0.0.1:1234"),
+    ],
+)
+def test_each_location_has_its_origin(location: str, origin: str) -> None:
+    settings = VertexSettings(origins={"europe-west4": "http://127.0.0.1:1234"})
+    assert origin_for(location, settings) == origin
+
+
+def test_a_request_goes_to_the_origin_of_its_target() -> None:
+    dialect = VertexDialect(VertexSettings())
+    route = dialect.parse(FULL + ":generateContent", b"", [])
+    assert route is not None
+    assert dialect.origin(route, None) == "https://us-central1-aiplatform.googleapis.com"
+    assert dialect.origin(route, "m@asia-east1") == "https://asia-east1-aiplatform.googleapis.com"
+
+
+def test_targets_take_their_models_route_in_the_requests_location() -> None:
+    settings = build_settings(
+        {
+            "routes": {
+                "gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-pro@eu", "gemini-2.5-flash"],
+                "gemini-2.5-flash@us": ["gemini-2.5-flash@us", "gemini-2.5-flash@eu"],
+            },
+            "models": {"gemini-2.5-pro": {"max_attempts": 5}},
+        }
+    )
+    assert settings.chain_for("gemini-2.5-pro@us-east5") == (
+        "gemini-2.5-pro@us-east5",
+        "gemini-2.5-pro@eu",
+        "gemini-2.5-flash@us-east5",
+    )
+    assert settings.chain_for("gemini-2.5-flash@us") == (
+        "gemini-2.5-flash@us",
+        "gemini-2.5-flash@eu",
+    )
+    assert settings.chain_for("gemini-2.0-flash@us") == ("gemini-2.0-flash@us",)
+    assert settings.model_settings("gemini-2.5-pro@us-east5").max_attempts == 5
+
+
+@pytest.mark.parametrize(
+    "vertex",
+    [
+        {"origin_template": "https://aiplatform.googleapis.com"},
+        {"origins": {"us-central1": "ftp://x"}},
+        {"locaton": "us-central1"},
+    ],
+)
+def test_bad_vertex_settings_are_refused(vertex: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="vertex"):
+        build_settings({"vertex": vertex})
