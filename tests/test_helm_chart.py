@@ -81,6 +81,22 @@ CASES: dict[str, dict[str, Any]] = {
         "podDisruptionBudget": {"maxUnavailable": 1},
     },
     "single-replica": {"replicaCount": 1, "autoscaling": {"enabled": False}},
+    "vertex-workload-identity": {
+        "vertex": {"project": "my-project", "location": "europe-west4"},
+        "serviceAccount": {
+            "create": True,
+            "annotations": {
+                "iam.gke.io/gcp-service-account": "proxy@my-project.iam.gserviceaccount.com"
+            },
+        },
+        "routes": {
+            "gemini-2.5-pro": [
+                "gemini-2.5-pro@europe-west4",
+                "gemini-2.5-pro@europe-west1",
+                "gemini-2.5-flash@europe-west4",
+            ]
+        },
+    },
     "open-relay": {"secrets": {"apiKey": {"value": API_KEY}}, "server": {"allowOpenRelay": True}},
     "sidecar": {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
     "sidecar-example": {
@@ -773,3 +789,16 @@ def test_strict_validation_refuses_an_unknown_field(helm: HelmResults) -> None:
     proxy_container(deployment)["livenessProbes"] = proxy_container(deployment).pop("livenessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[0], strict=True)
+
+
+def test_vertex_values_with_workload_identity(helm: HelmResults, tmp_path: Path) -> None:
+    rendered, deployment = gateway(helm, "vertex-workload-identity")
+    settings = settings_from(rendered, deployment, tmp_path)
+    assert (settings.vertex.project, settings.vertex.location) == ("my-project", "europe-west4")
+    assert settings.chain_for("gemini-2.5-pro")[1] == "gemini-2.5-pro@europe-west1"
+    account = rendered.get("ServiceAccount", FULLNAME)
+    assert account["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "proxy@my-project.iam.gserviceaccount.com"
+    }
+    assert pod_spec(deployment)["serviceAccountName"] == FULLNAME
+    assert "ServiceAccount" not in render(helm, "defaults").kinds()

@@ -98,6 +98,7 @@ environment variables (see gemini-breaker.env).
 {{- $_ := set $config "redis" $redis -}}
 {{- with $v.telemetry.otlpEndpoint }}{{ $_ := set $config "telemetry" (dict "otlp_endpoint" .) }}{{ end -}}
 {{- with $v.routes }}{{ $_ := set $config "routes" . }}{{ end -}}
+{{- if $v.vertex.project }}{{ $_ := set $config "vertex" (dict "project" $v.vertex.project "location" $v.vertex.location) }}{{ end -}}
 {{- toYaml $config }}
 {{- end }}
 
