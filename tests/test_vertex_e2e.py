@@ -72,6 +72,8 @@ def proxy(regions: dict[str, str]) -> Iterator[str]:
             "breaker": BREAKER,
         },
         redis={"flush_interval": 0.02},
+        # The Developer API key is never sent with (nor in place of) a Vertex request's token.
+        upstream={"api_key": "developer-api-key"},
     )
     with serve(create_app(settings)) as url:
         yield url

@@ -119,11 +119,13 @@ class Exchange:
         self.body = body
         self.deadline = deadline
         self.client = Responder(send, services.dialect)
+        # The Developer API key is for the Developer API: Vertex requests carry their own token.
+        self.api_key = (
+            None if services.dialect.name == "vertex" else services.settings.upstream.api_key
+        )
         self.served_by: str | None = None
         self.attempts = 0
-        self.credential = credential_scope(
-            scope["headers"], scope["query_string"], services.settings.upstream.api_key
-        )
+        self.credential = credential_scope(scope["headers"], scope["query_string"], self.api_key)
         """Digest of the credential this request uses: its 429 conditions are its own."""
         self.report = BreakerReport(
             services.coordinator,
@@ -373,9 +375,7 @@ class Exchange:
     def upstream_headers(self) -> Headers:
         """The request's headers as every attempt sends them upstream (built once)."""
         scope = self.scope
-        headers = upstream_request_headers(
-            scope["headers"], scope["query_string"], self.settings.upstream.api_key
-        )
+        headers = upstream_request_headers(scope["headers"], scope["query_string"], self.api_key)
         if self.route.is_generate:
             # Streams and JSON answers are checked as they pass, and every answer's usage is
             # read from it: they must come uncompressed (answers are text, and small).
