@@ -264,6 +264,9 @@ class Settings:
     stream_break: Mapping[str, str] = field(default_factory=dict)
     """Route -> what to do when a stream breaks after bytes reached the client: ``continue``
     on the next model (the default) or end with an in-band ``error``."""
+    next_location_on_429: frozenset[str] = frozenset()
+    """Routes whose Vertex 429s on shared capacity move to the same model in the next location
+    of the chain (``on_429: next_location``); every other 429 is backpressure."""
     routed_models: frozenset[str] = field(init=False, repr=False, compare=False)
     """Every model some route's chain holds: the models a breaker is kept for."""
 
@@ -289,6 +292,12 @@ class Settings:
         if not chain:
             return (model,)
         return tuple(entry if "@" in entry else f"{entry}@{location}" for entry in chain)
+
+    def moves_location_on_429(self, route: str) -> bool:
+        return bool(self.next_location_on_429) and (
+            route in self.next_location_on_429
+            or route.partition("@")[0] in self.next_location_on_429
+        )
 
     def on_stream_break(self, route: str) -> str:
         return self.stream_break.get(route, "continue")

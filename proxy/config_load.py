@@ -106,7 +106,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         )
         for name, spec in models_raw.items()
     }
-    routes, stream_break = _build_routes(raw.get("routes", DEFAULT_ROUTES))
+    routes, stream_break, next_location = _build_routes(raw.get("routes", DEFAULT_ROUTES))
     settings = Settings(
         server=build_dataclass(ServerSettings, raw.get("server"), "server"),
         upstream=build_dataclass(UpstreamSettings, raw.get("upstream"), "upstream"),
@@ -120,6 +120,7 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         models=models,
         routes=routes,
         stream_break=stream_break,
+        next_location_on_429=next_location,
     )
     check_settings(settings)
     return dataclasses.replace(
@@ -193,19 +194,28 @@ def _build_vertex(raw: Any) -> VertexSettings:
     return dataclasses.replace(vertex, origins=clean)
 
 
-def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
-    """Routes as ``name: [chain]`` or ``name: {chain: [...], on_stream_break: ...}``."""
+def _build_routes(
+    raw: Any,
+) -> tuple[dict[str, tuple[str, ...]], dict[str, str], frozenset[str]]:
+    """Routes as ``name: [chain]`` or ``name: {chain: [...], on_stream_break: ...,
+    on_429: ...}``; also the routes whose 429s on shared capacity move to another location."""
     if raw is None:
-        return {}, {}
+        return {}, {}, frozenset()
     require_mapping(raw, "routes")
     routes: dict[str, tuple[str, ...]] = {}
     policies: dict[str, str] = {}
+    next_location: set[str] = set()
     for name, spec in raw.items():
         where = f"routes.{name}"
         model_name(name, "routes")
         chain = spec
         if isinstance(spec, Mapping):
-            reject_unknown(spec, {"chain", "on_stream_break"}, where)
+            reject_unknown(spec, {"chain", "on_stream_break", "on_429"}, where)
+            on_429 = spec.get("on_429", "backoff")
+            if on_429 not in ("backoff", "next_location"):
+                raise ConfigError(f"{where}.on_429: must be one of backoff, next_location")
+            if on_429 == "next_location":
+                next_location.add(name)
             chain = spec.get("chain")
             where = f"{where}.chain"
             policy = spec.get("on_stream_break", "continue")
@@ -222,4 +232,4 @@ def _build_routes(raw: Any) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]
         if len(set(chain)) != len(chain):
             raise ConfigError(f"{where}: a model appears twice in the chain")
         routes[name] = tuple(chain)
-    return routes, policies
+    return routes, policies, frozenset(next_location)

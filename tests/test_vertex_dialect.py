@@ -128,3 +128,16 @@ def test_targets_take_their_models_route_in_the_requests_location() -> None:
 def test_bad_vertex_settings_are_refused(vertex: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="vertex"):
         build_settings({"vertex": vertex})
+
+
+def test_on_429_is_a_route_option() -> None:
+    chain = ["gemini-2.5-pro@us-central1", "gemini-2.5-pro@europe-west4"]
+    settings = build_settings(
+        {"routes": {"gemini-2.5-pro": {"chain": chain, "on_429": "next_location"}}}
+    )
+    assert settings.moves_location_on_429("gemini-2.5-pro@us-central1")
+    assert not build_settings({"routes": {"gemini-2.5-pro": chain}}).moves_location_on_429(
+        "gemini-2.5-pro@us-central1"
+    )
+    with pytest.raises(ConfigError, match="on_429"):
+        build_settings({"routes": {"gemini-2.5-pro": {"chain": chain, "on_429": "spill"}}})

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from google.genai import Client, types
+from google.genai import Client, errors, types
 from google.oauth2.credentials import Credentials
 
 from proxy.app import create_app
@@ -53,16 +53,32 @@ def sims(regions: dict[str, str]) -> Iterator[dict[str, SimulatorControl]]:
     yield controls
     for control in controls.values():
         control.clear_faults()
+        control.clear_quotas()
         control.close()
 
 
 @pytest.fixture
 def proxy(regions: dict[str, str]) -> Iterator[str]:
     """A fresh replica (fresh breakers) with a Vertex route over two regions, then a model."""
-    settings = proxy_settings(
+    with serve(create_app(vertex_settings(regions))) as url:
+        yield url
+
+
+@pytest.fixture
+def proxy_moving_on_429(regions: dict[str, str]) -> Iterator[str]:
+    """As ``proxy``, with a route whose 429s on shared capacity move to the next region."""
+    chain = [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]
+    with serve(
+        create_app(vertex_settings(regions, {PRO: {"chain": chain, "on_429": "next_location"}}))
+    ) as url:
+        yield url
+
+
+def vertex_settings(regions: dict[str, str], routes: dict[str, Any] | None = None) -> Any:
+    return proxy_settings(
         "http://127.0.0.1:9",  # the Developer API origin: never reached by these tests
         vertex={"project": PROJECT, "location": EU, "origins": regions},
-        routes={PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
+        routes=routes or {PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
         model_defaults={
             "max_attempts": 2,
             "backoff_initial": 0.01,
@@ -75,8 +91,6 @@ def proxy(regions: dict[str, str]) -> Iterator[str]:
         # The Developer API key is never sent with (nor in place of) a Vertex request's token.
         upstream={"api_key": "developer-api-key"},
     )
-    with serve(create_app(settings)) as url:
-        yield url
 
 
 def vertex(proxy: str, location: str = US) -> Client:
@@ -213,3 +227,34 @@ def test_other_vertex_resources_pass_through_to_their_region(
     assert answer.status_code == 200, answer.text
     [seen] = sims[EU].attempts()
     assert seen["path"] == f"/v1beta1/projects/{PROJECT}/locations/{EU}/cachedContents"
+
+
+def test_a_429_is_backpressure_by_default(proxy: str, sims: dict[str, SimulatorControl]) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 429}])
+    client = vertex(proxy)
+    with pytest.raises(errors.ClientError) as raised:
+        client.models.generate_content(model=PRO, contents="hello")
+    assert raised.value.code == 429
+    assert calls(sims[EU]) == []
+
+
+def test_a_shared_capacity_429_moves_to_the_next_region_when_the_route_allows(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 429, "times": 1}])
+    client = vertex(proxy_moving_on_429)
+    response = client.models.generate_content(model=PRO, contents="hello")
+    assert served_by(response) == f"{PRO}@{EU}"
+    assert response.model_version == PRO
+
+
+def test_a_project_quota_429_stays_backpressure_even_when_the_route_allows_moving(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_quota(PRO, requests_per_minute=1)
+    client = vertex(proxy_moving_on_429)
+    client.models.generate_content(model=PRO, contents="within the quota")
+    with pytest.raises(errors.ClientError) as raised:
+        client.models.generate_content(model=PRO, contents="over the quota")
+    assert raised.value.code == 429
+    assert calls(sims[EU]) == []

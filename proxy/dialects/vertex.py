@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..config import VertexSettings
 from ..gemini.errors import JSON_CONTENT_TYPE, error_body, sse_error_event
 from ..gemini.paths import GENERATE_METHODS
+from ..gemini.quota import RateLimit
 from ..transport.headers import Headers
 from .base import Framing, RequestRoute
 
@@ -52,6 +53,20 @@ def split_target(target: str, location: str) -> tuple[str, str]:
     """``model@location`` as (model, location); a bare model is served in ``location``."""
     model, at, where = target.partition("@")
     return model, where if at else location
+
+
+def shared_capacity(limit: RateLimit) -> bool:
+    """A 429 on Vertex's dynamic shared quota (no quota of the project's was named): another
+    location may have capacity. A per-project quota 429 names its quota and stays
+    backpressure."""
+    return not (limit.quota_id or limit.quota_metric or limit.per_day)
+
+
+def same_model_elsewhere(target: str, following: str) -> bool:
+    """``following`` is ``target``'s model in another location."""
+    model, _, location = target.partition("@")
+    other_model, _, other_location = following.partition("@")
+    return model == other_model and location != other_location
 
 
 @dataclass(frozen=True, slots=True)

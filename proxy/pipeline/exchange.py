@@ -23,6 +23,7 @@ from ..cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
+from ..dialects.vertex import same_model_elsewhere, shared_capacity
 from ..gemini.features import RequestNeeds, needs_of_body
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
@@ -320,6 +321,8 @@ class Exchange:
                 longest_wait=self.settings.quota.max_retry_wait,
             )
             decision = after_attempt(outcome, now)
+            if isinstance(outcome, RateLimited) and self._next_location(model, position, outcome):
+                return NextModel(outcome.reply)
             if isinstance(decision, WaitOut):
                 assert isinstance(outcome, RateLimited)
                 budget.try_spend()
@@ -345,6 +348,20 @@ class Exchange:
                 return DONE
             else:
                 return decision
+
+    def _next_location(self, target: str, position: int, outcome: RateLimited) -> bool:
+        """A Vertex 429 on shared capacity moves to the same model in the next location, when
+        the route allows it (``on_429: next_location``)."""
+        requested = self.route.model
+        if requested is None or not self.settings.moves_location_on_429(requested):
+            return False
+        chain = self.coordinator.chain_for(requested)
+        following = chain[position + 1] if position + 1 < len(chain) else None
+        return (
+            following is not None
+            and same_model_elsewhere(target, following)
+            and shared_capacity(outcome.limit)
+        )
 
     async def _wait_out(self, model: str, wait: WaitOut) -> bool:
         """Wait out a 429's delay; False if the cluster's cooldown outlasts the longest wait."""
