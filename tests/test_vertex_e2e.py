@@ -23,6 +23,7 @@ from .support import serve
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
 US, EU = "us-central1", "europe-west4"
 PROJECT = "test-project"
+DEVELOPER = "developer-api"  # the proxy's Developer API origin, which Vertex calls never reach
 TOKEN = "client-oauth-token"
 BREAKER = {
     "minimum_calls": 4,
@@ -41,8 +42,9 @@ def regions() -> Iterator[dict[str, str]]:
         serve(create_simulator_app(SimulatorConfig())) as us,
         serve(create_simulator_app(SimulatorConfig())) as eu,
         serve(create_simulator_app(SimulatorConfig())) as world,
+        serve(create_simulator_app(SimulatorConfig())) as developer,
     ):
-        yield {US: us, EU: eu, "global": world}
+        yield {US: us, EU: eu, "global": world, DEVELOPER: developer}
 
 
 @pytest.fixture
@@ -76,7 +78,7 @@ def proxy_moving_on_429(regions: dict[str, str]) -> Iterator[str]:
 
 def vertex_settings(regions: dict[str, str], routes: dict[str, Any] | None = None) -> Any:
     return proxy_settings(
-        "http://127.0.0.1:9",  # the Developer API origin: never reached by these tests
+        regions[DEVELOPER],
         vertex={"project": PROJECT, "location": EU, "origins": regions},
         routes=routes or {PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
         model_defaults={
@@ -172,6 +174,9 @@ def test_a_regional_outage_fails_over_to_the_same_model_in_the_next_region(
     assert len(calls(sims[US])) == tried_us
     breakers = httpx.get(f"{proxy}/admin/breakers").json()
     assert f"{PRO}@{US}" in str(breakers)
+    # Nothing of a Vertex request (its token included) reached the Developer API's origin,
+    # not even a look-up of the chain's models' limits.
+    assert sims[DEVELOPER].attempts() == []
 
 
 def test_when_every_region_of_the_model_is_out_the_next_model_serves(

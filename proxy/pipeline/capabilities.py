@@ -76,7 +76,10 @@ class CapabilityRegistry:
         self._lookups: set[str] = set()
 
     def configured(self, model: str) -> ModelCapabilities:
-        return self._configured.get(model, self._default)
+        found = self._configured.get(model)
+        if found is None:  # a Vertex target (model@location) has its model's capabilities
+            found = self._configured.get(model.partition("@")[0], self._default)
+        return found
 
     def input_limit(self, model: str) -> int | None:
         """The configured input limit, else the learned one, else None (unknown)."""

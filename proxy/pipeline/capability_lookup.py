@@ -43,6 +43,10 @@ class CapabilityLookup:
             self._start(model, headers, query_string)
 
     def _start(self, model: str, headers: Headers, query_string: bytes) -> None:
+        if "@" in model:
+            # A Vertex target: its request's token is not for the Developer API's models.get,
+            # so its limits come from the configuration only.
+            return
         if self.upstream is not None and self.registry.claim_lookup(model):
             task = asyncio.ensure_future(self._fetch(model, headers, query_string))
             self._tasks[model] = task
