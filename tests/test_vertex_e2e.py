@@ -263,3 +263,26 @@ def test_a_project_quota_429_stays_backpressure_even_when_the_route_allows_movin
         client.models.generate_content(model=PRO, contents="over the quota")
     assert raised.value.code == 429
     assert calls(sims[EU]) == []
+
+
+def test_a_stream_cut_in_one_region_is_continued_in_the_next(
+    proxy: str, regions: dict[str, str], sims: dict[str, SimulatorControl]
+) -> None:
+    direct = Client(
+        vertexai=True,
+        project=PROJECT,
+        location=EU,
+        credentials=Credentials(token=TOKEN),
+        http_options=types.HttpOptions(base_url=regions[EU]),
+    )
+    whole = direct.models.generate_content(model=PRO, contents="a long story").text
+    sims[EU].clear_attempts()
+    sims[US].set_faults(PRO, [{"kind": "cut", "after_chunks": 2}])
+    client = vertex(proxy)
+    chunks = list(client.models.generate_content_stream(model=PRO, contents="a long story"))
+    # One whole answer: the first region's part, then the continuation from the next region.
+    assert "".join(chunk.text or "" for chunk in chunks) == whole
+    [continued] = calls(sims[EU])
+    assert continued["path"].endswith(
+        f"/locations/{EU}/publishers/google/models/{PRO}:streamGenerateContent"
+    )
