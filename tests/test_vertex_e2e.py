@@ -4,6 +4,7 @@ a regional outage moves the route to the same model in the next region before a 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,8 +136,6 @@ def test_stream_and_async_calls_pass_through(proxy: str, sims: dict[str, Simulat
     async def unary() -> str:
         response = await client.aio.models.generate_content(model=PRO, contents="hi")
         return response.text or ""
-
-    import asyncio
 
     assert "simulated answer" in asyncio.run(unary())
     paths = [seen["path"] for seen in calls(sims[US])]
@@ -285,4 +284,44 @@ def test_a_stream_cut_in_one_region_is_continued_in_the_next(
     [continued] = calls(sims[EU])
     assert continued["path"].endswith(
         f"/locations/{EU}/publishers/google/models/{PRO}:streamGenerateContent"
+    )
+
+
+@pytest.mark.parametrize("form", ["full", "short", "express"])
+def test_every_form_serves_sync_async_and_stream_calls(
+    proxy: str, sims: dict[str, SimulatorControl], form: str
+) -> None:
+    if form == "full":
+        client, location = vertex(proxy, EU), EU
+    elif form == "short":
+        client, location = short_form(proxy), EU
+    else:
+        client = Client(
+            vertexai=True, api_key="express-key", http_options=types.HttpOptions(base_url=proxy)
+        )
+        location = "global"
+
+    async def unary() -> str:
+        return (await client.aio.models.generate_content(model=FLASH, contents="hi")).text or ""
+
+    assert "simulated answer" in (
+        client.models.generate_content(model=FLASH, contents="hi").text or ""
+    )
+    assert "simulated answer" in asyncio.run(unary())
+    streamed = client.models.generate_content_stream(model=FLASH, contents="hi")
+    assert "simulated answer" in "".join(chunk.text or "" for chunk in streamed)
+    methods = [seen["api_method"] for seen in calls(sims[location])]
+    assert methods == ["generateContent", "generateContent", "streamGenerateContent"]
+
+
+def short_form(proxy: str) -> Client:
+    return Client(
+        vertexai=True,
+        credentials=Credentials(token=TOKEN),
+        http_options=types.HttpOptions(
+            base_url=proxy,
+            base_url_resource_scope=types.ResourceScope.COLLECTION,
+            # In this form the SDK sends no token of its own.
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ),
     )
