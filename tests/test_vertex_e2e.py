@@ -173,6 +173,8 @@ def test_a_regional_outage_fails_over_to_the_same_model_in_the_next_region(
     assert len(calls(sims[US])) == tried_us
     breakers = httpx.get(f"{proxy}/admin/breakers").json()
     assert f"{PRO}@{US}" in str(breakers)
+    metrics = httpx.get(f"{proxy}/metrics").text
+    assert f'model="{PRO}@{EU}"' in metrics and f'model="{PRO}@{US}"' in metrics
     # Nothing of a Vertex request (its token included) reached the Developer API's origin,
     # not even a look-up of the chain's models' limits.
     assert sims[DEVELOPER].attempts() == []
