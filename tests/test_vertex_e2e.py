@@ -327,3 +327,15 @@ def short_form(proxy: str) -> Client:
             headers={"Authorization": f"Bearer {TOKEN}"},
         ),
     )
+
+
+def test_an_unknown_model_gets_vertexs_404(proxy: str, sims: dict[str, SimulatorControl]) -> None:
+    client = vertex(proxy)
+    with pytest.raises(errors.ClientError) as raised:
+        client.models.generate_content(model="gemini-0-nonexistent", contents="hello")
+    assert raised.value.code == 404
+    assert raised.value.message is not None
+    assert raised.value.message.startswith(
+        f"Publisher Model `projects/{PROJECT}/locations/{US}/publishers/google/models/"
+        "gemini-0-nonexistent` was not found"
+    )

@@ -29,7 +29,7 @@ from proxy.simulator.faults import RequestTraits, Selection
 from proxy.simulator.files import MAX_FILE_BYTES
 from proxy.simulator.paging import PageError, paginate
 from proxy.simulator.state import SimulatorState
-from proxy.simulator.vertex import vertex_path
+from proxy.simulator.vertex import vertex_model_not_found, vertex_path
 from proxy.simulator.wire import (
     SSE_CONTENT_TYPE,
     Reply,
@@ -205,7 +205,10 @@ class GeminiApi:
         ex.attempt.stream = stream
         spec = state.catalogue.get(model)
         if spec is None or verb not in API_METHODS or not spec.supports(verb):
-            await self._fail(ex, mode, replies.model_not_found(model, version, verb))
+            reply = vertex_model_not_found(ex.attempt.path) or replies.model_not_found(
+                model, version, verb
+            )
+            await self._fail(ex, mode, reply)
             return
         try:
             body = _json_object(call.body)
