@@ -209,7 +209,7 @@ class ConnectionPool:
             transport = await self.loop.start_tls(
                 raw, connection, self._ssl, server_hostname=self.host
             )
-        except BaseException:
+        except BaseException:  # cancelled or failed: close the tunnel, then let it propagate
             raw.abort()
             raise
         if transport is None:  # the tunnel closed during the handshake

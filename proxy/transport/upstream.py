@@ -20,6 +20,7 @@ from typing import Any, overload
 from urllib.parse import urlsplit
 
 from ..config import ModelSettings, UpstreamSettings
+from ..errors import TransportError
 from ..pipeline.deadlines import FIRST_EVENT, GAP, HEADERS
 from . import http_client, http_connection, http_errors
 from .egress import proxy_for
@@ -39,7 +40,7 @@ REPLAYABLE_CALLS = (
 )
 
 
-class UpstreamError(Exception):
+class UpstreamError(TransportError):
     """A failure talking to the upstream; ``status`` and ``message`` are for the client."""
 
     status: int = 502
