@@ -1,7 +1,7 @@
 """Configuration: one YAML file plus environment overrides, validated once at start-up.
 
-Every key is documented in the README. An invalid file fails fast with a ``ConfigError`` that
-names the offending key, e.g. ``routes.gemini-2.5-pro[1]: expected a string``.
+Every key is documented in docs/configuration.md. An invalid file fails fast with a
+``ConfigError`` that names the offending key, e.g. ``routes.gemini-2.5-pro[1]: expected a string``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class Forwarder:
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
         self.deadlines = DeadlineBook()
-        """First-event deadlines learned per model on this replica (README "Design notes")."""
+        """First-event deadlines learned per model on this replica (docs/design-notes.md)."""
         tokens = settings.server.client_tokens
         self.client_tokens = ClientTokens(tokens) if tokens else None
 
