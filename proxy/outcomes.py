@@ -1,7 +1,7 @@
 """The one classification of upstream outcomes that every part of the proxy agrees on.
 
-It is the table in section 2 of the design: what counts against a breaker, what is retried on
-the same model, what fails over to the next model, and what goes back to the client as is.
+What counts against a breaker, what is retried on the same model, what fails over to the next
+model, and what goes back to the client as is (the table in docs/decisions/failover.md).
 """
 
 from __future__ import annotations
