@@ -86,11 +86,16 @@ def test_the_reference_tables_name_every_key_and_variable() -> None:
     assert [var for var in ENV_OVERRIDES if f"`{var}`" not in text] == []
 
 
-def test_the_readme_points_at_pages_that_exist() -> None:
+def test_the_readmes_point_at_pages_that_exist() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", readme)
-    assert links, "the README should say where to read on"
-    assert [link for link in links if not (ROOT / link).is_file()] == []
+    assert "](docs/" in readme, "the README should say where to read on"
+    broken = [
+        f"{path.relative_to(ROOT)}: {link}"
+        for path in (ROOT / "README.md", ROOT / "deploy" / "README.md", ROOT / "helm" / "README.md")
+        for link in re.findall(r"\]\(([^):#]+\.md)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
+        if not (path.parent / link).is_file()
+    ]
+    assert broken == []
 
 
 def test_the_product_docs_speak_of_the_product_only() -> None:
