@@ -28,7 +28,7 @@ import loadgen
 import uvicorn
 
 from proxy.app import ProxyApp, create_app
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 
 
 def serve_in_thread(app: ProxyApp, port: int) -> uvicorn.Server:

@@ -26,7 +26,7 @@ from harness import private_redis
 from redis.asyncio import Redis
 
 from proxy.cluster.coordinator import Coordinator
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.telemetry.tallies import LATENCY_BOUNDS, SeriesTallies
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 from harness import ROOT, clean_env, free_port, proxy, started, table
 
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.deadlines import worst_case_silent_failover
 from proxy.simulator.client import SimulatorControl
 

@@ -4,8 +4,8 @@ Each sends the proxy's unary request to the canned upstream (bench/fast_upstream
 from this process (on core 1, uvloop), with ``--in-flight`` requests at a time, the body read
 raw and the response closed, as the proxy does; the figure is this process's CPU time per
 request. This is the measurement behind the proxy's move from httpx to aiohttp and then to
-its own client (proxy/http_client.py). aiohttp is no longer a dependency: it is measured when
-installed (``pip install aiohttp``).
+its own client (proxy/transport/http_client.py). aiohttp is no longer a dependency: it is
+measured when installed (``pip install aiohttp``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uvloop
 from harness import BODY, UNARY
 
 from proxy.config import ModelSettings, UpstreamSettings
-from proxy.upstream import Upstream
+from proxy.transport.upstream import Upstream
 
 HEADERS = [("content-type", "application/json"), ("x-goog-api-key", "bench-key")]
 

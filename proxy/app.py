@@ -19,18 +19,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .admin import AdminApi, AdminAuth
-from .asgi_io import dated
 from .client_tokens import describe_access
 from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
-from .config import DEFAULT_ROUTES, SETTINGS_JSON_ENV, Settings, build_settings
+from .config import DEFAULT_ROUTES, Settings
+from .config_load import SETTINGS_JSON_ENV, build_settings
 from .forwarding import Forwarder
-from .static_assets import PREFIX as STATIC_PREFIX
-from .static_assets import load_assets, static_endpoint
-from .status_page import status_page
+from .operators.admin import AdminApi
+from .operators.admin_auth import AdminAuth
+from .operators.static_assets import PREFIX as STATIC_PREFIX
+from .operators.static_assets import load_assets, static_endpoint
+from .operators.status_page import status_page
 from .telemetry import Telemetry, view_of
-from .upstream import Upstream
+from .transport.asgi_io import dated
+from .transport.upstream import Upstream
 
 log = logging.getLogger("gemini_breaker")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from .capabilities import CapabilityRegistry
 from .config import Settings
-from .headers import Headers
-from .upstream import Upstream, UpstreamError
+from .transport.headers import Headers
+from .transport.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("gemini_breaker.capabilities")
 

@@ -11,9 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, admin_cli, demo
-from .config import SETTINGS_JSON_ENV, ConfigError, build_settings, load_raw
+from . import __version__
+from .config_load import SETTINGS_JSON_ENV, build_settings, load_raw
 from .logs import configure_logging
+from .operators import admin_cli, demo
+from .validation import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

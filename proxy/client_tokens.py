@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from .config import Settings
-from .headers import API_KEY_HEADER, Headers
+from .transport.headers import API_KEY_HEADER, Headers
 
 _KEY_PARAM = b"key="
 

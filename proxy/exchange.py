@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
 
-from .asgi_io import BodyTooLarge, ClientDisconnected, send_error
 from .capability_lookup import CapabilityLookup
 from .cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from .cluster.state import OPEN
@@ -41,7 +40,13 @@ from .gemini.features import RequestNeeds, continuation_body, needs_of_body
 from .gemini.paths import GeminiPath
 from .gemini.quota import RateLimit, parse_rate_limit, shed_body
 from .gemini.schema import check_json_answer, json_answer_problem
-from .headers import (
+from .outcomes import Verdict, classify_status
+from .retry_budget import RetryBudget
+from .stream_relay import Continuation, SseRelay
+from .telemetry import AttemptSpan, Telemetry
+from .telemetry.usage import usage_from_tail
+from .transport.asgi_io import BodyTooLarge, ClientDisconnected, send_error
+from .transport.headers import (
     UPLOAD_URL_HEADER,
     Headers,
     client_response_headers,
@@ -51,12 +56,7 @@ from .headers import (
     rewrite_upload_url,
     upstream_request_headers,
 )
-from .outcomes import Verdict, classify_status
-from .retry_budget import RetryBudget
-from .stream_relay import Continuation, SseRelay
-from .telemetry import AttemptSpan, Telemetry
-from .telemetry.usage import usage_from_tail
-from .upstream import (
+from .transport.upstream import (
     OriginUnreachable,
     Upstream,
     UpstreamBodyError,

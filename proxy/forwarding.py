@@ -14,14 +14,6 @@ from collections.abc import AsyncIterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .asgi_io import (
-    BodyTooLarge,
-    ClientDisconnected,
-    declared_length,
-    read_body,
-    send_error,
-    stream_body,
-)
 from .capability_lookup import CapabilityLookup
 from .client_tokens import ClientTokens, without_credentials
 from .cluster.coordinator import Coordinator
@@ -29,10 +21,18 @@ from .config import Settings
 from .deadlines import DeadlineBook
 from .exchange import CLIENT_CLOSED, Exchange, Services
 from .gemini.paths import GeminiPath, parse_path
-from .headers import Headers, redact_query
 from .retry_budget import RetryBudget
 from .telemetry import Telemetry
-from .upstream import StreamedBody, Upstream
+from .transport.asgi_io import (
+    BodyTooLarge,
+    ClientDisconnected,
+    declared_length,
+    read_body,
+    send_error,
+    stream_body,
+)
+from .transport.headers import Headers, redact_query
+from .transport.upstream import StreamedBody, Upstream
 
 access_log = logging.getLogger("gemini_breaker.access")
 

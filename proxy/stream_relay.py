@@ -28,9 +28,9 @@ from .gemini.sse import (
     parse_event,
     stitch,
 )
-from .headers import Headers, client_response_headers
 from .outcomes import Verdict, classify_status
-from .upstream import Upstream, UpstreamBodyError, UpstreamError, UpstreamResponse
+from .transport.headers import Headers, client_response_headers
+from .transport.upstream import Upstream, UpstreamBodyError, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gemini_breaker.streams")
 

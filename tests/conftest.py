@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.app import create_app
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.client import SimulatorControl
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
-
-import anyio
+from collections.abc import AsyncIterator
 
 from proxy.cluster.connect import store_client
 from proxy.cluster.coordinator import Coordinator
@@ -26,11 +23,3 @@ async def replica(settings: Settings, name: str = "r1") -> AsyncIterator[Coordin
     finally:
         await coordinator.stop()
         await client.aclose()
-
-
-async def eventually(condition: Callable[[], object], what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``DEADLINE`` seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await anyio.sleep(0.01)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,24 +18,12 @@ import pytest
 import redis
 
 from .redis_support import RedisServer, start_redis
-from .support import free_port
+from .support import eventually, free_port
 
 READY_SECONDS = 30.0
 MASTER_NAME = "mymaster"
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = READY_SECONDS) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError):
-            pass  # not up yet
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"{what} within {timeout:.0f} s")
-        time.sleep(0.05)
+# What a server or topology still starting up raises: "not yet".
+NOT_UP_YET = (redis.RedisError, OSError)
 
 
 def admin(port: int, **options: object) -> redis.Redis:
@@ -59,9 +46,11 @@ class ClusterTopology:
     def wait_failed_over(self, key: str, dead: RedisServer) -> RedisServer:
         """Until a replica of the dead node serves ``key``'s slot; answers that node."""
         alive = [s for s in self.servers if s is not dead]
-        wait_until(
+        eventually(
             lambda: self.find_owner(key, alive) is not None,
-            "no replica took the dead node's slots over",
+            what="no replica took the dead node's slots over",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
         )
         owner = self.find_owner(key, alive)
         assert owner is not None
@@ -122,13 +111,20 @@ def start_cluster(directory: Path, count: int = 3, replicas: int = 0) -> Iterato
             return len(synced) == count * replicas
 
         # A replica that never synced with its master cannot take over from it.
-        wait_until(replicas_in_sync, "the cluster's replicas never synced")
+        eventually(
+            replicas_in_sync,
+            what="the cluster's replicas never synced",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
+        )
         for server in servers:
-            wait_until(
+            eventually(
                 lambda port=server.port: (
                     admin(port).execute_command("CLUSTER INFO")["cluster_state"] == "ok"
                 ),
-                f"cluster node {server.port} did not report cluster_state:ok",
+                what=f"cluster node {server.port} did not report cluster_state:ok",
+                timeout=READY_SECONDS,
+                ignoring=NOT_UP_YET,
             )
         yield topology
 
@@ -162,9 +158,11 @@ class SentinelTopology:
         """Until the replica has everything the master wrote (its offset reached the
         master's), so a failover right after loses nothing."""
         master = admin(self.master.port)
-        wait_until(
+        eventually(
             lambda: master.execute_command("WAIT", 1, 1000) >= 1,
-            "the replica never acknowledged the master's writes",
+            what="the replica never acknowledged the master's writes",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
         )
 
     def cut_replication(self) -> None:
@@ -174,9 +172,11 @@ class SentinelTopology:
         master = admin(self.master.port)
         master.execute_command("ACL", "SETUSER", "default", "-psync", "-sync", "-replconf")
         master.execute_command("CLIENT", "KILL", "TYPE", "replica")
-        wait_until(
+        eventually(
             lambda: admin(self.replica.port).info("replication")["master_link_status"] == "down",
-            "the replica never lost its link to the master",
+            what="the replica never lost its link to the master",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
         )
 
     def wait_promoted(self) -> None:
@@ -186,7 +186,12 @@ class SentinelTopology:
             role = admin(self.replica.port).info("replication")["role"]
             return self.master_port() == self.replica.port and role == "master"
 
-        wait_until(promoted, "the sentinels never promoted the replica")
+        eventually(
+            promoted,
+            what="the sentinels never promoted the replica",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
+        )
 
 
 @contextlib.contextmanager
@@ -198,9 +203,11 @@ def start_sentinel_set(directory: Path, down_after_ms: int = 1000) -> Iterator[S
         replica = stack.enter_context(
             start_redis(directory, ["--replicaof", "127.0.0.1", str(master.port)])
         )
-        wait_until(
+        eventually(
             lambda: admin(replica.port).info("replication")["master_link_status"] == "up",
-            "the replica never synced with the master",
+            what="the replica never synced with the master",
+            timeout=READY_SECONDS,
+            ignoring=NOT_UP_YET,
         )
         sentinels = []
         for index in range(3):
@@ -216,9 +223,11 @@ def start_sentinel_set(directory: Path, down_after_ms: int = 1000) -> Iterator[S
             )
         topology = SentinelTopology(master, replica, sentinels)
         for sentinel in sentinels:
-            wait_until(
+            eventually(
                 partial(_knows_everyone, admin(sentinel.port)),
-                f"sentinel {sentinel.port} never found the replica and the other sentinels",
+                what=f"sentinel {sentinel.port} never found the replica and the other sentinels",
+                timeout=READY_SECONDS,
+                ignoring=NOT_UP_YET,
             )
         yield topology
 

@@ -1,7 +1,9 @@
-"""Real servers on loopback for the tests: uvicorn in a background thread, on a free port."""
+"""Real servers on loopback for the tests (uvicorn in a background thread, on a free port), and
+``eventually``: polling, with a deadline, for a moment nothing signals."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import selectors
@@ -11,11 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
+import anyio
 import uvicorn
 from starlette.types import ASGIApp
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -112,3 +118,49 @@ def running(args: list[str], env: dict[str, str]) -> Iterator[list[str]]:
                 + "".join(seen[-30:])
             ) from None
     drain.join(10)
+
+
+def eventually(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "the condition",
+    ignoring: tuple[type[Exception], ...] = (),
+) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns a true value, and return
+    that value; after ``timeout`` seconds fail with an AssertionError naming ``what`` (a text,
+    or a function giving one from the last attempt). Exceptions of the ``ignoring`` types count
+    as "not yet" (a server still starting). Only for moments nothing signals: where there is an
+    event, wait on the event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value: T | None = None
+        with contextlib.suppress(*ignoring):
+            value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(_not_within(what, timeout))
+        time.sleep(interval)
+
+
+async def eventually_async(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 (the same call as ``eventually``)
+    interval: float = 0.01,
+    what: str | Callable[[], str] = "the condition",
+) -> T:
+    """``eventually`` for a test on the event loop: it sleeps without blocking the loop, so the
+    tasks that make ``predicate`` true keep running."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(_not_within(what, timeout))
+        await anyio.sleep(interval)
+    return value
+
+
+def _not_within(what: str | Callable[[], str], timeout: float) -> str:
+    return f"not within {timeout:g} s: {what if isinstance(what, str) else what()}"

@@ -8,8 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +18,25 @@ import pytest
 import yaml
 from starlette.requests import Request
 
-from proxy import admin as admin_module
-from proxy.admin import AdminAuth
 from proxy.app import create_app
 from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, Pin, PinChange, Snapshot
-from proxy.config import ConfigError, build_settings
+from proxy.config_load import build_settings
+from proxy.operators import admin_auth
+from proxy.operators.admin_auth import AdminAuth
 from proxy.simulator.client import SimulatorControl
+from proxy.validation import ConfigError
 
 from .conftest import calls, proxy_settings
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import free_port, running, serve
+from .support import eventually, free_port, running, serve
 from .test_cluster_e2e import Cluster, ask, spread, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 TOKEN = "op3rator-t0ken-2026"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-    return result
 
 
 def act(url: str, path: str, body: Any, token: str | None = None) -> httpx.Response:
@@ -192,13 +184,13 @@ def test_a_web_page_cannot_reach_the_unauthenticated_admin_api(simulator_url: st
 
 def test_a_token_is_checked_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = admin_module.hmac.compare_digest
+    real = admin_auth.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(admin_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(admin_auth.hmac, "compare_digest", spy)
     # A configured token wins over the loopback opt-in: loopback callers need it too.
     auth = AdminAuth(TOKEN, allow_unauthenticated_loopback=True)
     assert auth.mode == "token"
@@ -476,11 +468,12 @@ def test_a_pin_moves_the_traffic_then_runs_out(proxy: str, simulator: SimulatorC
     # Time's up: back to the chain, without anyone unpinning.
     # (The mirror ignores the pin at once; the active model follows the store's expiry, which
     # the next reconcile carries out.)
-    wait_until(lambda: get(proxy, "/admin/routes")["routes"][PRO]["pin"] is None)
-    wait_until(lambda: get(proxy, "/admin/routes")["routes"][PRO]["active"] == PRO)
+    eventually(lambda: get(proxy, "/admin/routes")["routes"][PRO]["pin"] is None, timeout=15.0)
+    eventually(lambda: get(proxy, "/admin/routes")["routes"][PRO]["active"] == PRO, timeout=15.0)
     assert generate(proxy).headers["x-gemini-breaker-model"] == PRO
-    expired = wait_until(
-        lambda: [e for e in get(proxy, "/admin/audit")["entries"] if e["action"] == "pin_expired"]
+    expired = eventually(
+        lambda: [e for e in get(proxy, "/admin/audit")["entries"] if e["action"] == "pin_expired"],
+        timeout=15.0,
     )
     assert expired[0]["result"] == {"unpinned": LITE, "active": {PRO: PRO}}
 
@@ -499,7 +492,9 @@ def test_unpin_goes_back_to_the_chain(proxy: str, simulator: SimulatorControl) -
 
 
 def test_replicas_of_one_embedded_proxy(proxy: str) -> None:
-    document = wait_until(lambda: (d := get(proxy, "/admin/replicas"))["replicas"] and d)
+    document = eventually(
+        lambda: (d := get(proxy, "/admin/replicas"))["replicas"] and d, timeout=15.0
+    )
     assert document["config_drift"] is False
     [me] = document["replicas"]
     assert me["self"] and me["alive"] and me["same_routes"]
@@ -569,8 +564,9 @@ def test_every_action_reaches_every_replica_and_the_audit(
 
     # Every replica heard every other one, and they run the same routes.
     for url in replicas:
-        document = wait_until(
-            lambda url=url: len((d := get(url, "/admin/replicas"))["replicas"]) == 3 and d
+        document = eventually(
+            lambda url=url: len((d := get(url, "/admin/replicas"))["replicas"]) == 3 and d,
+            timeout=15.0,
         )
         assert document["config_drift"] is False
         assert {r["replica"] for r in document["replicas"]} == set(names)
@@ -610,7 +606,7 @@ def test_replicas_that_disagree_on_routes_are_flagged(
     cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     replicas = cluster(count=2)
-    wait_until(lambda: len(get(replicas[0], "/admin/replicas")["replicas"]) == 2)
+    eventually(lambda: len(get(replicas[0], "/admin/replicas")["replicas"]) == 2, timeout=15.0)
     assert get(replicas[0], "/admin/replicas")["config_drift"] is False
     config = {
         "upstream": {"base_url": "http://127.0.0.1:9"},
@@ -624,14 +620,15 @@ def test_replicas_that_disagree_on_routes_are_flagged(
     with running(["serve", "--config", str(path), "--port", str(port)], {}) as log:
         odd = f"http://127.0.0.1:{port}"
         for url in [*replicas, odd]:
-            document = wait_until(
-                lambda url=url: (d := get(url, "/admin/replicas"))["config_drift"] and d
+            document = eventually(
+                lambda url=url: (d := get(url, "/admin/replicas"))["config_drift"] and d,
+                timeout=15.0,
             )
             assert len(document["replicas"]) == 3
             assert get(url, "/admin/state")["config_drift"] is True
         digests = {r["routes_digest"] for r in get(odd, "/admin/replicas")["replicas"]}
         assert len(digests) == 2
-        wait_until(lambda: any("config drift" in line for line in log))
+        eventually(lambda: any("config drift" in line for line in log), timeout=15.0)
     assert ask(replicas[0])[0] == PRO  # drift is reported, not acted on
 
 

@@ -27,7 +27,7 @@ from .conftest import calls
 from .redis_support import RedisServer, require_redis
 from .redis_support import redis_server as redis_server  # the fixture
 from .redis_topologies import start_cluster
-from .support import free_port, running
+from .support import eventually, free_port, running
 from .test_sdk_e2e import sdk
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
@@ -106,14 +106,14 @@ def wait_all(
     replicas: list[str], condition: Callable[[dict[str, Any]], bool], timeout: float = 15.0
 ) -> list[dict[str, Any]]:
     """Poll every replica's /admin/state until ``condition`` holds on all of them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = [state(url) for url in replicas]
-        if all(condition(s) for s in states):
-            return states
-        if time.monotonic() > deadline:
-            raise AssertionError(f"replicas never agreed: {states}")
-        time.sleep(0.05)
+    states: list[dict[str, Any]] = []
+
+    def agreed() -> bool:
+        states[:] = [state(url) for url in replicas]
+        return all(condition(s) for s in states)
+
+    eventually(agreed, timeout=timeout, what=lambda: f"replicas never agreed: {states}")
+    return states
 
 
 def ask(replica: str, text: str = "hello") -> tuple[str, str, str]:
@@ -217,20 +217,25 @@ def test_redis_killed_during_traffic(
 ) -> None:
     replicas = cluster(open_seconds=30.0)
     with traffic(replicas) as (served, failures):
-        wait_for(lambda: len(served) >= 20)
+        eventually(lambda: len(served) >= 20, timeout=20.0)
         redis_server.kill()
         for url in replicas:
-            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded")
+            eventually(
+                lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded",
+                timeout=20.0,
+            )
         # Fail-static: the per-replica breakers still fail over and trip, with no Redis.
         simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
         wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
         count = len(served)
-        wait_for(lambda: len(served) >= count + 20)
+        eventually(lambda: len(served) >= count + 20, timeout=20.0)
 
         simulator.clear_faults()
         redis_server.start()
         for url in replicas:
-            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+            eventually(
+                lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok", timeout=20.0
+            )
         # Redis came back empty: every replica adopts its state, and they agree again.
         states = wait_all(
             replicas,
@@ -238,7 +243,7 @@ def test_redis_killed_during_traffic(
         )
         assert len({s["breakers"][PRO]["epoch"] for s in states}) == 1
         count = len(served)
-        wait_for(lambda: len(served) >= count + 10)
+        eventually(lambda: len(served) >= count + 10, timeout=20.0)
     assert failures == []
 
 
@@ -268,13 +273,6 @@ def traffic(replicas: list[str]) -> Iterator[tuple[list[str], list[BaseException
         thread.join(30)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-
-
 def test_hung_redis_does_not_hold_up_requests(
     cluster: Cluster, simulator: SimulatorControl, redis_server: RedisServer
 ) -> None:
@@ -285,7 +283,10 @@ def test_hung_redis_does_not_hold_up_requests(
         # Requests keep being answered while every Redis call hangs until its time bound.
         assert {served for served, _, _ in spread(replicas, 10)} == {PRO}
         for url in replicas:
-            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded")
+            eventually(
+                lambda url=url: httpx.get(url + "/readyz").json()["store"] == "degraded",
+                timeout=20.0,
+            )
         simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
         assert {served for served, _, _ in spread(replicas, 10)} == {FLASH}
         wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
@@ -293,7 +294,7 @@ def test_hung_redis_does_not_hold_up_requests(
         redis_server.resume()
     simulator.clear_faults()
     for url in replicas:
-        wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+        eventually(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok", timeout=20.0)
     # Redis kept its state (closed, the fail-static trips were local): replicas adopt it.
     wait_all(replicas, lambda s: s["routes"][PRO]["active"] == PRO)
     assert {served for served, _, _ in spread(replicas, 4)} == {PRO}
@@ -307,7 +308,7 @@ def test_starting_with_redis_down_works(
     assert httpx.get(replica + "/readyz").json() == {"status": "ready", "store": "degraded"}
     assert {served for served, _, _ in spread([replica], 3)} == {PRO}
     redis_server.start()
-    wait_for(lambda: httpx.get(replica + "/readyz").json()["store"] == "ok")
+    eventually(lambda: httpx.get(replica + "/readyz").json()["store"] == "ok", timeout=20.0)
     assert state(replica)["store"]["degraded"] is False
     assert {served for served, _, _ in spread([replica], 3)} == {PRO}
 

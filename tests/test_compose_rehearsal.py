@@ -30,6 +30,7 @@ from google.genai import errors
 from proxy.simulator.client import SimulatorControl
 
 from .docker_engine import ROOT, BuiltImage, Engine
+from .support import eventually
 from .test_sdk_e2e import sdk
 
 pytestmark = pytest.mark.docker
@@ -164,10 +165,8 @@ def admin_state(url: str) -> dict[str, Any]:
 
 def wait_until(what: str, check: Callable[[], bool], seconds: float = STEP_SECONDS) -> float:
     """Poll ``check`` until it holds; return when it did (time.monotonic())."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(0.5)  # the cluster signals none of these moments: poll with a deadline
+    # The cluster signals none of these moments: poll with a deadline.
+    eventually(check, timeout=seconds, interval=0.5, what=what)
     return time.monotonic()
 
 

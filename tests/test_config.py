@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import GOOGLE_BASE_URL, ConfigError, build_settings, load_settings
+from proxy.config import GOOGLE_BASE_URL
+from proxy.config_load import build_settings, load_settings
+from proxy.validation import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -259,3 +261,14 @@ def test_the_api_key_beyond_loopback_needs_client_tokens_or_the_open_relay_opt_i
         build_settings(
             {"server": {"host": host}, "admin": {"allow_unauthenticated_loopback": True}}
         )
+
+
+def test_routed_models_are_every_model_of_every_chain_and_not_a_file_key() -> None:
+    settings = build_settings(
+        {"routes": {"a": ["m1", "m2"], "b": {"chain": ["m2", "m3"]}}, "models": {"m4": {}}}
+    )
+    assert settings.routed_models == {"m1", "m2", "m3"}
+    assert settings.named_models == {"a", "b", "m1", "m2", "m3", "m4"}
+    assert build_settings({"routes": {}}).routed_models == frozenset()
+    with pytest.raises(ConfigError, match="routed_models"):
+        build_settings({"routed_models": ["m1"]})

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.config import ModelSettings
-from proxy.upstream import StreamedBody, Upstream, UpstreamUnreachable
+from proxy.transport.upstream import StreamedBody, Upstream, UpstreamUnreachable
 
 from .test_upstream_client import PATH, read_body, upstream_serving
 

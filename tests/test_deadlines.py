@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import Settings, build_settings
+from proxy.config import Settings
+from proxy.config_load import build_settings
 from proxy.deadlines import (
     DeadlineBook,
     FirstEventLearner,

@@ -28,11 +28,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.app import create_app
-from proxy.config import load_settings
+from proxy.config_load import load_settings
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import proxy_settings
-from .support import free_port, serve
+from .support import eventually, free_port, serve
 from .test_failover import wait_for_state
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -613,19 +613,22 @@ def console(
 def wait_for_ok(
     url: str, server: subprocess.Popen[bytes], log: Path, deadline: float
 ) -> httpx.Response:
-    """Poll ``url`` until it answers 200, or fail with the server's log."""
-    while True:
+    """Poll ``url`` until it answers 200, or fail with the server's log. The server gives no
+    start-up event, so this polls."""
+
+    def answered_ok() -> httpx.Response | None:
         if server.poll() is not None:
             raise AssertionError(f"exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            response = httpx.get(url, timeout=2)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} not OK in time:\n{log.read_text()}")
-        time.sleep(0.1)  # poll-until with a deadline: the server gives no start-up event
+        response = httpx.get(url, timeout=2)
+        return response if response.status_code == 200 else None
+
+    return eventually(
+        answered_ok,
+        timeout=max(0.0, deadline - time.monotonic()),
+        interval=0.1,
+        what=lambda: f"{url} not OK in time:\n{log.read_text()}",
+        ignoring=(httpx.TransportError,),
+    )
 
 
 @pytest.mark.packaging

@@ -7,8 +7,9 @@ import base64
 
 import pytest
 
-from proxy.config import ConfigError, build_settings
-from proxy.egress import EgressProxy, bypassed, parse_proxy_url, proxy_for
+from proxy.config_load import build_settings
+from proxy.transport.egress import EgressProxy, bypassed, parse_proxy_url, proxy_for
+from proxy.validation import ConfigError
 
 GOOGLE = "https://generativelanguage.googleapis.com"
 

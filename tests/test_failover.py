@@ -16,7 +16,7 @@ from proxy.app import create_app
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import calls, proxy_settings
-from .support import serve
+from .support import eventually, serve
 from .test_sdk_e2e import sdk
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
@@ -226,16 +226,17 @@ def test_admin_state_requires_the_token_when_configured(simulator_url: str) -> N
 
 def wait_for_state(url: str, condition: Any, timeout: float = 10.0) -> dict[str, Any]:
     """Poll /admin/state until ``condition`` holds (the breaker flush is asynchronous)."""
-    import time
+    state: dict[str, Any] = {}
 
-    deadline = time.monotonic() + timeout
-    while True:
-        state: dict[str, Any] = httpx.get(url + "/admin/state").json()
-        if condition(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"state never matched: {state}")
-        time.sleep(0.02)
+    def matched() -> bool:
+        state.clear()
+        state.update(httpx.get(url + "/admin/state").json())
+        return bool(condition(state))
+
+    eventually(
+        matched, timeout=timeout, interval=0.02, what=lambda: f"state never matched: {state}"
+    )
+    return state
 
 
 def test_logs_say_the_store_is_not_shared(

@@ -32,7 +32,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from proxy.config import Settings, load_settings
+from proxy.config import Settings
+from proxy.config_load import load_settings
 
 from . import helm_tools
 from .tool_cache import unavailable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.gemini.paths import parse_path
-from proxy.headers import (
+from proxy.transport.headers import (
     client_response_headers,
     client_sent_key,
     redact_query,

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from proxy.simulator.content import POISON_MARKER
 from .conftest import calls, proxy_settings
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import free_port, running, serve
+from .support import eventually, free_port, running, serve
 from .test_sdk_e2e import sdk
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
@@ -76,13 +76,6 @@ def replicas(
 def admin_state(url: str) -> dict[str, Any]:
     document: dict[str, Any] = httpx.get(url + "/admin/state", timeout=5).json()
     return document
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 class Traffic:
@@ -139,7 +132,7 @@ def test_a_poison_request_in_a_loop_opens_no_breaker(
     replicas: list[str], simulator: SimulatorControl
 ) -> None:
     with Traffic(replicas, "good-key") as good:
-        wait_for(lambda: len(good.served) >= 20)
+        eventually(lambda: len(good.served) >= 20, timeout=15.0, interval=0.02)
         with ThreadPoolExecutor(POISON_THREADS) as pool:
             runs = pool.map(
                 poison_loop,
@@ -187,7 +180,11 @@ def test_an_outage_of_the_primary_still_trips_as_fast_as_before(
         served.append(response.model_version)
     assert served == [FLASH] * 3
     for url in replicas:
-        wait_for(lambda url=url: admin_state(url)["breakers"][PRO]["state"] == "open")
+        eventually(
+            lambda url=url: admin_state(url)["breakers"][PRO]["state"] == "open",
+            timeout=15.0,
+            interval=0.02,
+        )
         assert admin_state(url)["routes"][PRO]["active"] == FLASH
     assert admin_state(replicas[0])["transitions"][-1]["reason"].startswith("burst: 6 failures")
     simulator.clear_attempts()
@@ -207,8 +204,10 @@ def test_every_model_failing_every_request_still_opens_every_breaker(
         with pytest.raises(errors.ServerError):
             sdk(url).models.generate_content(model=PRO, contents=f"anything {n}")
     for url in replicas:
-        wait_for(
-            lambda url=url: all(admin_state(url)["breakers"][m]["state"] == "open" for m in CHAIN)
+        eventually(
+            lambda url=url: all(admin_state(url)["breakers"][m]["state"] == "open" for m in CHAIN),
+            timeout=15.0,
+            interval=0.02,
         )
 
 
@@ -216,7 +215,7 @@ def test_streamed_poison_and_bodies_google_rejects_count_nothing(
     replicas: list[str], simulator: SimulatorControl
 ) -> None:
     with Traffic(replicas, "good-key") as good:
-        wait_for(lambda: len(good.served) >= 10)
+        eventually(lambda: len(good.served) >= 10, timeout=15.0, interval=0.02)
         client = sdk(replicas[0], key="poison-key")
         for _ in range(20):
             with pytest.raises(errors.ServerError) as caught:
@@ -268,5 +267,9 @@ def test_a_different_failure_on_the_next_model_is_evidence_not_poison(
         for n in range(3):
             response = client.models.generate_content(model=PRO, contents=f"question {n}")
             assert response.model_version == LITE
-        wait_for(lambda: [admin_state(url)["breakers"][m]["failures"] for m in CHAIN] == [3, 3, 0])
+        eventually(
+            lambda: [admin_state(url)["breakers"][m]["failures"] for m in CHAIN] == [3, 3, 0],
+            timeout=15.0,
+            interval=0.02,
+        )
     assert [a["model"] for a in calls(simulator)] == CHAIN * 3

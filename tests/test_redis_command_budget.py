@@ -20,12 +20,14 @@ from proxy.cluster.coordinator import FULL_RECONCILE_EVERY, Admission, Coordinat
 from proxy.cluster.keys import Keys
 from proxy.cluster.state import BreakerParams
 from proxy.cluster.store import BreakerStore
-from proxy.config import Settings, build_settings
+from proxy.config import Settings
+from proxy.config_load import build_settings
 from proxy.outcomes import Verdict
 
-from .coordinator_support import DEADLINE, eventually, replica
+from .coordinator_support import DEADLINE, replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
+from .support import eventually_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -93,7 +95,9 @@ async def test_closed_breakers_cost_commands_per_interval_not_per_request(
     requests = 0
     try:
         async with replica(settings) as coordinator:
-            await eventually(lambda: coordinator.heartbeat_seen is not None, "a heartbeat")
+            await eventually_async(
+                lambda: coordinator.heartbeat_seen is not None, what="a heartbeat"
+            )
             await probe.config_resetstat()
             started = time.monotonic()
             # About 1,300 successful requests a second for a few seconds, as the request
@@ -149,8 +153,8 @@ async def test_a_burst_of_failures_is_reported_at_once(redis_server: RedisServer
     async with replica(settings) as coordinator:
         for _ in range(burst):
             coordinator.record(admission(coordinator), Verdict.FAILURE)
-        await eventually(
-            lambda: coordinator.mirror.breaker(MODEL).state == "open", "the breaker to trip"
+        await eventually_async(
+            lambda: coordinator.mirror.breaker(MODEL).state == "open", what="the breaker to trip"
         )
 
 
@@ -169,8 +173,8 @@ async def test_a_missed_event_is_caught_up_by_the_next_heartbeat(
     try:
         store = BreakerStore(other, Keys(namespace))
         await store.force(MODEL, "open", "ops", "test", BreakerParams())
-        await eventually(
-            lambda: coordinator.mirror.breaker(MODEL).state == "open", "the mirror to catch up"
+        await eventually_async(
+            lambda: coordinator.mirror.breaker(MODEL).state == "open", what="the mirror to catch up"
         )
     finally:
         await coordinator.stop()

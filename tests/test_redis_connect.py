@@ -9,7 +9,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from proxy.cluster.connect import store_client
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 
 
 def client_for(redis: dict[str, object]) -> Redis | RedisCluster:

@@ -12,11 +12,13 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.cluster.coordinator import Coordinator
-from proxy.config import Settings, build_settings
+from proxy.config import Settings
+from proxy.config_load import build_settings
 
-from .coordinator_support import eventually, replica
+from .coordinator_support import replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
+from .support import eventually_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -76,7 +78,9 @@ async def two_replicas(
     try:
         async with replica(settings, "A") as a, replica(settings, "B") as b:
             # Both subscribed (their first reconcile runs right after subscribing).
-            await eventually(lambda: b.mirror.routes and a.mirror.routes, "replicas started")
+            await eventually_async(
+                lambda: b.mirror.routes and a.mirror.routes, what="replicas started"
+            )
             yield a, b, Keyspace(raw, namespace)
     finally:
         await raw.aclose()
@@ -86,17 +90,17 @@ async def lost_writes(a: Coordinator, b: Coordinator, keyspace: Keyspace) -> int
     """Open ``a``, then make writes both replicas see (``b`` forced open, ``a`` reset) and
     that Redis then loses; answers the highest epoch the replicas saw."""
     opened = await a.operator_breaker("a", "open", "ops", "before the loss")
-    await eventually(lambda: b.mirror.breaker("a").state == "open", "B saw a open")
+    await eventually_async(lambda: b.mirror.breaker("a").state == "open", what="B saw a open")
     await keyspace.save()
     await a.operator_breaker("b", "force_open", "ops", "lost")
     reset = await b.operator_breaker("a", "reset", "ops", "lost")
     assert reset.breaker is not None and opened.breaker is not None
     seen = reset.breaker.epoch
-    await eventually(
+    await eventually_async(
         lambda: (
             a.mirror.breaker("a").epoch == seen and b.mirror.breaker("b").state == "forced_open"
         ),
-        "both replicas saw the writes that will be lost",
+        what="both replicas saw the writes that will be lost",
     )
     await keyspace.lose_later_writes()
     return seen
@@ -118,7 +122,7 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
         # epoch; and the re-stamp (which still has ``b`` closed) does not undo the transition,
         # which is published after it (and on ``a``, answered before it) at a newer epoch.
         for mirror in (a.mirror, b.mirror):
-            await eventually(
+            await eventually_async(
                 lambda mirror=mirror: (
                     mirror.breaker("b").state == "disabled"
                     and mirror.breaker("b").epoch == epoch
@@ -126,14 +130,16 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
                     and floor < mirror.breaker("a").epoch < epoch
                     and mirror.active["pro"].epoch > floor
                 ),
-                "a replica kept state from the lost history",
+                what="a replica kept state from the lost history",
             )
         assert a.mirror.active["pro"].model == b.mirror.active["pro"].model == "b"
         # And epochs go on from there.
         later = await b.operator_breaker("a", "close", "ops", "later")
         assert later.breaker is not None and later.breaker.epoch > epoch
         closed_at = later.breaker.epoch
-        await eventually(lambda: a.mirror.breaker("a").epoch == closed_at, "A saw the close")
+        await eventually_async(
+            lambda: a.mirror.breaker("a").epoch == closed_at, what="A saw the close"
+        )
 
 
 async def test_a_reconcile_that_finds_lost_writes_reissues_the_store_state(
@@ -144,14 +150,14 @@ async def test_a_reconcile_that_finds_lost_writes_reissues_the_store_state(
         # No transition happens; one replica's periodic snapshot shows the counter went back.
         await a.reconcile()
         for mirror in (a.mirror, b.mirror):  # B learns it from the events alone
-            await eventually(
+            await eventually_async(
                 lambda mirror=mirror: (
                     mirror.breaker("a").state == "open"
                     and mirror.breaker("b").state == "closed"
                     and mirror.breaker("a").epoch > seen
                     and mirror.active["pro"].model == "b"
                 ),
-                "a replica kept state from the lost history",
+                what="a replica kept state from the lost history",
             )
         assert a.mirror.breaker("a").epoch == b.mirror.breaker("a").epoch
         assert a.mirror.epoch_floor == b.mirror.epoch_floor > seen

@@ -19,7 +19,7 @@ import redis
 from proxy.app import create_app
 from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 
 from .conftest import proxy_settings
 from .coordinator_support import replica
@@ -34,7 +34,7 @@ from .redis_topologies import (
     start_tls_redis,
     tls_supported,
 )
-from .support import serve
+from .support import eventually, serve
 from .test_cluster_e2e import (
     FLASH,
     PRO,
@@ -44,7 +44,6 @@ from .test_cluster_e2e import (
     spread,
     traffic,
     wait_all,
-    wait_for,
 )
 
 pytestmark = pytest.mark.redis
@@ -103,11 +102,13 @@ def test_the_proxy_follows_a_sentinel_promotion_and_the_breaker_state_survives(
     sentinel_set.wait_replicated()  # the open breaker is on the replica too
 
     with traffic(replicas) as (served, failures):
-        wait_for(lambda: len(served) >= 10)
+        eventually(lambda: len(served) >= 10, timeout=20.0)
         sentinel_set.master.kill()
         sentinel_set.wait_promoted()
         for url in replicas:
-            wait_for(lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok")
+            eventually(
+                lambda url=url: httpx.get(url + "/readyz").json()["store"] == "ok", timeout=20.0
+            )
         # The new master kept the breaker: every replica still has it open, same epoch.
         assert breaker_on(sentinel_set.replica.port, PRO)["epoch"] == str(opened_at)
         wait_all(
@@ -129,7 +130,7 @@ def test_the_proxy_follows_a_sentinel_promotion_and_the_breaker_state_survives(
             ),
         )
         count = len(served)
-        wait_for(lambda: len(served) >= count + 10)
+        eventually(lambda: len(served) >= count + 10, timeout=20.0)
     assert failures == []  # every request was answered, through the failover
 
 

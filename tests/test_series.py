@@ -23,16 +23,16 @@ from proxy.app import create_app
 from proxy.cluster.health import StoreUnavailable
 from proxy.cluster.keys import Keys
 from proxy.cluster.series import MAX_FIELDS, RawSeries, SeriesStore, fold, quantile
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.simulator.client import SimulatorControl
 from proxy.telemetry.known import FAILOVER_REASONS, breaker_edges
 from proxy.telemetry.tallies import LATENCY_BOUNDS, OTHER, SeriesTallies, status_kind
 
 from .conftest import ROUTES, proxy_settings
-from .coordinator_support import DEADLINE, eventually, replica
+from .coordinator_support import DEADLINE, replica
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import serve
+from .support import eventually_async, serve
 from .test_cluster_e2e import FLASH, PRO, Cluster, spread, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
 
@@ -158,11 +158,11 @@ async def test_counts_made_while_redis_is_away_reach_the_series_when_it_returns(
         redis_server.stop()  # (it keeps nothing: only counts made from now on can be found)
         for _ in range(5):
             tallies.request(PRO, FLASH, 200, 0.1)
-        await eventually(lambda: coordinator.degraded, "fail-static")
+        await eventually_async(lambda: coordinator.degraded, what="fail-static")
         with pytest.raises(StoreUnavailable):
             await coordinator.series_document()  # refused: the series is the cluster's
         redis_server.start()
-        await eventually(lambda: not coordinator.degraded, "Redis adopted again")
+        await eventually_async(lambda: not coordinator.degraded, what="Redis adopted again")
         deadline = time.monotonic() + DEADLINE
         while True:
             totals = (await coordinator.series_document())["totals"]["requests"]

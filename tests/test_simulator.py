@@ -9,7 +9,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from google import genai
 from google.genai import errors, types
 from pydantic import BaseModel, ValidationError
 
-from proxy.config import ConfigError
 from proxy.simulator import (
     SimulatorConfig,
     TransportUnavailableError,
@@ -35,7 +34,10 @@ from proxy.simulator.config import QuotaSpec
 from proxy.simulator.content import POISON_MARKER
 from proxy.simulator.quota import QuotaBook
 from proxy.simulator.wire import format_duration
+from proxy.validation import ConfigError
 from tests.support import serve
+
+from .support import eventually
 
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"
@@ -79,13 +81,6 @@ def sse_events(raw: bytes) -> list[bytes]:
     for frame in frames:
         assert frame.startswith(b"data: ") and b"\n" not in frame, frame
     return [frame[len(b"data: ") :] for frame in frames]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -559,7 +554,7 @@ def test_hang_never_answers(base_url: str, sim: SimulatorControl) -> None:
     ):
         client.post(GENERATE, json=HELLO)
     # The simulator notices the client leaving and records it.
-    wait_until(lambda: sim.attempts()[-1]["client_disconnected"])
+    eventually(lambda: sim.attempts()[-1]["client_disconnected"], timeout=5.0, interval=0.02)
     assert sim.attempts()[-1]["status"] is None and sim.attempts()[-1]["fault"] == "hang"
 
 
@@ -670,13 +665,17 @@ def test_times_schedule_expires(http: httpx.Client, sim: SimulatorControl) -> No
 def test_for_seconds_then_healthy(http: httpx.Client, sim: SimulatorControl) -> None:
     sim.set_faults(FLASH, [{"kind": "error", "status": 503, "for_seconds": 0.6}])
     assert http.post(GENERATE, json=HELLO).status_code == 503
-    wait_until(lambda: http.post(GENERATE, json=HELLO).status_code == 200)
+    eventually(
+        lambda: http.post(GENERATE, json=HELLO).status_code == 200, timeout=5.0, interval=0.02
+    )
 
 
 def test_after_seconds_starts_later(http: httpx.Client, sim: SimulatorControl) -> None:
     sim.set_faults(FLASH, [{"kind": "error", "status": 503, "after_seconds": 0.6}])
     assert http.post(GENERATE, json=HELLO).status_code == 200
-    wait_until(lambda: http.post(GENERATE, json=HELLO).status_code == 503)
+    eventually(
+        lambda: http.post(GENERATE, json=HELLO).status_code == 503, timeout=5.0, interval=0.02
+    )
 
 
 def test_methods_filter_and_stream_only_kinds(http: httpx.Client, sim: SimulatorControl) -> None:

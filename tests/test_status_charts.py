@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ import httpx
 import pytest
 from google.genai.errors import APIError
 
+from proxy.operators.status_page import PATH
 from proxy.simulator.client import SimulatorControl
-from proxy.status_page import PATH
 
 from .png_support import colour_counts, near
 from .redis_support import redis_server as redis_server  # the fixture
+from .support import eventually
 from .test_cluster_e2e import FLASH, PRO, Cluster, ask, state, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
 from .test_status_page import browser as browser  # the fixture
@@ -75,13 +76,6 @@ def buckets_served_by(url: str, model: str, since_ms: float) -> int:
     return sum(1 for t, n in zip(document["times_ms"], served, strict=False) if n and t > since_ms)
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_the_page_shows_an_outage_move_the_cluster_to_the_fallback_and_back(
     traffic: tuple[list[str], list[BaseException]], simulator: SimulatorControl, browser: Any
 ) -> None:
@@ -91,12 +85,22 @@ def test_the_page_shows_an_outage_move_the_cluster_to_the_fallback_and_back(
     replicas, failures = traffic
     url = replicas[0]
     began = time.time() * 1000
-    wait_for(lambda: buckets_served_by(url, PRO, began) >= BUCKETS_PER_PHASE, "pro's traffic")
+    eventually(
+        lambda: buckets_served_by(url, PRO, began) >= BUCKETS_PER_PHASE,
+        what="pro's traffic",
+        timeout=60.0,
+        interval=0.1,
+    )
 
     simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
     wait_all(replicas, lambda s: s["routes"][PRO]["active"] == FLASH, timeout=30)
     moved = time.time() * 1000
-    wait_for(lambda: buckets_served_by(url, FLASH, moved) >= BUCKETS_PER_PHASE, "the fallback")
+    eventually(
+        lambda: buckets_served_by(url, FLASH, moved) >= BUCKETS_PER_PHASE,
+        what="the fallback",
+        timeout=60.0,
+        interval=0.1,
+    )
 
     simulator.clear_faults()
     wait_all(
@@ -105,7 +109,12 @@ def test_the_page_shows_an_outage_move_the_cluster_to_the_fallback_and_back(
         timeout=60,
     )
     back = time.time() * 1000
-    wait_for(lambda: buckets_served_by(url, PRO, back) >= BUCKETS_PER_PHASE, "pro again")
+    eventually(
+        lambda: buckets_served_by(url, PRO, back) >= BUCKETS_PER_PHASE,
+        what="pro again",
+        timeout=60.0,
+        interval=0.1,
+    )
     # An operator action, marked too.
     reset = httpx.post(
         url + f"/admin/breakers/{FLASH}/reset", json={"reason": "after the drill"}, timeout=10

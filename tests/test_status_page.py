@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from proxy.app import create_app
-from proxy.static_assets import FILES, load_assets
-from proxy.status_page import PATH, SCRIPT, page
+from proxy.operators.static_assets import FILES, load_assets
+from proxy.operators.status_page import PATH, SCRIPT, page
 
 from .conftest import proxy_settings
 from .support import serve

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.state import STATES, ActiveModel, BreakerState, Snapshot
-from proxy.config import build_settings
+from proxy.config_load import build_settings
 from proxy.gemini.paths import parse_path
 from proxy.telemetry import (
     BREAKER_STATE_CODES,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.config import ModelSettings, UpstreamSettings
-from proxy.upstream import (
+from proxy.transport.upstream import (
     Upstream,
     UpstreamBodyError,
     UpstreamBusy,

@@ -17,7 +17,10 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from ..config import RedisSettings, parse_address
+from ..config import RedisSettings
+
+#: What the store runs its scripts on: one server (or a Sentinel-managed master, or the
+from ..config_checks import parse_address
 
 #: What the store runs its scripts on: one server (or a Sentinel-managed master, or the
 #: in-process fakeredis), or a Redis Cluster.

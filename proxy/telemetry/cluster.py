@@ -49,8 +49,8 @@ def view_of(coordinator: Coordinator | None) -> ClusterView | None:
     # Copies first: an OTLP export observes from its own thread while the loop updates these.
     active = dict(mirror.active)
     known = dict(mirror.breakers)
-    chains = dict(coordinator.settings.routes)
-    models = {m for chain in chains.values() for m in chain} | set(known)
+    chains = coordinator.settings.routes
+    models = coordinator.settings.routed_models | set(known)
     return ClusterView(
         routes={
             route: RouteView(tuple(chain), active[route].model)

@@ -1,8 +1,9 @@
 """The one pooled upstream HTTP client, with per-model deadlines.
 
-The client is the project's own (``proxy/http_client.py``): with 8 requests in flight against
-the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us of CPU per
-request, where httpx spent 760-2,100 us and aiohttp about 280 us (docs/performance.md).
+The client is the project's own (``proxy/transport/http_client.py``): with 8 requests in
+flight against the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us
+of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us
+(docs/performance.md).
 
 Failures are raised as ``UpstreamError`` subclasses that carry the status and message the
 client should see; nothing from the upstream URL (which may carry ``?key=``) goes into them.
@@ -19,9 +20,9 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, overload
 from urllib.parse import urlsplit
 
-from . import http_client
-from .config import ModelSettings, UpstreamSettings
-from .deadlines import FIRST_EVENT, GAP, HEADERS
+from ..config import ModelSettings, UpstreamSettings
+from ..deadlines import FIRST_EVENT, GAP, HEADERS
+from . import http_client, http_connection, http_errors
 from .egress import proxy_for
 from .headers import Headers
 
@@ -111,7 +112,7 @@ class ResponseHeaders:
 
     __slots__ = ("_response", "raw")
 
-    def __init__(self, response: http_client.Response) -> None:
+    def __init__(self, response: http_connection.Response) -> None:
         self.raw: Headers = response.raw_headers
         self._response = response
 
@@ -129,7 +130,7 @@ class UpstreamResponse:
 
     __slots__ = ("_on_close", "headers", "reader", "status_code")
 
-    def __init__(self, response: http_client.Response, on_close: Upstream) -> None:
+    def __init__(self, response: http_connection.Response, on_close: Upstream) -> None:
         self.reader = response
         """The body's reader (``Upstream.iter_body`` reads it directly)."""
         self._on_close: Upstream | None = on_close
@@ -140,7 +141,7 @@ class UpstreamResponse:
         """The next part of the body as it arrived (still encoded); b"" at its end."""
         try:
             return await self.reader.readany()
-        except http_client.HTTPClientError:
+        except http_errors.HTTPClientError:
             raise UpstreamBodyError("The upstream broke off the response: ReadError.") from None
 
     async def aread(self) -> bytes:
@@ -236,7 +237,7 @@ class Upstream:
         while True:
             try:
                 connection = await pool.acquire(connect_at, fresh)
-            except http_client.HTTPClientError as exc:
+            except http_errors.HTTPClientError as exc:
                 raise self._connect_failed(
                     exc, connect_at, first_byte_at, limits, headers_timeout
                 ) from None
@@ -252,7 +253,7 @@ class Upstream:
                 else:
                     response = await connection.start_streaming(head, body, head_only)
                 await response.wait_for_headers(first_byte_at)
-            except http_client.ResponseTimeout:
+            except http_errors.ResponseTimeout:
                 connection.abort()
                 if isinstance(body, StreamedBody) and first_byte_at == body.deadline:
                     raise UpstreamTimeout(
@@ -264,7 +265,7 @@ class Upstream:
                 raise UpstreamTimeout(
                     "The request's deadline passed while its body was being sent."
                 ) from None
-            except http_client.ConnectionBroken:
+            except http_errors.ConnectionBroken:
                 connection.abort()
                 if (
                     connection.reused
@@ -294,18 +295,18 @@ class Upstream:
 
     def _connect_failed(
         self,
-        exc: http_client.HTTPClientError,
+        exc: http_errors.HTTPClientError,
         connect_at: float,
         first_byte_at: float,
         limits: ModelSettings,
         headers_timeout: float,
     ) -> UpstreamError:
         """What the client is told when no connection could be had."""
-        if isinstance(exc, http_client.ConnectFailed):
+        if isinstance(exc, http_errors.ConnectFailed):
             return OriginUnreachable(f"The upstream ({self.host}) is unreachable: {exc}.")
         if connect_at >= first_byte_at:
             return self._no_response(headers_timeout)
-        if isinstance(exc, http_client.PoolTimeout):
+        if isinstance(exc, http_errors.PoolTimeout):
             return UpstreamBusy("The proxy's upstream connection pool is exhausted; retry later.")
         return UpstreamTimeout(
             f"Connecting to the upstream ({self.host}) timed out after "
@@ -339,7 +340,7 @@ class Upstream:
                 # a unary answer is usually whole with its headers.
                 try:
                     chunk = reader.read_nowait()
-                except http_client.HTTPClientError:
+                except http_errors.HTTPClientError:
                     raise UpstreamBodyError(
                         f"The upstream ({self.host}) broke off the response: ReadError."
                     ) from None
@@ -373,7 +374,7 @@ class Upstream:
                             deadline=GAP,
                         ) from None
                     raise
-                except http_client.HTTPClientError:
+                except http_errors.HTTPClientError:
                     watch.stop()
                     raise UpstreamBodyError(
                         f"The upstream ({self.host}) broke off the response: ReadError."

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from . import status_charts as charts
-from .admin import AdminAuth
+from .admin_auth import AdminAuth
 from .static_assets import SCRIPT as UPLOT_SCRIPT
 from .static_assets import STYLESHEET as UPLOT_STYLESHEET
 from .static_assets import Assets

@@ -18,10 +18,10 @@ from importlib import resources
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .admin import AdminAuth, refuse
+from .admin_auth import AdminAuth, refuse
 
 PREFIX = "/admin/static/"
-#: Served files: path under ``proxy/static/`` -> content type.
+#: Served files: path under ``proxy/operators/static/`` -> content type.
 FILES: Mapping[str, str] = {
     "uplot/uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uplot/uPlot.min.css": "text/css; charset=utf-8",

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from .simulator.client import SimulatorControl
+from ..simulator.client import SimulatorControl
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 CHAIN = [PRO, FLASH, LITE]

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Send
 
-from .gemini.errors import JSON_CONTENT_TYPE, error_body
+from ..gemini.errors import JSON_CONTENT_TYPE, error_body
 from .headers import date_header
 
 

@@ -1,33 +1,37 @@
 """The operator API under ``/admin``: reads of the cluster as this replica sees it, and actions
 (breaker transitions, route pins) that run as audited Lua transitions on the shared store.
 
-Access: with ``admin.token`` set, every request needs ``Authorization: Bearer <token>``
-(compared in constant time): 401 without it, 403 with a wrong one. Without a token the API is
-disabled (403), unless ``admin.allow_unauthenticated_loopback`` is true and the caller is on
-this machine (127.0.0.1 or ::1). Every path under ``/admin/`` is checked before anything else,
-so an unauthorised caller learns nothing, not even which paths exist.
+Access is checked (``admin_auth``) on every path under ``/admin/`` before anything else, so an
+unauthorised caller learns nothing, not even which paths exist.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .cluster.coordinator import Coordinator
-from .cluster.health import StoreUnavailable
-from .cluster.state import ACTIONS, ActiveModel, BreakerState, Pin
-from .cluster.store import MAX_PIN_SECONDS, StoreError
-from .config import Settings
-from .gemini.errors import JSON_CONTENT_TYPE, error_body
+from ..cluster.coordinator import Coordinator
+from ..cluster.health import StoreUnavailable
+from ..cluster.state import ACTIONS
+from ..cluster.store import MAX_PIN_SECONDS, StoreError
+from ..config import Settings
+from .admin_auth import AdminAuth, refuse
+from .admin_documents import (
+    active_model_name,
+    breaker_json,
+    breakers_document,
+    pin_json,
+    replicas_document,
+    routes_document,
+    state_document,
+)
 
 #: Largest JSON body an admin action accepts.
 MAX_BODY_BYTES = 64 * 1024
@@ -36,103 +40,6 @@ MAX_BY_CHARS = 200
 DEFAULT_BY = "admin"
 DEFAULT_AUDIT_LIMIT = 50
 MAX_AUDIT_LIMIT = 1000
-
-DISABLED_MESSAGE = (
-    "The admin API is disabled: no admin token is configured. Set admin.token in the "
-    "configuration (or GEMINI_BREAKER_ADMIN_TOKEN) and send 'Authorization: Bearer <token>', "
-    "or set admin.allow_unauthenticated_loopback: true to allow unauthenticated calls from "
-    "this machine (127.0.0.1, ::1) only."
-)
-
-
-class AdminAuth:
-    """Who may use the admin API: bearer token (constant-time comparison), else nobody, else
-    (opt-in) unauthenticated callers on loopback."""
-
-    def __init__(self, token: str | None, allow_unauthenticated_loopback: bool = False) -> None:
-        self._token = token.encode() if token else None
-        self._loopback = allow_unauthenticated_loopback
-
-    @property
-    def mode(self) -> str:
-        """``token``, ``loopback`` (no token, loopback callers allowed) or ``disabled``."""
-        if self._token is not None:
-            return "token"
-        return "loopback" if self._loopback else "disabled"
-
-    def check(self, request: Request) -> Response | None:
-        """None when the request may proceed, else the refusal to send."""
-        if self._token is None:
-            if not self._loopback:
-                return refuse(403, DISABLED_MESSAGE)
-            reason = loopback_refusal(
-                request.client.host if request.client else None,
-                request.method,
-                request.headers.get("host"),
-                request.headers.get("origin"),
-                request.headers.get("sec-fetch-site"),
-                request.headers.get("content-type"),
-            )
-            return None if reason is None else refuse(403, reason)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return refuse(401, "The admin API needs an 'Authorization: Bearer <token>' header.")
-        if not hmac.compare_digest(given.strip().encode(), self._token):
-            return refuse(403, "The admin token is not valid.")
-        return None
-
-
-LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-CROSS_SITE_MESSAGE = "Unauthenticated admin calls are refused from another site's page."
-
-
-def loopback_refusal(
-    peer: str | None,
-    method: str,
-    host: str | None,
-    origin: str | None,
-    fetch_site: str | None,
-    content_type: str | None,
-) -> str | None:
-    """Why an unauthenticated admin call is refused (None: it may proceed). Beyond the peer
-    address, a web page in the operator's browser must not reach the API: not by a cross-site
-    request (``Origin``, ``Sec-Fetch-Site``), nor by a form post (only JSON bodies), nor by
-    DNS rebinding (a name of the attacker's resolving to 127.0.0.1: the ``Host`` shows it)."""
-    if peer not in LOOPBACK_PEERS:
-        return DISABLED_MESSAGE
-    if host is None or _host_name(host) not in LOOPBACK_NAMES:
-        return (
-            "Unauthenticated admin calls must name this machine in Host: "
-            "localhost, 127.0.0.1 or [::1]."
-        )
-    if origin is not None and urlsplit(origin).hostname not in LOOPBACK_NAMES:
-        return CROSS_SITE_MESSAGE
-    if fetch_site is not None and fetch_site.strip().lower() == "cross-site":
-        return CROSS_SITE_MESSAGE
-    media_type = (content_type or "").split(";")[0].strip().lower()
-    if method == "POST" and media_type != "application/json":
-        return "Admin actions take a JSON body: send Content-Type: application/json."
-    return None
-
-
-def _host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port (``[::1]:8080`` -> ``::1``)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, _, port = host.rpartition(":")
-    return name if name and port.isdigit() else host
-
-
-def refuse(code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    """A Google-shaped error (``google.rpc.Status``), as every other error of the proxy."""
-    extra = dict(headers or {})
-    if code == 401:
-        extra["www-authenticate"] = "Bearer"
-    return Response(
-        error_body(code, message), status_code=code, media_type=JSON_CONTENT_TYPE, headers=extra
-    )
 
 
 class AdminError(Exception):
@@ -318,7 +225,7 @@ class AdminApi:
                 "by": by,
                 "reason": reason,
                 "epoch": change.breaker.epoch,
-                "breaker": _breaker_json(change.breaker),
+                "breaker": breaker_json(change.breaker),
                 "active": {route: a.model for route, a in sorted(change.active.items())},
             }
         )
@@ -355,8 +262,8 @@ class AdminApi:
                 "by": by,
                 "reason": reason,
                 "epoch": change.epoch,
-                "pin": _pin_json(change.pin, change.now_ms),
-                "active": _active_model(change.active.get(route)),
+                "pin": pin_json(change.pin, change.now_ms),
+                "active": active_model_name(change.active.get(route)),
                 "effective_chain": list(coordinator.chain_for(route)),
             }
         )
@@ -377,7 +284,7 @@ class AdminApi:
                 "reason": reason,
                 "changed": change.changed,
                 "epoch": change.epoch,
-                "active": _active_model(active),
+                "active": active_model_name(active),
                 "effective_chain": list(coordinator.chain_for(route)),
             }
         )
@@ -425,170 +332,8 @@ def _route_chain(settings: Settings, route: str) -> tuple[str, ...]:
     return chain
 
 
-def known_models(coordinator: Coordinator) -> set[str]:
+def known_models(coordinator: Coordinator) -> frozenset[str]:
     """Models an operator may act on: those of the routes, the configured ones, and any
     breaker the cluster already knows."""
     settings = coordinator.settings
-    return (
-        {m for chain in settings.routes.values() for m in chain}
-        | set(settings.models)
-        | set(coordinator.mirror.breakers)
-    )
-
-
-# -- documents --------------------------------------------------------------------------------
-
-
-def _now_ms(coordinator: Coordinator) -> int:
-    return int(coordinator.mirror.store_now_ms())
-
-
-def _breaker_json(breaker: BreakerState) -> dict[str, Any]:
-    return {
-        "state": breaker.state,
-        "epoch": breaker.epoch,
-        "calls": breaker.calls,
-        "failures": breaker.failures,
-        "trips": breaker.trips,
-        "open_until_ms": breaker.open_until_ms,
-        "since_ms": breaker.since_ms,
-        "probes_issued": breaker.probes_issued,
-        "probes_ok": breaker.probes_ok,
-        "reason": breaker.reason,
-        "forced_by": breaker.forced_by,
-    }
-
-
-def _pin_json(pin: Pin, now_ms: float) -> dict[str, Any]:
-    return {
-        "model": pin.model,
-        "until_ms": pin.until_ms,
-        "expires_in_seconds": round(max(0.0, pin.until_ms - now_ms) / 1000, 3),
-        "since_ms": pin.since_ms,
-        "by": pin.by,
-        "reason": pin.reason,
-        "epoch": pin.epoch,
-    }
-
-
-def _active_model(active: ActiveModel | None) -> str | None:
-    return None if active is None else active.model
-
-
-def _route_json(coordinator: Coordinator, route: str, chain: tuple[str, ...]) -> dict[str, Any]:
-    mirror = coordinator.mirror
-    pin = mirror.pin(route)
-    return {
-        "chain": list(chain),
-        "active": _active_model(mirror.active.get(route)),
-        "active_epoch": mirror.active[route].epoch if route in mirror.active else 0,
-        "pin": None if pin is None else _pin_json(pin, mirror.store_now_ms()),
-    }
-
-
-def _all_breakers(coordinator: Coordinator) -> list[BreakerState]:
-    mirror = coordinator.mirror
-    models = {m for chain in coordinator.settings.routes.values() for m in chain}
-    return [mirror.breaker(m) for m in sorted(models | set(mirror.breakers))]
-
-
-def state_document(coordinator: Coordinator) -> dict[str, Any]:
-    """Routes with their chain, active model and pin, and every known breaker."""
-    mirror = coordinator.mirror
-    return {
-        "replica": coordinator.replica,
-        "now_ms": _now_ms(coordinator),
-        "store": {
-            "mode": "embedded" if coordinator.embedded else "redis",
-            "degraded": coordinator.degraded,
-            "namespace": coordinator.keys.prefix,
-        },
-        "config_drift": coordinator.config_drift,
-        "transitions": list(reversed(coordinator.mirror.transitions)),
-        "credential_alerts": dict(coordinator.credential_alerts),
-        "quota_alerts": dict(coordinator.quota_alerts),
-        "schema_drift": dict(coordinator.schema_drift),
-        "quotas": [
-            {
-                "key_digest": quota.scope,
-                "model": quota.model,
-                "cooling_until_ms": quota.until_ms,
-                "rate_scale": round(
-                    quota.scale_at(mirror.store_now_ms(), coordinator.quota.recovery_per_second), 3
-                ),
-                "per_day": quota.per_day,
-                "quota_id": quota.quota_id,
-                "epoch": quota.epoch,
-            }
-            for quota in mirror.quotas.values()
-        ],
-        "routes": {
-            route: _route_json(coordinator, route, chain)
-            for route, chain in coordinator.settings.routes.items()
-        },
-        "breakers": {b.model: _breaker_json(b) for b in _all_breakers(coordinator)},
-    }
-
-
-def breakers_document(coordinator: Coordinator) -> dict[str, Any]:
-    """Every known breaker, with the routes whose chain holds it."""
-    routes = coordinator.settings.routes
-    return {
-        "replica": coordinator.replica,
-        "now_ms": _now_ms(coordinator),
-        "degraded": coordinator.degraded,
-        "breakers": {
-            b.model: {
-                **_breaker_json(b),
-                "routes": sorted(r for r, chain in routes.items() if b.model in chain),
-            }
-            for b in _all_breakers(coordinator)
-        },
-    }
-
-
-def routes_document(coordinator: Coordinator) -> dict[str, Any]:
-    """Every route: chain, the chain a request walks now (pin first), active model, pin."""
-    return {
-        "replica": coordinator.replica,
-        "now_ms": _now_ms(coordinator),
-        "degraded": coordinator.degraded,
-        "routes": {
-            route: {
-                **_route_json(coordinator, route, chain),
-                "effective_chain": list(coordinator.chain_for(route)),
-                "on_stream_break": coordinator.settings.on_stream_break(route),
-            }
-            for route, chain in coordinator.settings.routes.items()
-        },
-    }
-
-
-def replicas_document(coordinator: Coordinator) -> dict[str, Any]:
-    """The replicas the last heartbeat saw, and whether the live ones agree on routes."""
-    seen = coordinator.heartbeat_seen
-    alive_ms = coordinator.replica_alive_seconds * 1000
-    replicas = []
-    if seen is not None:
-        for r in sorted(seen.replicas, key=lambda r: r.replica):
-            replicas.append(
-                {
-                    "replica": r.replica,
-                    "last_seen_ms": r.seen_ms,
-                    "seen_seconds_ago": round(max(0, seen.now_ms - r.seen_ms) / 1000, 3),
-                    "alive": seen.now_ms - r.seen_ms <= alive_ms,
-                    "routes_digest": r.digest,
-                    "same_routes": r.digest == coordinator.routes_digest,
-                    "self": r.replica == coordinator.replica,
-                }
-            )
-    return {
-        "replica": coordinator.replica,
-        "routes_digest": coordinator.routes_digest,
-        "now_ms": _now_ms(coordinator),
-        "degraded": coordinator.degraded,
-        "heartbeat_ms": None if seen is None else seen.now_ms,
-        "alive_within_seconds": coordinator.replica_alive_seconds,
-        "config_drift": coordinator.config_drift,
-        "replicas": replicas,
-    }
+    return settings.routed_models | set(settings.models) | set(coordinator.mirror.breakers)
