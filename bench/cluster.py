@@ -47,7 +47,7 @@ import yaml
 from redis.asyncio import Redis
 
 from proxy.cluster.keys import Keys
-from proxy.cluster.state import BreakerParams, Change, parse_event
+from proxy.cluster.state import BreakerParams, Change, parse_any_event
 from proxy.cluster.store import BreakerStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,8 +260,9 @@ class EventLog:
         try:
             while not stop.is_set() and len(self.events) < MAX_EVENTS:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                if message is not None:
-                    self.events.append((time.time(), parse_event(message["data"])))
+                event = None if message is None else parse_any_event(message["data"])
+                if isinstance(event, Change):  # breaker changes; pins and quotas aside
+                    self.events.append((time.time(), event))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -68,7 +68,7 @@ async def run(args: argparse.Namespace) -> None:
             coordinator = Coordinator(settings, client, embedded=False, replica=f"bench-{i}")
             tallies = SeriesTallies()
             tallies.know([PRO, FLASH, LITE])
-            coordinator.tallies = tallies
+            coordinator.sync.tallies = tallies
             replicas.append((coordinator, tallies))
         rng = random.Random(7)
         await client.info("commandstats")  # the client's own connection set up first
@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
         for _ in range(args.seconds):
             for coordinator, tallies in replicas:
                 one_second_of_requests(tallies, args.rate, rng)
-                await coordinator.send_tallies()
+                await coordinator.sync.send_tallies()
             await asyncio.sleep(settings.redis.reconcile_interval)
         delta = await commandstats(client) - before
         delta.pop("info", None)

@@ -87,7 +87,7 @@ def create_app(
     telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
-    admin = AdminApi(settings, lambda: forwarder.coordinator, auth)
+    admin = AdminApi(settings, lambda: forwarder.coordinator, auth, telemetry.alerts)
     assets = load_assets()
 
     @asynccontextmanager
@@ -102,7 +102,7 @@ def create_app(
                 "process only and is NOT shared with other replicas (embedded single-replica store)"
             )
         coordinator.mirror.on_transition = telemetry.breaker_transition
-        coordinator.tallies = telemetry.tallies
+        coordinator.sync.tallies = telemetry.tallies
         await coordinator.start()
         telemetry.watch_cluster(lambda: view_of(forwarder.coordinator))
         log.info(

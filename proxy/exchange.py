@@ -455,7 +455,6 @@ class Exchange:
         if verdict is Verdict.SUCCESS and self._checks_json:
             return await self._checked_json(admission, response, limits, position)
         if verdict is Verdict.CREDENTIAL:
-            self.coordinator.credential_alerts[model] += 1
             self.telemetry.credential_alert(model, response.status_code)
             log.warning(
                 "credential alert: %s answered %d for %s; check the API key",
@@ -549,7 +548,6 @@ class Exchange:
         problem = json_answer_problem(kept.body, self.needs)
         if problem is not None:
             self.coordinator.record(admission, Verdict.FAILURE)
-            self.coordinator.schema_drift[model] += 1
             self.telemetry.schema_drift(model)
             log.warning("schema drift from %s: %s", model, problem)
             return _Failed(
@@ -657,7 +655,6 @@ class Exchange:
         problem = check_json_answer(relay.delivered.text, self.needs)
         if problem is not None:
             model = relay.served_by or "?"
-            self.coordinator.schema_drift[model] += 1
             self.telemetry.schema_drift(model, streamed=True)
             log.warning("schema drift in a stream from %s: %s", model, problem)
 

@@ -46,16 +46,15 @@ from proxy.cluster import (
     StoreError,
     parse_event,
 )
+from proxy.cluster.codec import decode, encode
 from proxy.cluster.state import (
     AuditEntry,
     Pin,
     PinChange,
     QuotaParams,
     ReplicaSeen,
-    change_to_json,
+    Snapshot,
     parse_any_event,
-    snapshot_from_json,
-    snapshot_to_json,
 )
 
 from .redis_support import RedisServer, require_redis, start_redis
@@ -286,7 +285,19 @@ def test_keys_share_one_slot() -> None:
 def test_params_are_validated_and_sent_in_milliseconds() -> None:
     p = BreakerParams()
     assert p.buckets == 30
-    assert p.script_args() == [30000, 1000, 10, 0.5, 5, 2000, 5000, 300000, 600000, 3, 30000]
+    assert p.script_params() == {
+        "window_ms": 30000,
+        "bucket_ms": 1000,
+        "minimum_calls": 10,
+        "failure_rate": 0.5,
+        "burst_failures": 5,
+        "burst_ms": 2000,
+        "open_ms": 5000,
+        "open_max_ms": 300000,
+        "trip_memory_ms": 600000,
+        "probes": 3,
+        "probe_timeout_ms": 30000,
+    }
     assert BreakerParams(window_seconds=0.25, bucket_seconds=0.05).buckets == 5
     for bad in (
         {"bucket_seconds": 0},
@@ -306,7 +317,8 @@ def test_params_are_validated_and_sent_in_milliseconds() -> None:
 def test_events_parse_from_the_scripts_json() -> None:
     b = replace(BreakerState.initial("m"), state=OPEN, epoch=7, reason="r")
     change = Change(12, b, {"r": ActiveModel("r", None, 7)}, True)
-    assert parse_event(json.dumps(change_to_json(change)).encode()) == change
+    assert parse_event(json.dumps(encode(change)).encode()) == change
+    assert parse_any_event(json.dumps(encode(change))) == change
     # fakeredis's cjson writes an empty object as [].
     assert parse_event('{"now_ms": 1, "breaker": null, "active": [], "changed": false}') == (
         Change(1, None, {}, False)
@@ -314,6 +326,17 @@ def test_events_parse_from_the_scripts_json() -> None:
     for junk in (b"not json", "[]", '{"now_ms": 1}', '{"now_ms": "1"}'):
         with pytest.raises(PayloadError):
             parse_event(junk)
+    # Each event says what it is: one of another kind, or of none, is not guessed at.
+    pin_event = json.dumps({**encode(change), "kind": "pin"})
+    with pytest.raises(PayloadError):
+        parse_event(pin_event)
+    unnamed = json.dumps({k: v for k, v in encode(change).items() if k != "kind"})
+    for junk in (unnamed, json.dumps({**encode(change), "kind": "gossip"})):
+        with pytest.raises(PayloadError):
+            parse_any_event(junk)
+    # A breaker state outside the enumeration is refused.
+    with pytest.raises(PayloadError):
+        parse_event(json.dumps({**encode(change), "breaker": {**encode(b), "state": "ajar"}}))
 
 
 # The scripts
@@ -692,7 +715,7 @@ async def test_register_routes_snapshot_and_seed(backend: Backend) -> None:
     assert moved.active["pro"] == ActiveModel("pro", "c", moved.epoch)
     assert moved.active["fast"] == first.active["fast"]
     assert moved.breakers["a"].state == OPEN
-    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(moved)))) == moved
+    assert decode(Snapshot, json.loads(json.dumps(encode(moved)))) == moved
 
     with pytest.raises(ValueError):
         await store.register_routes({"empty": []}, "r1", "d", {})
@@ -999,7 +1022,7 @@ async def test_seeding_carries_the_pins(backend: Backend) -> None:
     await store.register_routes({"pro": ["a", "b"]}, "r1", "d1", {})
     pinned = await store.pin("pro", "b", 600, "ops", "keep")
     snapshot = await store.snapshot()
-    assert snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot)))) == snapshot
+    assert decode(Snapshot, json.loads(json.dumps(encode(snapshot)))) == snapshot
     other = BreakerStore(backend.redis, Keys(backend.namespace + "-seeded"))
     seeded = await other.seed(snapshot)
     assert seeded.pins == {"pro": pinned.pin}

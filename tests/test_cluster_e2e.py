@@ -20,7 +20,7 @@ import yaml
 from google.genai import errors
 
 from proxy.cluster.keys import Keys
-from proxy.cluster.state import parse_event
+from proxy.cluster.state import Change, parse_any_event
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import calls
@@ -189,7 +189,9 @@ def test_a_flapping_primary_does_not_make_the_cluster_thrash(
             message = listener.get_message(timeout=0.1)
             if message is None:
                 continue
-            change = parse_event(message["data"])
+            change = parse_any_event(message["data"])
+            if not isinstance(change, Change):
+                continue
             breaker = change.breaker
             if change.changed and breaker and breaker.model == PRO and breaker.state == "open":
                 trips.append(breaker.epoch)

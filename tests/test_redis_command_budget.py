@@ -96,7 +96,7 @@ async def test_closed_breakers_cost_commands_per_interval_not_per_request(
     try:
         async with replica(settings) as coordinator:
             await eventually_async(
-                lambda: coordinator.heartbeat_seen is not None, what="a heartbeat"
+                lambda: coordinator.sync.heartbeat_seen is not None, what="a heartbeat"
             )
             await probe.config_resetstat()
             started = time.monotonic()

@@ -89,11 +89,11 @@ async def two_replicas(
 async def lost_writes(a: Coordinator, b: Coordinator, keyspace: Keyspace) -> int:
     """Open ``a``, then make writes both replicas see (``b`` forced open, ``a`` reset) and
     that Redis then loses; answers the highest epoch the replicas saw."""
-    opened = await a.operator_breaker("a", "open", "ops", "before the loss")
+    opened = await a.actions.breaker("a", "open", "ops", "before the loss")
     await eventually_async(lambda: b.mirror.breaker("a").state == "open", what="B saw a open")
     await keyspace.save()
-    await a.operator_breaker("b", "force_open", "ops", "lost")
-    reset = await b.operator_breaker("a", "reset", "ops", "lost")
+    await a.actions.breaker("b", "force_open", "ops", "lost")
+    reset = await b.actions.breaker("a", "reset", "ops", "lost")
     assert reset.breaker is not None and opened.breaker is not None
     seen = reset.breaker.epoch
     await eventually_async(
@@ -114,7 +114,7 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
         floor = max(a.mirror.epoch_floor, b.mirror.epoch_floor)
         assert floor == seen
 
-        change = await a.operator_breaker("b", "disable", "ops", "after the loss")
+        change = await a.actions.breaker("b", "disable", "ops", "after the loss")
         assert change.breaker is not None and change.breaker.epoch > floor
         epoch = change.breaker.epoch
         # Every replica adopts the transition and, with it, what the store kept: ``a`` is
@@ -134,7 +134,7 @@ async def test_a_transition_after_lost_writes_takes_an_epoch_above_all_seen(
             )
         assert a.mirror.active["pro"].model == b.mirror.active["pro"].model == "b"
         # And epochs go on from there.
-        later = await b.operator_breaker("a", "close", "ops", "later")
+        later = await b.actions.breaker("a", "close", "ops", "later")
         assert later.breaker is not None and later.breaker.epoch > epoch
         closed_at = later.breaker.epoch
         await eventually_async(
@@ -148,7 +148,7 @@ async def test_a_reconcile_that_finds_lost_writes_reissues_the_store_state(
     async with two_replicas(redis_server) as (a, b, keyspace):
         seen = await lost_writes(a, b, keyspace)
         # No transition happens; one replica's periodic snapshot shows the counter went back.
-        await a.reconcile()
+        await a.sync.reconcile()
         for mirror in (a.mirror, b.mirror):  # B learns it from the events alone
             await eventually_async(
                 lambda mirror=mirror: (

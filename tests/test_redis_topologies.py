@@ -267,7 +267,7 @@ async def test_the_events_subscription_moves_on_when_its_cluster_node_dies(tmp_p
         epoch_key = Keys(namespace).epoch
         owner = topology.owner_of(epoch_key)
         async with replica(settings, "A") as a, replica(settings, "B") as b:
-            await a.operator_breaker("a", "open", "ops", "before")
+            await a.actions.breaker("a", "open", "ops", "before")
             await soon(lambda: b.mirror.breaker("a").state == "open", "B saw the open")
 
             owner.kill()  # every key, and B's subscription, were on this node
@@ -275,7 +275,7 @@ async def test_the_events_subscription_moves_on_when_its_cluster_node_dies(tmp_p
 
             async def reset_through_a() -> bool:
                 try:
-                    await a.operator_breaker("a", "reset", "ops", "after")
+                    await a.actions.breaker("a", "reset", "ops", "after")
                 except StoreUnavailable:
                     return False
                 return True
@@ -283,7 +283,7 @@ async def test_the_events_subscription_moves_on_when_its_cluster_node_dies(tmp_p
             await soon(reset_through_a, "A never reached the promoted node")
             await soon(lambda: b.mirror.breaker("a").state == "closed", "B never resubscribed")
             # B has subscribed again (it reconciled after doing so): this one comes as an event.
-            forced = await a.operator_breaker("b", "force_open", "ops", "event")
+            forced = await a.actions.breaker("b", "force_open", "ops", "event")
             assert forced.breaker is not None
             forced_at = forced.breaker.epoch
             await soon(lambda: b.mirror.breaker("b").epoch == forced_at, "no event reached B")

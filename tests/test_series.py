@@ -154,18 +154,18 @@ async def test_counts_made_while_redis_is_away_reach_the_series_when_it_returns(
     async with replica(settings) as coordinator:
         tallies = SeriesTallies()
         tallies.know([PRO, FLASH])
-        coordinator.tallies = tallies
+        coordinator.sync.tallies = tallies
         redis_server.stop()  # (it keeps nothing: only counts made from now on can be found)
         for _ in range(5):
             tallies.request(PRO, FLASH, 200, 0.1)
         await eventually_async(lambda: coordinator.degraded, what="fail-static")
         with pytest.raises(StoreUnavailable):
-            await coordinator.series_document()  # refused: the series is the cluster's
+            await coordinator.actions.series_document()  # refused: the series is the cluster's
         redis_server.start()
         await eventually_async(lambda: not coordinator.degraded, what="Redis adopted again")
         deadline = time.monotonic() + DEADLINE
         while True:
-            totals = (await coordinator.series_document())["totals"]["requests"]
+            totals = (await coordinator.actions.series_document())["totals"]["requests"]
             if totals:
                 break
             assert time.monotonic() < deadline, "the counts never reached the series"

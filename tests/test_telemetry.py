@@ -350,6 +350,22 @@ def test_no_api_key_ever_becomes_a_label(telemetry: Telemetry) -> None:
     assert b"AIza" not in telemetry.render_metrics().body  # type: ignore[union-attr]
 
 
+def test_alert_counts_are_kept_per_model_label_so_unknown_names_cannot_grow_them(
+    telemetry: Telemetry,
+) -> None:
+    telemetry.credential_alert(PRO, 401)
+    for n in range(50):  # names a caller made up: one entry between them
+        telemetry.credential_alert(f"made-up-{n}", 403)
+        telemetry.schema_drift(f"made-up-{n}")
+    telemetry.quota_alert(FLASH)
+    telemetry.quota_alert(FLASH)
+
+    alerts = telemetry.alerts
+    assert dict(alerts.credential) == {PRO: 1, "other": 50}
+    assert dict(alerts.schema_drift) == {"other": 50}
+    assert dict(alerts.quota) == {FLASH: 2}
+
+
 def test_openmetrics_when_the_scraper_asks_and_nothing_without_prometheus() -> None:
     telemetry = Telemetry(models=CHAIN)
     quiet = Telemetry(prometheus=False)

@@ -52,13 +52,9 @@ class RawSeries:
     buckets: tuple[tuple[int, dict[str, int]], ...]
 
 
-def encode(counts: Mapping[Key, int]) -> list[str | int]:
-    """The script's field/count pairs (zero counts left out)."""
-    pairs: list[str | int] = []
-    for (route, model, kind), count in counts.items():
-        if count:
-            pairs += [SEPARATOR.join((route, model, kind)), count]
-    return pairs
+def encode(counts: Mapping[Key, int]) -> dict[str, int]:
+    """The script's counts by field (zero counts left out)."""
+    return {SEPARATOR.join(key): count for key, count in counts.items() if count}
 
 
 class SeriesStore:
@@ -88,30 +84,28 @@ class SeriesStore:
 
     async def add(self, counts: Mapping[Key, int], bucket_ms: int) -> None:
         """Add one replica's ``counts`` of the bucket starting at ``bucket_ms``."""
-        pairs = encode(counts)
-        if not pairs:
+        fields = encode(counts)
+        if not fields:
             return
-        args: list[str | int] = [
-            self._keys.prefix,
-            0,
-            bucket_ms,
-            self.keep_ms,
-            MAX_FIELDS,
-            *pairs,
-        ]
+        named = {
+            "bucket_ms": bucket_ms,
+            "keep_ms": self.keep_ms,
+            "max_fields": MAX_FIELDS,
+            "counts": fields,
+        }
+        args: list[str | int] = [self._keys.prefix, 0, json.dumps(named)]
         try:
             await self._add(keys=[self._keys.epoch], args=args)
         except ResponseError as exc:
             raise StoreError(f"series script failed: {exc}") from exc
 
     async def read(self) -> RawSeries:
-        args: list[str | int] = [
-            self._keys.prefix,
-            0,
-            self.resolution_ms,
-            self.buckets,
-            self.settle_ms,
-        ]
+        named = {
+            "resolution_ms": self.resolution_ms,
+            "buckets": self.buckets,
+            "settle_ms": self.settle_ms,
+        }
+        args: list[str | int] = [self._keys.prefix, 0, json.dumps(named)]
         try:
             reply = await self._read(keys=[self._keys.epoch], args=args)
         except ResponseError as exc:

@@ -1,31 +1,40 @@
-"""Breaker parameters and the values the Lua scripts return, with their JSON form.
-
-The scripts answer (and publish) JSON; the helpers here turn it into frozen dataclasses and
-back. A model with no breaker hash in Redis is ``closed`` with epoch 0 and zero counts.
+"""Breaker parameters and the values the Lua scripts return and publish, as frozen dataclasses
+(``codec`` reads and writes their JSON). A model with no breaker hash in Redis is ``closed``
+with epoch 0 and zero counts.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
-FORCED_OPEN = "forced_open"
-DISABLED = "disabled"
-STATES = frozenset({CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED})
+from .codec import KEY, PayloadError, decode, loads
+
+
+class BreakerStatus(enum.StrEnum):
+    """The state a breaker is in (a string, as the scripts store and publish it)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+
+
+CLOSED = BreakerStatus.CLOSED
+OPEN = BreakerStatus.OPEN
+HALF_OPEN = BreakerStatus.HALF_OPEN
+FORCED_OPEN = BreakerStatus.FORCED_OPEN
+DISABLED = BreakerStatus.DISABLED
+STATES = frozenset(BreakerStatus)
 #: Operator actions accepted by ``BreakerStore.force``.
 ACTIONS = frozenset({"open", "close", "reset", "force_open", "disable"})
 #: A window may not hold more buckets than this: eviction walks the buckets time skipped.
 MAX_BUCKETS = 10_000
-
-
-class PayloadError(ValueError):
-    """A script answer or event payload does not have the expected shape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +84,22 @@ class BreakerParams:
         """Number of slots in the window's ring."""
         return math.ceil(_ms(self.window_seconds) / _ms(self.bucket_seconds))
 
-    def script_args(self) -> list[int | float]:
-        """The parameters as the scripts read them from ARGV: durations in whole milliseconds."""
-        return [
-            _ms(self.window_seconds),
-            _ms(self.bucket_seconds),
-            self.minimum_calls,
-            self.failure_rate,
-            self.burst_failures,
-            _ms(self.burst_seconds),
-            _ms(self.open_seconds),
-            _ms(self.open_max_seconds),
-            _ms(self.trip_memory_seconds),
-            self.half_open_probes,
-            _ms(self.half_open_timeout),
-        ]
+    def script_params(self) -> dict[str, int | float]:
+        """The parameters as the scripts read them (``ARGS.params``): durations in whole
+        milliseconds."""
+        return {
+            "window_ms": _ms(self.window_seconds),
+            "bucket_ms": _ms(self.bucket_seconds),
+            "minimum_calls": self.minimum_calls,
+            "failure_rate": self.failure_rate,
+            "burst_failures": self.burst_failures,
+            "burst_ms": _ms(self.burst_seconds),
+            "open_ms": _ms(self.open_seconds),
+            "open_max_ms": _ms(self.open_max_seconds),
+            "trip_memory_ms": _ms(self.trip_memory_seconds),
+            "probes": self.half_open_probes,
+            "probe_timeout_ms": _ms(self.half_open_timeout),
+        }
 
 
 def _ms(seconds: float) -> int:
@@ -101,7 +111,7 @@ class BreakerState:
     """One model's breaker as Redis holds it, with the window totals when it was read."""
 
     model: str
-    state: str
+    state: BreakerStatus
     epoch: int
     since_ms: int
     open_until_ms: int
@@ -129,7 +139,7 @@ class BreakerState:
 class ActiveModel:
     """The model serving a route; ``None`` when no model of its chain admits."""
 
-    route: str
+    route: str = field(metadata=KEY)
     model: str | None
     epoch: int
 
@@ -155,6 +165,7 @@ class Change:
     ``active`` holds every route whose chain contains the model, after the change.
     """
 
+    KIND: ClassVar[str] = "breaker"
     now_ms: int
     breaker: BreakerState | None
     active: dict[str, ActiveModel]
@@ -174,7 +185,7 @@ class Pin:
     """An operator pin: ``route`` serves ``model`` until ``until_ms`` (Redis time), as long as
     the model's breaker admits; the rest of the chain stays behind it, in order."""
 
-    route: str
+    route: str = field(metadata=KEY)
     model: str
     until_ms: int
     since_ms: int
@@ -189,6 +200,7 @@ class PinChange:
     pin runs out (``action`` ``expire``). ``pin`` is the route's pin after it (None: none), and
     ``epoch`` orders it against other pin changes of the route."""
 
+    KIND: ClassVar[str] = "pin"
     now_ms: int
     route: str
     pin: Pin | None
@@ -250,161 +262,6 @@ class AuditEntry:
     result: dict[str, Any]
 
 
-# JSON -> dataclasses. The scripts' cjson writes an empty table as {} on Redis and as [] on
-# fakeredis, so an empty list is accepted wherever an object is expected.
-
-
-def _object(value: object, what: str) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if value == []:
-        return {}
-    raise PayloadError(f"{what}: expected an object, got {type(value).__name__}")
-
-
-def _int(obj: Mapping[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise PayloadError(f"{key}: expected an integer, got {value!r}")
-    return int(value)
-
-
-def _str(obj: Mapping[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise PayloadError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _bool(obj: Mapping[str, Any], key: str) -> bool:
-    value = obj.get(key)
-    if not isinstance(value, bool):
-        raise PayloadError(f"{key}: expected a boolean, got {value!r}")
-    return value
-
-
-def breaker_from_json(value: object) -> BreakerState:
-    obj = _object(value, "breaker")
-    state = _str(obj, "state")
-    if state not in STATES:
-        raise PayloadError(f"state: unknown breaker state {state!r}")
-    return BreakerState(
-        model=_str(obj, "model"),
-        state=state,
-        epoch=_int(obj, "epoch"),
-        since_ms=_int(obj, "since_ms"),
-        open_until_ms=_int(obj, "open_until_ms"),
-        trips=_int(obj, "trips"),
-        probes_issued=_int(obj, "probes_issued"),
-        probes_ok=_int(obj, "probes_ok"),
-        probes_failed=_int(obj, "probes_failed"),
-        reason=_str(obj, "reason"),
-        forced_by=_str(obj, "forced_by"),
-        calls=_int(obj, "calls"),
-        failures=_int(obj, "failures"),
-    )
-
-
-def _active_from_json(value: object) -> dict[str, ActiveModel]:
-    active = {}
-    for route, entry in _object(value, "active").items():
-        obj = _object(entry, f"active.{route}")
-        model = obj.get("model")
-        if model is not None and not isinstance(model, str):
-            raise PayloadError(f"active.{route}.model: expected a string or null, got {model!r}")
-        active[route] = ActiveModel(route, model, _int(obj, "epoch"))
-    return active
-
-
-def change_from_json(value: object) -> Change:
-    obj = _object(value, "change")
-    breaker = obj.get("breaker")
-    return Change(
-        now_ms=_int(obj, "now_ms"),
-        breaker=None if breaker is None else breaker_from_json(breaker),
-        active=_active_from_json(obj.get("active")),
-        changed=_bool(obj, "changed"),
-    )
-
-
-def acquired_from_json(value: object) -> Acquired:
-    obj = _object(value, "acquired")
-    return Acquired(permit=_bool(obj, "permit"), change=change_from_json(obj.get("change")))
-
-
-def snapshot_from_json(value: object) -> Snapshot:
-    obj = _object(value, "snapshot")
-    routes = {}
-    for route, chain in _object(obj.get("routes"), "routes").items():
-        if not isinstance(chain, list) or not all(isinstance(m, str) for m in chain):
-            raise PayloadError(f"routes.{route}: expected a list of strings, got {chain!r}")
-        routes[route] = tuple(chain)
-    digests = _object(obj.get("digests"), "digests")
-    return Snapshot(
-        now_ms=_int(obj, "now_ms"),
-        epoch=_int(obj, "epoch"),
-        breakers={
-            model: breaker_from_json(b)
-            for model, b in _object(obj.get("breakers"), "breakers").items()
-        },
-        active=_active_from_json(obj.get("active")),
-        routes=routes,
-        digests={replica: _str(digests, replica) for replica in digests},
-        pins={
-            route: pin_from_json(route, pin)
-            for route, pin in _object(obj.get("pins", {}), "pins").items()
-        },
-    )
-
-
-def pin_from_json(route: str, value: object) -> Pin:
-    obj = _object(value, f"pins.{route}")
-    return Pin(
-        route=route,
-        model=_str(obj, "model"),
-        until_ms=_int(obj, "until_ms"),
-        since_ms=_int(obj, "since_ms"),
-        by=_str(obj, "by"),
-        reason=_str(obj, "reason"),
-        epoch=_int(obj, "epoch"),
-    )
-
-
-def pin_change_from_json(value: object) -> PinChange:
-    obj = _object(value, "pin change")
-    route = _str(obj, "route")
-    pin = obj.get("pin")
-    return PinChange(
-        now_ms=_int(obj, "now_ms"),
-        route=route,
-        pin=None if pin is None else pin_from_json(route, pin),
-        epoch=_int(obj, "epoch"),
-        active=_active_from_json(obj.get("active")),
-        changed=_bool(obj, "changed"),
-        action=_str(obj, "action"),
-    )
-
-
-def heartbeat_from_json(value: object) -> Heartbeat:
-    obj = _object(value, "heartbeat")
-    items = obj.get("replicas")
-    if items == {}:
-        items = []
-    if not isinstance(items, list):
-        raise PayloadError("replicas: expected a list")
-    replicas = []
-    for item in items:
-        entry = _object(item, "replicas[]")
-        replicas.append(
-            ReplicaSeen(_str(entry, "replica"), _int(entry, "seen_ms"), _str(entry, "digest"))
-        )
-    return Heartbeat(
-        now_ms=_int(obj, "now_ms"),
-        replicas=tuple(replicas),
-        epoch=_int(obj, "epoch"),
-    )
-
-
 def audit_entry_from_fields(entry_id: str, fields: Mapping[str, str]) -> AuditEntry:
     """An audit stream entry (field values already decoded to text)."""
     try:
@@ -423,31 +280,16 @@ def audit_entry_from_fields(entry_id: str, fields: Mapping[str, str]) -> AuditEn
         reason=fields.get("reason", ""),
         via=fields.get("via", ""),
         epoch=int(fields["epoch"]),
-        result=_object(result, f"audit {entry_id}: result"),
+        result=_audit_result(result, entry_id),
     )
 
 
-def loads(payload: bytes | str) -> object:
-    """Parse a script answer; malformed JSON is a ``PayloadError``."""
-    try:
-        return json.loads(payload)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise PayloadError(f"not JSON: {exc}") from exc
-
-
-def parse_event(payload: bytes | str) -> Change:
-    """Decode a breaker message from the events channel (the JSON the script returned)."""
-    return change_from_json(loads(payload))
-
-
-def parse_any_event(payload: bytes | str) -> Change | QuotaChange | PinChange:
-    """Decode any message from the events channel: a breaker, quota or pin change."""
-    value = loads(payload)
-    if isinstance(value, dict) and "quota" in value:
-        return quota_change_from_json(value)
-    if isinstance(value, dict) and "route" in value:
-        return pin_change_from_json(value)
-    return change_from_json(value)
+def _audit_result(value: object, entry_id: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if value == []:
+        return {}
+    raise PayloadError(f"audit {entry_id}: result is not an object")
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,102 +344,38 @@ class QuotaState:
 
 @dataclass(frozen=True, slots=True)
 class QuotaChange:
+    """What ``quota_feedback`` returns and publishes: a scope's quota condition after a 429."""
+
+    KIND: ClassVar[str] = "quota"
     now_ms: int
     quota: QuotaState
 
 
-def _float(obj: Mapping[str, Any], key: str) -> float:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PayloadError(f"{key}: expected a number, got {value!r}")
-    return float(value)
+@dataclass(frozen=True, slots=True)
+class QuotaSnapshot:
+    """Every live quota condition, with the store's time and epoch."""
+
+    now_ms: int
+    epoch: int
+    quotas: list[QuotaState]
 
 
-def quota_from_json(value: object) -> QuotaState:
-    obj = _object(value, "quota")
-    return QuotaState(
-        scope=_str(obj, "scope"),
-        model=_str(obj, "model"),
-        until_ms=_int(obj, "until_ms"),
-        scale=_float(obj, "scale"),
-        scale_from_ms=_int(obj, "scale_from_ms"),
-        per_day=_bool(obj, "per_day"),
-        quota_id=_str(obj, "quota_id"),
-        epoch=_int(obj, "epoch"),
-    )
+def parse_event(payload: bytes | str) -> Change:
+    """Decode a breaker message from the events channel (the JSON the script returned)."""
+    return decode(Change, loads(payload))
 
 
-def quota_change_from_json(value: object) -> QuotaChange:
-    obj = _object(value, "quota change")
-    return QuotaChange(now_ms=_int(obj, "now_ms"), quota=quota_from_json(obj.get("quota")))
+EVENT_KINDS: dict[str, type[Change | QuotaChange | PinChange]] = {}
 
 
-def quotas_from_json(value: object) -> tuple[int, int, list[QuotaState]]:
-    """The quota snapshot: (now_ms, the store's epoch, every live quota condition)."""
-    obj = _object(value, "quota snapshot")
-    items = obj.get("quotas")
-    if items == {}:
-        items = []
-    if not isinstance(items, list):
-        raise PayloadError("quotas: expected a list")
-    return _int(obj, "now_ms"), _int(obj, "epoch"), [quota_from_json(item) for item in items]
+def parse_any_event(payload: bytes | str) -> Change | QuotaChange | PinChange:
+    """Decode any message from the events channel, by its ``kind``."""
+    value = loads(payload)
+    kind = value.get("kind") if isinstance(value, dict) else None
+    cls = EVENT_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise PayloadError(f"event of unknown kind {kind!r}")
+    return decode(cls, value)
 
 
-# Dataclasses -> JSON, in the scripts' own shape (for logs, the admin API and tests).
-
-
-def breaker_to_json(breaker: BreakerState) -> dict[str, Any]:
-    return asdict(breaker)
-
-
-def _active_to_json(active: Mapping[str, ActiveModel]) -> dict[str, Any]:
-    return {route: {"model": a.model, "epoch": a.epoch} for route, a in active.items()}
-
-
-def change_to_json(change: Change) -> dict[str, Any]:
-    return {
-        "now_ms": change.now_ms,
-        "breaker": None if change.breaker is None else breaker_to_json(change.breaker),
-        "active": _active_to_json(change.active),
-        "changed": change.changed,
-    }
-
-
-def acquired_to_json(acquired: Acquired) -> dict[str, Any]:
-    return {"permit": acquired.permit, "change": change_to_json(acquired.change)}
-
-
-def pin_to_json(pin: Pin) -> dict[str, Any]:
-    """A pin in the scripts' shape (the route is the key it is stored under)."""
-    return {
-        "model": pin.model,
-        "until_ms": pin.until_ms,
-        "since_ms": pin.since_ms,
-        "by": pin.by,
-        "reason": pin.reason,
-        "epoch": pin.epoch,
-    }
-
-
-def pin_change_to_json(change: PinChange) -> dict[str, Any]:
-    return {
-        "now_ms": change.now_ms,
-        "route": change.route,
-        "pin": None if change.pin is None else pin_to_json(change.pin),
-        "epoch": change.epoch,
-        "active": _active_to_json(change.active),
-        "changed": change.changed,
-        "action": change.action,
-    }
-
-
-def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
-    return {
-        "now_ms": snapshot.now_ms,
-        "epoch": snapshot.epoch,
-        "breakers": {m: breaker_to_json(b) for m, b in snapshot.breakers.items()},
-        "active": _active_to_json(snapshot.active),
-        "routes": {route: list(chain) for route, chain in snapshot.routes.items()},
-        "digests": dict(snapshot.digests),
-        "pins": {route: pin_to_json(pin) for route, pin in snapshot.pins.items()},
-    }
+EVENT_KINDS.update({c.KIND: c for c in (Change, QuotaChange, PinChange)})

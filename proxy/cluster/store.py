@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.typing import EncodableT
 
+from .codec import PayloadError, decode, encode, loads
 from .keys import Keys
 from .state import (
     ACTIONS,
@@ -27,28 +29,21 @@ from .state import (
     Change,
     Heartbeat,
     Outcome,
-    PayloadError,
     PinChange,
     QuotaChange,
     QuotaParams,
+    QuotaSnapshot,
     QuotaState,
     Snapshot,
-    acquired_from_json,
     audit_entry_from_fields,
-    change_from_json,
-    heartbeat_from_json,
-    loads,
-    pin_change_from_json,
-    quota_change_from_json,
-    quotas_from_json,
-    snapshot_from_json,
-    snapshot_to_json,
 )
 
 if TYPE_CHECKING:  # connect imports the configuration, which imports this package
     from .connect import StoreClient
 
 T = TypeVar("T")
+ScriptArgs = Mapping[str, object]
+"""A script's own arguments, by name (ARGS in the scripts)."""
 
 #: Helpers every script starts with (Redis scripts cannot load one another).
 _PRELUDE = ("common.lua", "window.lua", "view.lua")
@@ -123,14 +118,17 @@ class BreakerStore:
 
         ``params`` names the configured models, so those outside every chain are known too.
         """
-        args: list[EncodableT] = [replica, digest, len(routes)]
         for route, chain in routes.items():
             if not chain or isinstance(chain, str):
                 raise ValueError(f"route {route!r}: the chain must be a non-empty list of models")
-            args += [route, json.dumps(list(chain))]
-        args += list(params)
+        args = {
+            "replica": replica,
+            "digest": digest,
+            "routes": {route: list(chain) for route, chain in routes.items()},
+            "models": list(params),
+        }
         reply = await self._call(self._register_routes, args)
-        return _parse(reply, snapshot_from_json)
+        return _parse(reply, Snapshot)
 
     async def report(
         self, outcomes: Sequence[Outcome], params: Mapping[str, BreakerParams]
@@ -142,20 +140,28 @@ class BreakerStore:
         if not outcomes:
             return []
         calls = [
-            [o.model, o.epoch, o.calls, o.failures, *_params(params.get(o.model))] for o in outcomes
+            {
+                "model": o.model,
+                "epoch": o.epoch,
+                "calls": o.calls,
+                "failures": o.failures,
+                "params": _params(params.get(o.model)),
+            }
+            for o in outcomes
         ]
         replies = await self._call_many(self._report, calls)
-        return [_parse(reply, change_from_json) for reply in replies]
+        return [_parse(reply, Change) for reply in replies]
 
     async def acquire(self, model: str, params: BreakerParams) -> Acquired:
         """Ask for a permit on a breaker that is not closed (half-open probes are counted)."""
-        reply = await self._call(self._acquire, [model, *_params(params)])
-        return _parse(reply, acquired_from_json)
+        reply = await self._call(self._acquire, {"model": model, "params": _params(params)})
+        return _parse(reply, Acquired)
 
     async def probe_done(self, model: str, epoch: int, ok: bool, params: BreakerParams) -> Change:
         """Report the result of the probe a permit of ``epoch`` allowed."""
-        reply = await self._call(self._probe_done, [model, epoch, int(ok), *_params(params)])
-        return _parse(reply, change_from_json)
+        args = {"model": model, "epoch": epoch, "ok": ok, "params": _params(params)}
+        reply = await self._call(self._probe_done, args)
+        return _parse(reply, Change)
 
     async def force(
         self,
@@ -172,8 +178,16 @@ class BreakerStore:
             raise ValueError(
                 f"unknown breaker action {action!r}; expected one of {sorted(ACTIONS)}"
             )
-        reply = await self._call(self._force, [model, action, by, reason, *_params(params), via])
-        return _parse(reply, change_from_json)
+        args = {
+            "model": model,
+            "action": action,
+            "by": by,
+            "reason": reason,
+            "params": _params(params),
+            "via": via,
+        }
+        reply = await self._call(self._force, args)
+        return _parse(reply, Change)
 
     async def pin(
         self, route: str, model: str, ttl_seconds: float, by: str, reason: str, via: str = ""
@@ -183,21 +197,30 @@ class BreakerStore:
         if not 0 < ttl_seconds <= MAX_PIN_SECONDS:
             raise ValueError(f"ttl_seconds must be in (0, {MAX_PIN_SECONDS}]: {ttl_seconds}")
         ttl_ms = max(1, round(ttl_seconds * 1000))
-        reply = await self._call(self._pin, [route, model, ttl_ms, by, reason, via])
-        return _parse(reply, pin_change_from_json)
+        args = {
+            "route": route,
+            "model": model,
+            "ttl_ms": ttl_ms,
+            "by": by,
+            "reason": reason,
+            "via": via,
+        }
+        reply = await self._call(self._pin, args)
+        return _parse(reply, PinChange)
 
     async def unpin(self, route: str, by: str, reason: str, via: str = "") -> PinChange:
         """Remove the route's pin (``changed`` is False when it had none). Audited."""
-        reply = await self._call(self._unpin, [route, by, reason, via])
-        return _parse(reply, pin_change_from_json)
+        args = {"route": route, "by": by, "reason": reason, "via": via}
+        reply = await self._call(self._unpin, args)
+        return _parse(reply, PinChange)
 
     async def heartbeat(self, replica: str, digest: str, forget_seconds: float) -> Heartbeat:
         """Record this replica as alive (with its routes digest); answer every replica heard
         from within ``forget_seconds``."""
-        reply = await self._call(
-            self._heartbeat, [replica, digest, max(1, round(forget_seconds * 1000))]
-        )
-        return _parse(reply, heartbeat_from_json)
+        forget_ms = max(1, round(forget_seconds * 1000))
+        args = {"replica": replica, "digest": digest, "forget_ms": forget_ms}
+        reply = await self._call(self._heartbeat, args)
+        return _parse(reply, Heartbeat)
 
     async def audit(self, limit: int) -> list[AuditEntry]:
         """The newest ``limit`` audit entries, newest first (a plain read, no script)."""
@@ -221,7 +244,7 @@ class BreakerStore:
     async def snapshot(self) -> Snapshot:
         """Everything, read atomically: breakers, active models, routes, digests, pins. Pins
         whose time is up are removed first (published and audited)."""
-        return _parse(await self._call(self._snapshot, []), snapshot_from_json)
+        return _parse(await self._call(self._snapshot, {}), Snapshot)
 
     async def seed(self, snapshot: Snapshot) -> Snapshot:
         """Load a known state (the last one seen) into this store, e.g. an in-process one.
@@ -229,15 +252,16 @@ class BreakerStore:
         Breakers, active models, routes, pins and digests are written as given; windows start empty;
         the epoch counter only moves forward. Nothing is published.
         """
-        payload = json.dumps(snapshot_to_json(snapshot))
-        return _parse(await self._call(self._seed, [payload]), snapshot_from_json)
+        reply = await self._call(self._seed, {"snapshot": encode(snapshot)})
+        return _parse(reply, Snapshot)
 
     async def reissue(self, models: Sequence[str]) -> Snapshot:
         """When the store lost writes (its epoch counter is below the floor), issue its whole
         state again at one new epoch above the floor, published, so every replica adopts it;
         any script that takes an epoch does the same. ``models`` are the caller's configured
         models (breakers the store may have forgotten). Answers the snapshot after it."""
-        return _parse(await self._call(self._reissue, list(models)), snapshot_from_json)
+        reply = await self._call(self._reissue, {"models": list(models)})
+        return _parse(reply, Snapshot)
 
     async def quota_feedback(
         self,
@@ -251,50 +275,43 @@ class BreakerStore:
         """A 429 met ``model`` for the credential ``scope``: cool down, slow down, publish."""
         reply = await self._call(
             self._quota_feedback,
-            [
-                scope,
-                model,
-                max(1, round(delay_seconds * 1000)),
-                int(per_day),
-                quota_id,
-                quota.decrease,
-                quota.min_scale,
-                quota.recovery_per_second,
-                round(quota.decrease_interval * 1000),
-            ],
+            {
+                "scope": scope,
+                "model": model,
+                "delay_ms": max(1, round(delay_seconds * 1000)),
+                "per_day": per_day,
+                "quota_id": quota_id,
+                "decrease": quota.decrease,
+                "min_scale": quota.min_scale,
+                "recovery_per_s": quota.recovery_per_second,
+                "decrease_interval_ms": round(quota.decrease_interval * 1000),
+            },
         )
-        return _parse(reply, quota_change_from_json)
+        return _parse(reply, QuotaChange)
 
     async def spend_budget(self, model: str, rpm: int, tpm: int, tokens: int) -> float:
         """Take one request and ``tokens`` tokens from the model's cluster-wide budget; 0 when
         admitted, else the seconds until it would be."""
-        reply = await self._call(self._budget, [model, rpm, tpm, max(1, tokens)])
-        answer = _parse(reply, _object_of)
-        if answer.get("allowed") is True:
-            return 0.0
-        wait = answer.get("retry_after_ms")
-        if not isinstance(wait, int | float):
-            raise StoreError("unreadable budget answer")
-        return max(0.001, wait / 1000)
+        args = {"model": model, "rpm": rpm, "tpm": tpm, "tokens": max(1, tokens)}
+        reply = await self._call(self._budget, args)
+        answer = _parse(reply, BudgetAnswer)
+        return 0.0 if answer.allowed else max(0.001, answer.retry_after_ms / 1000)
 
     async def quota_snapshot(self) -> tuple[int, int, list[QuotaState]]:
         """Every live quota condition, with the store's time and epoch."""
-        return _parse(await self._call(self._quota_snapshot, []), quotas_from_json)
+        answer = _parse(await self._call(self._quota_snapshot, {}), QuotaSnapshot)
+        return answer.now_ms, answer.epoch, answer.quotas
 
-    async def _call(self, script: AsyncScript, args: Sequence[EncodableT]) -> object:
+    async def _call(self, script: AsyncScript, args: ScriptArgs) -> object:
         try:
-            reply: object = await script(
-                keys=[self._keys.epoch], args=[*self._common_args(), *args]
-            )
+            reply: object = await script(keys=[self._keys.epoch], args=self._argv(args))
         except ReadOnlyError:
             raise
         except ResponseError as exc:
             raise StoreError(f"breaker script failed: {exc}") from exc
         return reply
 
-    async def _call_many(
-        self, script: AsyncScript, calls: Sequence[Sequence[EncodableT]]
-    ) -> list[object]:
+    async def _call_many(self, script: AsyncScript, calls: Sequence[ScriptArgs]) -> list[object]:
         """Run ``script`` once per argument list in a single pipeline (no transaction)."""
         replies = await self._pipeline(script.sha, calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -312,26 +329,26 @@ class BreakerStore:
                 raise StoreError(f"breaker script failed: {reply}") from reply
         return replies
 
-    async def _pipeline(self, sha: str, calls: Sequence[Sequence[EncodableT]]) -> list[object]:
+    async def _pipeline(self, sha: str, calls: Sequence[ScriptArgs]) -> list[object]:
         # EVALSHA is queued directly: Script objects in a pipeline would cost an extra
         # SCRIPT EXISTS round trip on every execute. On a cluster every call goes to the node
         # owning the epoch key's slot.
-        common = self._common_args()
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in calls:
                 # Through execute_command: redis-py's cluster pipeline refuses pipe.evalsha,
                 # though it routes an EVALSHA command by its key like any other.
-                pipe.execute_command("EVALSHA", sha, 1, self._keys.epoch, *common, *args)
+                pipe.execute_command("EVALSHA", sha, 1, self._keys.epoch, *self._argv(args))
             replies: list[object] = await pipe.execute(raise_on_error=False)
         return replies
 
-    def _common_args(self) -> list[EncodableT]:
-        """ARGV[1] and ARGV[2] of every script: the key prefix and the epoch floor."""
-        return [self._keys.prefix, max(0, self._epoch_floor())]
+    def _argv(self, args: ScriptArgs) -> list[EncodableT]:
+        """ARGV of every script: the key prefix, the epoch floor, and the script's own
+        arguments by name (one JSON object: see common.lua)."""
+        return [self._keys.prefix, max(0, self._epoch_floor()), json.dumps(args)]
 
 
-def _params(params: BreakerParams | None) -> list[int | float]:
-    return (params or _DEFAULT_PARAMS).script_args()
+def _params(params: BreakerParams | None) -> dict[str, int | float]:
+    return (params or _DEFAULT_PARAMS).script_params()
 
 
 def _text(value: object) -> str:
@@ -340,16 +357,18 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _object_of(value: object) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise PayloadError("expected a JSON object")
-    return value
+@dataclass(frozen=True, slots=True)
+class BudgetAnswer:
+    """The budget script's answer: admitted, or the milliseconds until it would be."""
+
+    allowed: bool
+    retry_after_ms: float
 
 
-def _parse(reply: object, parser: Callable[[object], T]) -> T:
+def _parse(reply: object, cls: type[T]) -> T:
     if not isinstance(reply, bytes | str):
         raise StoreError(f"breaker script answered {type(reply).__name__}, expected JSON text")
     try:
-        return parser(loads(reply))
+        return decode(cls, loads(reply))
     except PayloadError as exc:
         raise StoreError(f"unreadable breaker script answer: {exc}") from exc

@@ -22,6 +22,7 @@ from ..cluster.health import StoreUnavailable
 from ..cluster.state import ACTIONS
 from ..cluster.store import MAX_PIN_SECONDS, StoreError
 from ..config import Settings
+from ..telemetry.alerts import AlertCounts
 from .admin_auth import AdminAuth, refuse
 from .admin_documents import (
     active_model_name,
@@ -80,10 +81,15 @@ class AdminApi:
     """ASGI app for every path under ``/admin/``: checks access first, then dispatches."""
 
     def __init__(
-        self, settings: Settings, coordinator: Callable[[], Coordinator | None], auth: AdminAuth
+        self,
+        settings: Settings,
+        coordinator: Callable[[], Coordinator | None],
+        auth: AdminAuth,
+        alerts: AlertCounts,
     ) -> None:
         self.settings = settings
         self.auth = auth
+        self.alerts = alerts
         self._coordinator = coordinator
         self.endpoints = [
             _Endpoint("GET", ("state",), self._state),
@@ -138,7 +144,7 @@ class AdminApi:
     # -- reads --------------------------------------------------------------------------------
 
     async def _state(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
-        return JSONResponse(state_document(coordinator))
+        return JSONResponse(state_document(coordinator, self.alerts))
 
     async def _breakers(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         return JSONResponse(breakers_document(coordinator))
@@ -150,9 +156,9 @@ class AdminApi:
         return JSONResponse(replicas_document(coordinator))
 
     async def _series(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
-        document = await coordinator.series_document()
+        document = await coordinator.actions.series_document()
         since = document["times_ms"][0]
-        entries = await coordinator.audit(DEFAULT_AUDIT_LIMIT)
+        entries = await coordinator.actions.audit(DEFAULT_AUDIT_LIMIT)
         document["actions"] = [
             {
                 "at_ms": e.at_ms,
@@ -175,7 +181,7 @@ class AdminApi:
             raise AdminError(400, f"limit must be a whole number, got {raw!r}.") from None
         if not 1 <= limit <= MAX_AUDIT_LIMIT:
             raise AdminError(400, f"limit must be between 1 and {MAX_AUDIT_LIMIT}, got {limit}.")
-        entries = await coordinator.audit(limit)
+        entries = await coordinator.actions.audit(limit)
         return JSONResponse(
             {
                 "replica": coordinator.replica,
@@ -216,7 +222,7 @@ class AdminApi:
                 404, f"Unknown model {model!r}; known models: {', '.join(sorted(known))}."
             )
         by, reason = _who_and_why(await _body(request))
-        change = await coordinator.operator_breaker(model, action, by, reason)
+        change = await coordinator.actions.breaker(model, action, by, reason)
         assert change.breaker is not None
         return JSONResponse(
             {
@@ -253,7 +259,7 @@ class AdminApi:
                 400, f"ttl_seconds must be more than 0 and at most {MAX_PIN_SECONDS} (7 days)."
             )
         by, reason = _who_and_why(body)
-        change = await coordinator.operator_pin(route, model, float(ttl), by, reason)
+        change = await coordinator.actions.pin(route, model, float(ttl), by, reason)
         assert change.pin is not None
         return JSONResponse(
             {
@@ -274,7 +280,7 @@ class AdminApi:
         route = captured[0]
         _route_chain(self.settings, route)
         by, reason = _who_and_why(await _body(request))
-        change = await coordinator.operator_unpin(route, by, reason)
+        change = await coordinator.actions.unpin(route, by, reason)
         active = change.active.get(route) or coordinator.mirror.active.get(route)
         return JSONResponse(
             {

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..cluster.coordinator import Coordinator
 from ..cluster.state import ActiveModel, BreakerState, Pin
+from ..telemetry.alerts import AlertCounts
 
 
 def _now_ms(coordinator: Coordinator) -> int:
@@ -62,7 +63,7 @@ def _all_breakers(coordinator: Coordinator) -> list[BreakerState]:
     return [mirror.breaker(m) for m in sorted(models)]
 
 
-def state_document(coordinator: Coordinator) -> dict[str, Any]:
+def state_document(coordinator: Coordinator, alerts: AlertCounts) -> dict[str, Any]:
     """Routes with their chain, active model and pin, and every known breaker."""
     mirror = coordinator.mirror
     return {
@@ -73,18 +74,21 @@ def state_document(coordinator: Coordinator) -> dict[str, Any]:
             "degraded": coordinator.degraded,
             "namespace": coordinator.keys.prefix,
         },
-        "config_drift": coordinator.config_drift,
+        "config_drift": coordinator.sync.config_drift,
         "transitions": list(reversed(coordinator.mirror.transitions)),
-        "credential_alerts": dict(coordinator.credential_alerts),
-        "quota_alerts": dict(coordinator.quota_alerts),
-        "schema_drift": dict(coordinator.schema_drift),
+        "credential_alerts": dict(alerts.credential),
+        "quota_alerts": dict(alerts.quota),
+        "schema_drift": dict(alerts.schema_drift),
         "quotas": [
             {
                 "key_digest": quota.scope,
                 "model": quota.model,
                 "cooling_until_ms": quota.until_ms,
                 "rate_scale": round(
-                    quota.scale_at(mirror.store_now_ms(), coordinator.quota.recovery_per_second), 3
+                    quota.scale_at(
+                        mirror.store_now_ms(), coordinator.settings.quota.recovery_per_second
+                    ),
+                    3,
                 ),
                 "per_day": quota.per_day,
                 "quota_id": quota.quota_id,
@@ -136,8 +140,8 @@ def routes_document(coordinator: Coordinator) -> dict[str, Any]:
 
 def replicas_document(coordinator: Coordinator) -> dict[str, Any]:
     """The replicas the last heartbeat saw, and whether the live ones agree on routes."""
-    seen = coordinator.heartbeat_seen
-    alive_ms = coordinator.replica_alive_seconds * 1000
+    seen = coordinator.sync.heartbeat_seen
+    alive_ms = coordinator.sync.replica_alive_seconds * 1000
     replicas = []
     if seen is not None:
         for r in sorted(seen.replicas, key=lambda r: r.replica):
@@ -148,17 +152,17 @@ def replicas_document(coordinator: Coordinator) -> dict[str, Any]:
                     "seen_seconds_ago": round(max(0, seen.now_ms - r.seen_ms) / 1000, 3),
                     "alive": seen.now_ms - r.seen_ms <= alive_ms,
                     "routes_digest": r.digest,
-                    "same_routes": r.digest == coordinator.routes_digest,
+                    "same_routes": r.digest == coordinator.link.digest,
                     "self": r.replica == coordinator.replica,
                 }
             )
     return {
         "replica": coordinator.replica,
-        "routes_digest": coordinator.routes_digest,
+        "routes_digest": coordinator.link.digest,
         "now_ms": _now_ms(coordinator),
         "degraded": coordinator.degraded,
         "heartbeat_ms": None if seen is None else seen.now_ms,
-        "alive_within_seconds": coordinator.replica_alive_seconds,
-        "config_drift": coordinator.config_drift,
+        "alive_within_seconds": coordinator.sync.replica_alive_seconds,
+        "config_drift": coordinator.sync.config_drift,
         "replicas": replicas,
     }

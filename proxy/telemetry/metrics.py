@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from . import names
+from .alerts import AlertCounts
 from .cluster import ClusterGauges, ClusterSource, ClusterView
 from .known import Labels, known_series
 from .names import operation_name
@@ -53,6 +54,7 @@ class MetricsRecorder:
 
     def __init__(self, meter: Meter, models: Iterable[str] = ()) -> None:
         self.vocabulary = LabelVocabulary(models)
+        self.alerts = AlertCounts()
         self._cluster: ClusterSource | None = None
         ClusterGauges(meter, self._cluster_view)
         self._requests = Tally(
@@ -210,20 +212,26 @@ class MetricsRecorder:
 
     def credential_alert(self, model: str, status_code: int) -> None:
         """The upstream answered 401/403 for ``model``: a key problem, not a model one."""
+        label = self.vocabulary.model(model)
+        self.alerts.credential[label] += 1
         self._credential_alerts.add(
-            1, ((names.MODEL, self.vocabulary.model(model)), (names.STATUS_CODE, str(status_code)))
+            1, ((names.MODEL, label), (names.STATUS_CODE, str(status_code)))
         )
 
     def quota_alert(self, model: str) -> None:
         """A per-day quota for ``model`` is exhausted."""
-        self._quota_alerts.add(1, ((names.MODEL, self.vocabulary.model(model)),))
+        label = self.vocabulary.model(model)
+        self.alerts.quota[label] += 1
+        self._quota_alerts.add(1, ((names.MODEL, label),))
 
     def schema_drift(self, model: str, *, streamed: bool = False) -> None:
         """A JSON-mode answer from ``model`` was not the JSON asked for."""
+        label = self.vocabulary.model(model)
+        self.alerts.schema_drift[label] += 1
         self._schema_drift.add(
             1,
             (
-                (names.MODEL, self.vocabulary.model(model)),
+                (names.MODEL, label),
                 (names.STREAMED, "true" if streamed else "false"),
             ),
         )

@@ -1,11 +1,12 @@
--- acquire: ARGV = prefix, floor, model, params...
+-- acquire: ARGS = {model, params}
 -- Asks for permission to send a request to a breaker that is not closed. Moves an open
 -- breaker whose wait is over to half-open, hands out at most `probes` permits cluster-wide,
 -- and reopens when permits were issued but never reported within the probe timeout.
 -- Returns {"permit": bool, "change": Change}; only the change is published.
+-- The same rules, stated in Python for the mirror: proxy/cluster/admission.py `decide`
+-- (tests/test_admission_rules.py holds the two to the same answers).
 
-local model = ARGV[3]
-local p = read_params(4)
+local model, p = ARGS.model, ARGS.params
 local now = now_ms()
 redis.call('SADD', MODELS_KEY, model)
 

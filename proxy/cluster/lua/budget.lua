@@ -1,11 +1,10 @@
--- budget: ARGV = prefix, floor, model, rpm, tpm, tokens
+-- budget: ARGS = {model, rpm, tpm, tokens}
 -- A cluster-wide request and token budget per model, enforced before the provider enforces
 -- its own (GCRA: one stored "theoretical arrival time" per limit, no counters to reset).
 -- Burst allowance: one second's worth of each limit. Both limits are checked, and only
 -- committed when both admit. Returns {"allowed", "retry_after_ms", "now_ms"}.
 
-local model = ARGV[3]
-local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local model, rpm, tpm, tokens = ARGS.model, ARGS.rpm, ARGS.tpm, ARGS.tokens
 local now = now_ms()
 
 -- Each limit: key, milliseconds per unit, burst tolerance in ms, cost in units.

@@ -3,12 +3,14 @@
 --
 -- Calling convention: KEYS[1] = the epoch counter, ARGV[1] = the key prefix
 -- ("gb:{<namespace>}:"), ARGV[2] = the epoch floor (the highest epoch the calling replica has
--- seen). Every other name is built from the prefix; the hash tag in it keeps all of them in the
+-- seen), ARGV[3] = the script's own arguments by name, one JSON object (ARGS below).
+-- Every other name is built from the prefix; the hash tag in it keeps all of them in the
 -- epoch key's slot, so the scripts also run on Redis Cluster (the declared key routes the call).
 
 local PREFIX = ARGV[1]
 local EPOCH_KEY = KEYS[1]
 local EPOCH_FLOOR = tonumber(ARGV[2]) or 0
+local ARGS = cjson.decode(ARGV[3] or '{}')
 local MODELS_KEY = PREFIX .. 'models'
 local ROUTES_KEY = PREFIX .. 'routes'
 local DIGESTS_KEY = PREFIX .. 'route_digests'
@@ -66,22 +68,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- BreakerParams.script_args(), starting at ARGV[i]; durations are in milliseconds.
-local function read_params(i)
-  return {
-    window_ms = tonumber(ARGV[i]),
-    bucket_ms = tonumber(ARGV[i + 1]),
-    minimum_calls = tonumber(ARGV[i + 2]),
-    failure_rate = tonumber(ARGV[i + 3]),
-    burst_failures = tonumber(ARGV[i + 4]),
-    burst_ms = tonumber(ARGV[i + 5]),
-    open_ms = tonumber(ARGV[i + 6]),
-    open_max_ms = tonumber(ARGV[i + 7]),
-    trip_memory_ms = tonumber(ARGV[i + 8]),
-    probes = tonumber(ARGV[i + 9]),
-    probe_timeout_ms = tonumber(ARGV[i + 10]),
-  }
-end
+-- ARGS.params: BreakerParams.script_params() (window_ms, bucket_ms, minimum_calls,
+-- failure_rate, burst_failures, burst_ms, open_ms, open_max_ms, trip_memory_ms, probes,
+-- probe_timeout_ms); durations are in milliseconds.
 
 local BREAKER_FIELDS = {
   'state', 'epoch', 'since', 'open_until', 'trips', 'probes_issued', 'probes_ok',

@@ -1,15 +1,12 @@
--- force: ARGV = prefix, floor, model, action, by, reason, params..., via
+-- force: ARGS = {model, action, by, reason, params, via}
 -- Operator action; always a transition, published and appended to the audit stream in the
 -- same step. open: open with the wait of the next trip; close: closed, trips kept; reset:
 -- closed, trips 0; force_open: open until closed or reset; disable: admits everything and
 -- never trips. `via` (optional) names the replica whose admin API took the action.
 
-local model = ARGV[3]
-local action = ARGV[4]
-local by = ARGV[5]
-local reason = ARGV[6]
-local p = read_params(7)
-local via = ARGV[18] or ''
+local model, action, by, reason = ARGS.model, ARGS.action, ARGS.by, ARGS.reason
+local p = ARGS.params
+local via = ARGS.via or ''
 local now = now_ms()
 
 local b = load_breaker(model)

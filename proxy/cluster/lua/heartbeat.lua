@@ -1,4 +1,4 @@
--- heartbeat: ARGV = prefix, floor, replica, routes digest, forget_ms
+-- heartbeat: ARGS = {replica, digest (of its routes), forget_ms}
 -- A replica says it is alive: its score in the replicas sorted set is Redis's time, and its
 -- routes digest is recorded (replicas that disagree on routes are then visible). Replicas
 -- silent for forget_ms are dropped, with their digests. Returns every replica still listed
@@ -8,8 +8,7 @@
 -- Runs on every replica about once a second, so it issues as few commands as it can: the
 -- digest is written only when it differs, the replicas are read once.
 
-local replica, digest = ARGV[3], ARGV[4]
-local forget = tonumber(ARGV[5])
+local replica, digest, forget = ARGS.replica, ARGS.digest, ARGS.forget_ms
 local now = now_ms()
 
 redis.call('ZADD', REPLICAS_KEY, now, replica)

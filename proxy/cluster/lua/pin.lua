@@ -1,13 +1,11 @@
--- pin: ARGV = prefix, floor, route, model, ttl_ms, by, reason, via
+-- pin: ARGS = {route, model, ttl_ms, by, reason, via}
 -- Operator pin: the route serves `model` (which must be in its chain) until Redis time
 -- now + ttl_ms, as long as the model's breaker admits (see pick_active). A new pin replaces
 -- the route's previous one. A transition: new epoch, active model recomputed, published,
 -- audited. Returns (and publishes) the PinChange.
 
-local route = ARGV[3]
-local model = ARGV[4]
-local ttl = tonumber(ARGV[5])
-local by, reason, via = ARGV[6], ARGV[7], ARGV[8]
+local route, model, ttl = ARGS.route, ARGS.model, ARGS.ttl_ms
+local by, reason, via = ARGS.by, ARGS.reason, ARGS.via
 local now = now_ms()
 
 local stored = redis.call('HGET', ROUTES_KEY, route)

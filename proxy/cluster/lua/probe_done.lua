@@ -1,11 +1,8 @@
--- probe_done: ARGV = prefix, floor, model, epoch, ok (1 | 0), params...
+-- probe_done: ARGS = {model, epoch, ok (boolean), params}
 -- Result of a half-open probe. Closes after `probes` successes; one failure reopens with the
 -- next, doubled wait. Ignored unless half-open at the probe's epoch with a probe outstanding.
 
-local model = ARGV[3]
-local epoch = tonumber(ARGV[4])
-local ok = ARGV[5] == '1'
-local p = read_params(6)
+local model, epoch, ok, p = ARGS.model, ARGS.epoch, ARGS.ok, ARGS.params
 local now = now_ms()
 redis.call('SADD', MODELS_KEY, model)
 

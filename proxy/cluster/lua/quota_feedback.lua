@@ -1,5 +1,5 @@
--- quota_feedback: ARGV = prefix, floor, scope, model, delay_ms, per_day (0/1), quota_id,
---                 decrease, min_scale, recovery_per_s, decrease_interval_ms
+-- quota_feedback: ARGS = {scope, model, delay_ms, per_day (boolean), quota_id, decrease,
+--                 min_scale, recovery_per_s, decrease_interval_ms}
 -- A 429 for (credential scope, model): start or extend the cluster-wide cooldown, and cut
 -- the rate scale, at most once per decrease interval: 429s from requests already in flight,
 -- or arriving before the last cut could take effect, belong to the same overload. The scale
@@ -7,12 +7,10 @@
 -- numbers, so it needs no further writes.
 -- Returns (and publishes) {"now_ms", "quota": QuotaState}.
 
-local scope, model = ARGV[3], ARGV[4]
-local delay = tonumber(ARGV[5])
-local per_day = ARGV[6] == '1'
-local quota_id = ARGV[7]
-local decrease, min_scale, recovery = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local interval = tonumber(ARGV[11])
+local scope, model, delay = ARGS.scope, ARGS.model, ARGS.delay_ms
+local per_day, quota_id = ARGS.per_day, ARGS.quota_id
+local decrease, min_scale, recovery = ARGS.decrease, ARGS.min_scale, ARGS.recovery_per_s
+local interval = ARGS.decrease_interval_ms
 local now = now_ms()
 local key = quota_key(scope, model)
 
@@ -38,6 +36,6 @@ local recover_ms = math.ceil((1 - q.scale) / math.max(recovery, 1e-6) * 1000)
 redis.call('PEXPIREAT', key, q.scale_from_ms + recover_ms + 1000)
 redis.call('SADD', QUOTAS_KEY, scope .. '|' .. model)
 
-local json = cjson.encode({ now_ms = now, quota = quota_json(scope, model, q) })
+local json = cjson.encode({ kind = 'quota', now_ms = now, quota = quota_json(scope, model, q) })
 redis.call('PUBLISH', EVENTS_CHANNEL, json)
 return json

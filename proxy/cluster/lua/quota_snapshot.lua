@@ -1,4 +1,4 @@
--- quota_snapshot: ARGV = prefix, floor. Every live quota condition; forgets the expired ones.
+-- quota_snapshot: no ARGS. Every live quota condition; forgets the expired ones.
 
 local now = now_ms()
 local quotas = {}

@@ -1,26 +1,20 @@
--- register_routes: ARGV = prefix, floor, replica, digest, route count, (route, chain JSON)...,
--- then further model names (configured models outside every chain).
+-- register_routes: ARGS = {replica, digest, routes ({route: chain}), models (configured
+-- models, those outside every chain too)}.
 -- Stores the chains and this replica's digest, recomputes the active model of the given
 -- routes (publishing a Change without breaker when one changed) and returns a Snapshot.
 
-local replica = ARGV[3]
-local digest = ARGV[4]
-local count = tonumber(ARGV[5])
+local replica, digest = ARGS.replica, ARGS.digest
 local now = now_ms()
 
-local given = {}
-local i = 6
-for _ = 1, count do
-  local route, chain_json = ARGV[i], ARGV[i + 1]
-  redis.call('HSET', ROUTES_KEY, route, chain_json)
-  given[route] = cjson.decode(chain_json)
-  for _, m in ipairs(given[route]) do
+local given = ARGS.routes
+for route, chain in pairs(given) do
+  redis.call('HSET', ROUTES_KEY, route, cjson.encode(chain))
+  for _, m in ipairs(chain) do
     redis.call('SADD', MODELS_KEY, m)
   end
-  i = i + 2
 end
-for j = i, #ARGV do
-  redis.call('SADD', MODELS_KEY, ARGV[j])
+for _, m in ipairs(ARGS.models) do
+  redis.call('SADD', MODELS_KEY, m)
 end
 redis.call('HSET', DIGESTS_KEY, replica, digest)
 
@@ -37,7 +31,7 @@ for route, chain in pairs(given) do
 end
 if epoch then
   redis.call('PUBLISH', EVENTS_CHANNEL, cjson.encode({
-    now_ms = now, breaker = cjson.null, active = changes, changed = true,
+    kind = 'breaker', now_ms = now, breaker = cjson.null, active = changes, changed = true,
   }))
 end
 return snapshot_json(now)

@@ -1,13 +1,10 @@
--- report: ARGV = prefix, floor, model, epoch, calls, failures, params...
+-- report: ARGS = {model, epoch, calls, failures, params}
 -- Adds one replica's aggregated outcomes to the window and trips the breaker when a
 -- threshold is crossed. Outcomes from another epoch, or for a breaker that is not closed,
 -- change nothing: results admitted before a transition must not act after it.
 
-local model = ARGV[3]
-local epoch = tonumber(ARGV[4])
-local calls = tonumber(ARGV[5])
-local failures = tonumber(ARGV[6])
-local p = read_params(7)
+local model, epoch, calls, failures = ARGS.model, ARGS.epoch, ARGS.calls, ARGS.failures
+local p = ARGS.params
 local now = now_ms()
 
 local b = load_breaker(model)
@@ -42,7 +39,7 @@ if not reason then
   -- Nothing moved: the answer carries the window, not the routes' active models (which only
   -- a transition changes, and which reach the mirror with it); the routes are not read.
   return cjson.encode({
-    now_ms = now, breaker = breaker_json(b, win.calls, win.failures), active = {},
+    kind = 'breaker', now_ms = now, breaker = breaker_json(b, win.calls, win.failures), active = {},
     changed = false,
   })
 end

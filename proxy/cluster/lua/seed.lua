@@ -1,9 +1,9 @@
--- seed: ARGV = prefix, floor, Snapshot JSON. Loads a known state into a store (the in-process
+-- seed: ARGS = {snapshot (a Snapshot)}. Loads a known state into a store (the in-process
 -- one a replica falls back to while Redis is unreachable). Breakers, active models, routes, pins and
 -- digests are written as given; windows start empty; the epoch counter never goes back.
 -- Nothing is published: no transition happens. Returns the resulting Snapshot.
 
-local snap = cjson.decode(ARGV[3])
+local snap = ARGS.snapshot
 local now = now_ms()
 -- The counter must stay above every epoch written here, or a later transition could reuse one.
 local highest = math.max(tonumber(redis.call('GET', EPOCH_KEY)) or 0, snap.epoch)

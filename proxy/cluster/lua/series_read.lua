@@ -1,12 +1,11 @@
--- series_read: ARGV = prefix, floor, resolution_ms, buckets, settle_ms
+-- series_read: ARGS = {resolution_ms, buckets, settle_ms}
 -- The cluster's series: the last `buckets` buckets that ended settle_ms ago or more (Redis's
 -- clock; replicas send a bucket with their first heartbeat after it ended), those that hold
 -- anything. Returns {"now_ms", "last_ms", "buckets": [[start_ms, {field: count}], ...]}.
 
-local resolution = tonumber(ARGV[3])
-local count = tonumber(ARGV[4])
+local resolution, count = ARGS.resolution_ms, ARGS.buckets
 local now = now_ms()
-local settled = now - tonumber(ARGV[5])
+local settled = now - ARGS.settle_ms
 local last = settled - (settled % resolution) - resolution
 local found = {}
 for i = count - 1, 0, -1 do

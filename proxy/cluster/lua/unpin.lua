@@ -1,10 +1,9 @@
--- unpin: ARGV = prefix, floor, route, by, reason, via
+-- unpin: ARGS = {route, by, reason, via}
 -- Removes the route's pin: a transition (new epoch, active model recomputed from the chain,
 -- published). A route without a pin changes nothing (no epoch, nothing published). Either
 -- way the request is audited. Returns the PinChange.
 
-local route = ARGV[3]
-local by, reason, via = ARGV[4], ARGV[5], ARGV[6]
+local route, by, reason, via = ARGS.route, ARGS.by, ARGS.reason, ARGS.via
 local now = now_ms()
 
 local pin = load_pin(route)

@@ -3,6 +3,7 @@
 -- The Change of one breaker; a transition recomputes the active model of its routes.
 local function change_json(b, now, changed, calls, failures)
   local json = cjson.encode({
+    kind = 'breaker',
     now_ms = now,
     breaker = breaker_json(b, calls, failures),
     active = routes_active(b.model, b.epoch, changed),
@@ -24,8 +25,8 @@ end
 -- none), the epoch it happened at, and the route's active model.
 local function pin_change_json(now, route, pin, epoch, active, changed, action)
   local json = cjson.encode({
-    now_ms = now, route = route, pin = pin or cjson.null, epoch = epoch, active = active,
-    changed = changed, action = action,
+    kind = 'pin', now_ms = now, route = route, pin = pin or cjson.null, epoch = epoch,
+    active = active, changed = changed, action = action,
   })
   if changed then
     redis.call('PUBLISH', EVENTS_CHANNEL, json)
@@ -162,7 +163,8 @@ reissue_state = function(epoch)
     save_breaker(b)
     local calls, failures = window_view(model, now)
     redis.call('PUBLISH', EVENTS_CHANNEL, cjson.encode({
-      now_ms = now, breaker = breaker_json(b, calls, failures), active = active_of(model),
+      kind = 'breaker', now_ms = now, breaker = breaker_json(b, calls, failures),
+      active = active_of(model),
       changed = true,
     }))
   end
