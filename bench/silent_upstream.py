@@ -26,7 +26,7 @@ import httpx
 from harness import ROOT, clean_env, free_port, proxy, started, table
 
 from proxy.config_load import build_settings
-from proxy.deadlines import worst_case_silent_failover
+from proxy.pipeline.deadlines import worst_case_silent_failover
 from proxy.simulator.client import SimulatorControl
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"

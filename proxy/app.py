@@ -24,12 +24,12 @@ from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import DEFAULT_ROUTES, Settings
 from .config_load import SETTINGS_JSON_ENV, build_settings
-from .forwarding import Forwarder
 from .operators.admin import AdminApi
 from .operators.admin_auth import AdminAuth
 from .operators.static_assets import PREFIX as STATIC_PREFIX
 from .operators.static_assets import load_assets, static_endpoint
 from .operators.status_page import status_page
+from .pipeline.forwarding import Forwarder
 from .telemetry import Telemetry, view_of
 from .transport.asgi_io import dated
 from .transport.upstream import Upstream

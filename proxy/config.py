@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .capabilities import ModelCapabilities
 from .cluster.state import BreakerParams, QuotaParams
-from .deadlines import LearningParams, first_event_ceiling
+from .pipeline.capabilities import ModelCapabilities
+from .pipeline.deadlines import LearningParams, first_event_ceiling
 
 __all__ = ["DEFAULT_ROUTES", "GOOGLE_BASE_URL", "Settings", "is_loopback_host"]
 

@@ -10,13 +10,6 @@ from typing import Any
 
 import pytest
 
-from proxy.capabilities import (
-    CapabilityRegistry,
-    InputTooLong,
-    ModelCapabilities,
-    is_input_too_long,
-    parse_input_too_long,
-)
 from proxy.gemini import features as f
 from proxy.gemini.features import (
     FEATURES,
@@ -30,6 +23,13 @@ from proxy.gemini.features import (
     request_needs,
 )
 from proxy.gemini.schema import MAX_DEPTH, check_json_answer, validate
+from proxy.pipeline.capabilities import (
+    CapabilityRegistry,
+    InputTooLong,
+    ModelCapabilities,
+    is_input_too_long,
+    parse_input_too_long,
+)
 from proxy.validation import ConfigError, build_dataclass
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"

@@ -6,7 +6,7 @@ import pytest
 
 from proxy.config import Settings
 from proxy.config_load import build_settings
-from proxy.deadlines import (
+from proxy.pipeline.deadlines import (
     DeadlineBook,
     FirstEventLearner,
     LearningParams,

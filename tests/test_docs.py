@@ -109,3 +109,15 @@ def test_the_product_docs_speak_of_the_product_only() -> None:
         for match in pattern.finditer(page.read_text(encoding="utf-8"))
     ]
     assert found == []
+
+
+def test_the_docs_name_only_paths_that_exist() -> None:
+    """A module that moves takes its mentions in the docs along."""
+    pages = [ROOT / "README.md", *DOCS.rglob("*.md")]
+    named = {
+        path
+        for page in pages
+        for path in re.findall(r"`((?:proxy|tests|bench|deploy|helm)/[\w/.-]*)`", page.read_text())
+    }
+    assert named, "the docs should say where things are"
+    assert sorted(path for path in named if not (ROOT / path).exists()) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.evidence import (
+from proxy.pipeline.evidence import (
     MAX_REMEMBERED,
     FailureLedger,
     FailureView,

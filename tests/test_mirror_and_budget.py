@@ -6,8 +6,8 @@ import dataclasses
 
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, BreakerState, Change, Snapshot
-from proxy.outcomes import Verdict, classify_status
-from proxy.retry_budget import RetryBudget
+from proxy.pipeline.outcomes import Verdict, classify_status
+from proxy.pipeline.retry_budget import RetryBudget
 
 
 def breaker(state: str, epoch: int, calls: int = 0) -> BreakerState:

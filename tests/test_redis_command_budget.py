@@ -22,7 +22,7 @@ from proxy.cluster.state import BreakerParams
 from proxy.cluster.store import BreakerStore
 from proxy.config import Settings
 from proxy.config_load import build_settings
-from proxy.outcomes import Verdict
+from proxy.pipeline.outcomes import Verdict
 
 from .coordinator_support import DEADLINE, replica
 from .redis_support import RedisServer

@@ -16,8 +16,8 @@ import enum
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..evidence import FailureLedger
-from ..outcomes import Verdict
+from ..pipeline.evidence import FailureLedger
+from ..pipeline.outcomes import Verdict
 from .health import StoreUnavailable
 from .link import StoreLink
 from .mirror import Mirror

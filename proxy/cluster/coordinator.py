@@ -11,7 +11,7 @@ import contextlib
 import logging
 
 from ..config import Settings
-from ..evidence import FailureLedger
+from ..pipeline.evidence import FailureLedger
 from .actions import OperatorActions
 from .admission import Admission, Admissions
 from .connect import StoreClient
@@ -41,7 +41,7 @@ class Coordinator:
         self.keys = Keys(settings.redis.namespace)
         self.mirror = Mirror()
         self.evidence = FailureLedger(settings.quota.throttle_window)
-        """Which failures of this replica are evidence about a model (see ``proxy.evidence``)."""
+        """Which failures of this replica are evidence about a model (``pipeline.evidence``)."""
         self._tasks = TaskSet()
         self.link = StoreLink(settings, redis, self.keys, self.mirror, replica)
         series = SeriesStore(

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..config import Settings
 from ..gemini.quota import RateLimit
-from ..throttle import AdaptiveThrottle
+from ..pipeline.throttle import AdaptiveThrottle
 from .health import StoreUnavailable
 from .link import StoreLink
 from .mirror import Mirror

@@ -21,7 +21,7 @@ from typing import Any, overload
 from urllib.parse import urlsplit
 
 from ..config import ModelSettings, UpstreamSettings
-from ..deadlines import FIRST_EVENT, GAP, HEADERS
+from ..pipeline.deadlines import FIRST_EVENT, GAP, HEADERS
 from . import http_client, http_connection, http_errors
 from .egress import proxy_for
 from .headers import Headers

@@ -14,16 +14,13 @@ from collections.abc import AsyncIterable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .capability_lookup import CapabilityLookup
-from .client_tokens import ClientTokens, without_credentials
-from .cluster.coordinator import Coordinator
-from .config import Settings
-from .deadlines import DeadlineBook
-from .exchange import CLIENT_CLOSED, Exchange, Services
-from .gemini.paths import GeminiPath, parse_path
-from .retry_budget import RetryBudget
-from .telemetry import Telemetry
-from .transport.asgi_io import (
+from ..client_tokens import ClientTokens, without_credentials
+from ..cluster.coordinator import Coordinator
+from ..config import Settings
+from ..dialects import GEMINI
+from ..gemini.paths import GeminiPath
+from ..telemetry import Telemetry
+from ..transport.asgi_io import (
     BodyTooLarge,
     ClientDisconnected,
     declared_length,
@@ -31,8 +28,13 @@ from .transport.asgi_io import (
     send_error,
     stream_body,
 )
-from .transport.headers import Headers, redact_query
-from .transport.upstream import StreamedBody, Upstream
+from ..transport.headers import Headers, redact_query
+from ..transport.upstream import StreamedBody, Upstream
+from .capability_lookup import CapabilityLookup
+from .deadlines import DeadlineBook
+from .exchange import Exchange, Services
+from .respond import CLIENT_CLOSED, Responder
+from .retry_budget import RetryBudget
 
 access_log = logging.getLogger("gemini_breaker.access")
 
@@ -51,6 +53,8 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
+        self.dialect = GEMINI
+        """The API the proxy speaks (the only one so far)."""
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (docs/design-notes.md)."""
         tokens = settings.server.client_tokens
@@ -60,7 +64,7 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        gemini_path = parse_path(path)
+        gemini_path = self.dialect.parse(path, scope["query_string"], scope["headers"])
         with self.telemetry.request(scope["method"], scope["headers"], gemini_path) as span:
             exchange = await self._handle(scope, receive, send, path, gemini_path)
             span.finish(exchange[0], exchange[1], attempts=exchange[2])
@@ -96,7 +100,7 @@ class Forwarder:
             return 404, None, 0
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
-            await send_error(send, 503, "The proxy is starting; retry shortly.")
+            await self._refuse(send, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
@@ -106,14 +110,14 @@ class Forwarder:
         ):
             refusal = self.client_tokens.check(headers, scope["query_string"])
             if refusal is not None:
-                await send_error(send, refusal.code, refusal.message)
+                await self._refuse(send, refusal.code, refusal.message)
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
         limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
-            await send_error(send, 413, BodyTooLarge(limit).args[0])
+            await self._refuse(send, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
@@ -126,7 +130,7 @@ class Forwarder:
             try:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
-                await send_error(send, 413, exc.args[0])
+                await self._refuse(send, 413, exc.args[0])
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
@@ -138,6 +142,7 @@ class Forwarder:
             self.capabilities,
             self.telemetry,
             self.deadlines,
+            self.dialect,
         )
         exchange = Exchange(
             services,
@@ -149,6 +154,10 @@ class Forwarder:
         )
         await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts
+
+    async def _refuse(self, send: Send, code: int, message: str) -> None:
+        """Answer a request of the dialect's API before any attempt, in its error shape."""
+        await Responder(send, self.dialect).error(code, message)
 
     def _deadline(self, headers: Headers) -> float:
         """Seconds this request may take: the configured deadline, capped by the client's

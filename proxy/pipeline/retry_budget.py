@@ -30,6 +30,12 @@ class RetryBudget:
     def record_request(self) -> None:
         self._counts.add_a()
 
+    def can_spend(self) -> bool:
+        """Whether a retry could be taken from the budget now."""
+        counts = self._counts
+        counts.refresh()
+        return counts.b + 1 <= max(self.floor, self.ratio * counts.a)
+
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it is spent."""
         counts = self._counts

@@ -12,10 +12,10 @@ import json
 import logging
 from typing import Any
 
+from ..config import Settings
+from ..transport.headers import Headers
+from ..transport.upstream import Upstream, UpstreamError
 from .capabilities import CapabilityRegistry
-from .config import Settings
-from .transport.headers import Headers
-from .transport.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("gemini_breaker.capabilities")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import ModelSettings, Settings
 
 # Which limit ended a wait, as logs and the ``deadline_misses`` metric name it.
 HEADERS = "headers"
@@ -199,3 +199,30 @@ class DeadlineBook:
 
     def learner(self, model: str) -> FirstEventLearner | None:
         return self._learners.get(model)
+
+
+def start_wait(
+    settings: Settings,
+    book: DeadlineBook,
+    model: str,
+    limits: ModelSettings,
+    method: str | None,
+    max_tokens: int | None,
+) -> tuple[float, str]:
+    """How long an attempt on ``model`` may wait for its answer to start, and the name of that
+    limit: a stream's first event (learned, else the ceiling), a unary answer's budget
+    (headers and body come together), or other calls' response headers."""
+    if method not in ("generateContent", "streamGenerateContent"):
+        return limits.headers_timeout, HEADERS
+    ceiling = settings.first_event_ceiling(model)
+    if method == "streamGenerateContent":
+        wait = book.first_event(model, limits.first_event_learning, ceiling)
+        return wait, LEARNED if wait < ceiling else FIRST_EVENT
+    budget = unary_budget(ceiling, max_tokens, limits.min_tokens_per_second, limits.unary_timeout)
+    return budget, FIRST_EVENT
+
+
+def stream_first_event_wait(settings: Settings, book: DeadlineBook, model: str) -> float:
+    """A stream's first-event wait on ``model`` (a continuation's, too)."""
+    limits: ModelSettings = settings.model_settings(model)
+    return book.first_event(model, limits.first_event_learning, settings.first_event_ceiling(model))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .gemini.features import FEATURES, RequestNeeds
+from ..gemini.features import FEATURES, RequestNeeds
 
 _TOO_LONG = re.compile(r"exceeds the maximum number of tokens", re.IGNORECASE)
 _TOO_LONG_NUMBERS = re.compile(

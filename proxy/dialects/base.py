@@ -1,0 +1,96 @@
+"""The dialect seam: what the pipeline needs to know of an API's wire format.
+
+A dialect turns a request (path, query, headers) into a ``RequestRoute`` (the model, the
+method, the location, the stream framing) and back into an upstream request for another model
+of the chain. The pipeline never looks at paths or bodies itself.
+
+How the next dialects fit (not implemented):
+
+Vertex AI, ``/v1/projects/{project}/locations/{location}/publishers/google/models/{model}
+:streamGenerateContent``: ``parse`` takes ``model``, ``method`` and ``location`` from the path
+(the project stays in it); ``upstream_path`` replaces the model segment, and ``origin`` answers
+``https://{location}-aiplatform.googleapis.com`` so each location has its own origin (and
+``global`` the global one). Errors are ``google.rpc.Status`` and streams SSE, as for Gemini.
+
+OpenAI-compatible, ``POST /v1beta/openai/chat/completions`` with ``{"model": ..., "stream":
+true}``: ``parse`` finds the model in the body (``model_in_body`` is true, so the forwarder
+reads the body before routing), ``upstream_path`` keeps the path, and ``body_for`` rewrites
+the body's ``model`` field for another chain entry. Errors are ``{"error": {"message", "type",
+"code"}}``; streams are SSE ``data:`` lines ended by ``data: [DONE]`` (``Framing.OPENAI_SSE``,
+whose ``stream_end`` is that terminator).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+from ..transport.headers import Headers
+
+
+class Framing(enum.Enum):
+    """How an answer streams back."""
+
+    NONE = "none"
+    """One body (a unary answer, or a stream relayed as it comes without event checks)."""
+    SSE = "sse"
+    """Server-sent events, one JSON chunk per ``data:`` line; the end of the body ends it."""
+    OPENAI_SSE = "openai_sse"
+    """SSE ended by a ``data: [DONE]`` event."""
+
+
+class RequestRoute(Protocol):
+    """What the pipeline reads of a parsed request."""
+
+    @property
+    def model(self) -> str | None:
+        """The model the client named; None for calls that name none (files, operations)."""
+
+    @property
+    def method(self) -> str | None:
+        """The operation, in Gemini's names (``generateContent``, ``streamGenerateContent``,
+        ``countTokens``, ...): the pipeline's decisions speak these."""
+
+    @property
+    def prefix(self) -> str:
+        """A client-side path prefix the proxy is mounted under (dropped upstream)."""
+
+    @property
+    def upload(self) -> bool:
+        """A media upload: the body streams through and is never held."""
+
+    @property
+    def is_generate(self) -> bool:
+        """The model generates the answer (the calls whose answers are checked)."""
+
+
+class Dialect(Protocol):
+    """One API's wire format."""
+
+    name: str
+    model_in_body: bool
+    """The model is named in the body, so routing needs the body read first."""
+    error_content_type: bytes
+    """The content type of ``error_body``."""
+
+    def parse(self, path: str, query: bytes, headers: Headers) -> RequestRoute | None:
+        """The request's route; None when the path is not one of this API's."""
+
+    def framing(self, route: RequestRoute, query: bytes) -> Framing:
+        """How the answer to this request streams (checked event by event unless NONE)."""
+
+    def upstream_path(self, route: RequestRoute, model: str | None) -> str:
+        """The upstream path for the request sent to ``model`` (None: as the client named)."""
+
+    def body_for(self, route: RequestRoute, body: bytes, model: str) -> bytes:
+        """The body for the request sent to ``model`` (the same bytes when the model is not in
+        the body: never re-serialised)."""
+
+    def error_body(self, code: int, message: str) -> bytes:
+        """The error the client's SDK understands, for an HTTP status and message."""
+
+    def stream_error(self, code: int, message: str) -> bytes:
+        """An in-band error event ending a stream that broke after it started."""
+
+    def stream_end(self, framing: Framing) -> bytes:
+        """What ends a whole stream (an SSE terminator; empty when the body's end does)."""
