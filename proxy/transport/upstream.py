@@ -2,7 +2,8 @@
 
 The client is the project's own (``proxy/transport/http_client.py``): with 8 requests in
 flight against the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us
-of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us (README, "Performance").
+of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us
+(docs/performance.md).
 
 Failures are raised as ``UpstreamError`` subclasses that carry the status and message the
 client should see; nothing from the upstream URL (which may carry ``?key=``) goes into them.
