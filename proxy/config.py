@@ -1,7 +1,7 @@
 """Configuration: the typed, validated ``Settings`` the proxy is built from.
 
-Every key is documented in the README. ``config_load`` reads and validates a file into these;
-``config_checks`` holds the rules that span several keys.
+Every key is documented in docs/configuration.md. ``config_load`` reads and validates a file
+into these; ``config_checks`` holds the rules that span several keys.
 """
 
 from __future__ import annotations

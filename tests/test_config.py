@@ -8,7 +8,7 @@ import pytest
 
 from proxy.config import GOOGLE_BASE_URL
 from proxy.config_load import build_settings, load_settings
-from proxy.validation import ConfigError
+from proxy.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -20,6 +20,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import BaseModel, ValidationError
 
+from proxy.errors import ConfigError
 from proxy.simulator import (
     SimulatorConfig,
     TransportUnavailableError,
@@ -34,7 +35,6 @@ from proxy.simulator.config import QuotaSpec
 from proxy.simulator.content import POISON_MARKER
 from proxy.simulator.quota import QuotaBook
 from proxy.simulator.wire import format_duration
-from proxy.validation import ConfigError
 from tests.support import serve
 
 from .support import eventually

@@ -62,7 +62,7 @@ class Forwarder:
         self.adc = AdcTokens()
         """Tokens for Vertex requests that bring no credential (fetched on first need)."""
         self.deadlines = DeadlineBook()
-        """First-event deadlines learned per model on this replica (README "Design notes")."""
+        """First-event deadlines learned per model on this replica (docs/design-notes.md)."""
         tokens = settings.server.client_tokens
         self.client_tokens = ClientTokens(tokens) if tokens else None
 
