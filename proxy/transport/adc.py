@@ -13,6 +13,8 @@ import google.auth
 import google.auth.exceptions
 import google.auth.transport.requests
 
+from ..errors import TransportError
+
 log = logging.getLogger("gemini_breaker.adc")
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -20,7 +22,7 @@ REFRESH_TIMEOUT = 10.0
 """Seconds a token fetch may take (google-auth's own HTTP calls are synchronous: a thread)."""
 
 
-class CredentialsUnavailable(Exception):
+class CredentialsUnavailable(TransportError):
     """No token could be had; the message says why (and holds no secret)."""
 
 
