@@ -205,7 +205,8 @@ def _has_credential(headers: Headers, scope: Scope) -> bool:
     """The request carries a token or an API key of its own."""
     if any(name in (b"authorization", b"x-goog-api-key") for name, _ in headers):
         return True
-    return b"key=" in scope["query_string"]
+    query: bytes = scope["query_string"]
+    return query.startswith(b"key=") or b"&key=" in query
 
 
 async def _until_sent(parts: AsyncIterable[bytes], sent: asyncio.Event) -> AsyncIterable[bytes]:
