@@ -18,6 +18,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.simulator import replies
+from proxy.simulator.gemini import COMPATIBLE_BODY
 from proxy.simulator.wire import SSE_CONTENT_TYPE, Reply
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
@@ -41,7 +42,7 @@ class OpenAICompatApi:
         if body is None:
             return
         if operation == "models" and scope["method"] == "GET":
-            await self._inner(scope, receive, send, "GET", "/v1beta/models", b"", _Models())
+            await self._inner(scope, receive, send, "GET", "/v1beta/models", b"", _Models(), body)
             return
         if scope["method"] != "POST" or operation == "models":
             await _reply(send, replies.not_found())
@@ -59,15 +60,16 @@ class OpenAICompatApi:
         if operation == "embeddings":
             inner_body = _embed_request(model, request.get("input"))
             path = f"/v1beta/models/{model}:batchEmbedContents"
-            await self._inner(scope, receive, send, "POST", path, inner_body, _Embeddings(model))
+            await self._inner(
+                scope, receive, send, "POST", path, inner_body, _Embeddings(model), body
+            )
             return
         stream = request.get("stream") is True
         method = "streamGenerateContent" if stream else "generateContent"
         path = f"/v1beta/models/{model}:{method}"
         translator: _Translator = _Stream(model) if stream else _Completion(model, request)
-        await self._inner(
-            scope, receive, send, "POST", path, _generate_request(request), translator
-        )
+        inner_body = _generate_request(request)
+        await self._inner(scope, receive, send, "POST", path, inner_body, translator, body)
 
     async def _inner(
         self,
@@ -78,6 +80,7 @@ class OpenAICompatApi:
         path: str,
         body: bytes,
         translator: _Translator,
+        original: bytes,
     ) -> None:
         headers = [(n, v) for n, v in scope["headers"] if n != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -88,6 +91,7 @@ class OpenAICompatApi:
             "raw_path": path.encode(),
             "query_string": b"alt=sse" if isinstance(translator, _Stream) else b"",
             "headers": headers,
+            COMPATIBLE_BODY: original,
         }
         sent_body = False
 
