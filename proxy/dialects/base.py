@@ -98,6 +98,10 @@ class Dialect(Protocol):
         """The client's headers as sent upstream, with ``api_key`` injected the dialect's
         way when the client sent no key."""
 
+    def native_headers(self, upstream_headers: Headers) -> Headers:
+        """``upstream_headers`` for a call of Gemini's native API (the proxy's model look-ups),
+        the credential carried the native way."""
+
     def credential(self, headers: Headers, query: bytes, api_key: str | None) -> str:
         """A digest of the credential the upstream will see (quotas are per credential)."""
 

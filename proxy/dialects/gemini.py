@@ -42,6 +42,9 @@ class GeminiDialect:
     def upstream_headers(self, headers: Headers, query: bytes, api_key: str | None) -> Headers:
         return upstream_request_headers(headers, query, api_key)
 
+    def native_headers(self, upstream_headers: Headers) -> Headers:
+        return upstream_headers
+
     def credential(self, headers: Headers, query: bytes, api_key: str | None) -> str:
         return credential_scope(headers, query, api_key)
 

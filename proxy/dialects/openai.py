@@ -14,7 +14,12 @@ from typing import Any
 
 from ..gemini.errors import JSON_CONTENT_TYPE, error_payload
 from ..gemini.sse import Delivered
-from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from ..transport.headers import (
+    API_KEY_HEADER,
+    Headers,
+    credential_scope,
+    upstream_request_headers,
+)
 from .base import Framing, RequestRoute
 
 _PATH = re.compile(
@@ -67,6 +72,8 @@ class OpenAIDialect:
     error_content_type = JSON_CONTENT_TYPE.encode()
 
     def parse(self, path: str, query: bytes, headers: Headers) -> OpenAIRoute | None:
+        if "/openai/" not in path:  # every native request asks: a substring test, no regex
+            return None
         match = _PATH.match(path.partition("?")[0])
         if match is None:
             return None
@@ -111,6 +118,15 @@ class OpenAIDialect:
         out = [(name, value) for name, value in out if name != _AUTHORIZATION]
         if api_key is not None:
             out.append((_AUTHORIZATION, b"Bearer " + api_key.encode("latin-1")))
+        return out
+
+    def native_headers(self, upstream_headers: Headers) -> Headers:
+        """The bearer key as ``x-goog-api-key``: the native API takes a bearer for an OAuth
+        token, not a key."""
+        key = _bearer(upstream_headers)
+        out = [(name, value) for name, value in upstream_headers if name != _AUTHORIZATION]
+        if key is not None:
+            out.append((API_KEY_HEADER, key))
         return out
 
     def credential(self, headers: Headers, query: bytes, api_key: str | None) -> str:

@@ -209,7 +209,7 @@ class Exchange:
         chain = self.coordinator.chain_for(requested)
         self.services.budget.record_request()
         capabilities = self.services.capabilities
-        capabilities.look_up(chain, self.upstream_headers, self.scope["query_string"])
+        capabilities.look_up(chain, self.lookup_headers, self.scope["query_string"])
         last: Reply | None = None
         skipped: list[str] = []
         spill_to: str | None = None
@@ -379,6 +379,12 @@ class Exchange:
             headers = [h for h in headers if h[0] != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
         return headers
+
+    @functools.cached_property
+    def lookup_headers(self) -> Headers:
+        """The headers of the proxy's own look-ups of a model (``GET models/{m}``, Gemini's
+        native API), with the request's credential."""
+        return self.services.dialect.native_headers(self.upstream_headers)
 
     @functools.cached_property
     def needs(self) -> RequestNeeds:
