@@ -12,12 +12,9 @@ Vertex AI, ``/v1/projects/{project}/locations/{location}/publishers/google/model
 ``https://{location}-aiplatform.googleapis.com`` so each location has its own origin (and
 ``global`` the global one). Errors are ``google.rpc.Status`` and streams SSE, as for Gemini.
 
-OpenAI-compatible, ``POST /v1beta/openai/chat/completions`` with ``{"model": ..., "stream":
-true}``: ``parse`` finds the model in the body (``model_in_body`` is true, so the forwarder
-reads the body before routing), ``upstream_path`` keeps the path, and ``body_for`` rewrites
-the body's ``model`` field for another chain entry. Errors are ``{"error": {"message", "type",
-"code"}}``; streams are SSE ``data:`` lines ended by ``data: [DONE]`` (``Framing.OPENAI_SSE``,
-whose ``stream_end`` is that terminator).
+The OpenAI-compatible API (``openai.py``) names its model in the body: ``model_in_body`` makes
+the forwarder read the body and call ``with_body`` before routing; ``body_for`` rewrites the
+body's ``model``; its streams (``Framing.OPENAI_SSE``) end with ``data: [DONE]``.
 """
 
 from __future__ import annotations
