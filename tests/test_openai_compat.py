@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from proxy.app import create_app
+from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import PASS_THROUGH, calls, proxy_settings
@@ -297,3 +298,20 @@ def test_the_configured_key_is_sent_as_a_bearer_when_the_client_sends_none(
         )
     assert answer.status_code == 200
     assert answer.json()["model"] == FLASH
+    assert [a["key_digest"] for a in calls(simulator)] == [key_digest("configured-key")]
+
+
+def test_a_client_token_is_sent_as_the_bearer_key(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    token = "client-token-0123456789"
+    settings = proxy_settings(
+        simulator_url, upstream={"api_key": "real-key"}, server={"client_tokens": [token]}
+    )
+    with serve(create_app(settings)) as proxy:
+        answer = client(proxy, token).chat.completions.create(model=FLASH, messages=MESSAGES)
+        assert answer.model == FLASH
+        with pytest.raises(openai.PermissionDeniedError):
+            client(proxy, "real-key").chat.completions.create(model=FLASH, messages=MESSAGES)
+    [seen] = calls(simulator)
+    assert seen["key_digest"] == key_digest("real-key")  # the token never went upstream

@@ -108,7 +108,10 @@ class Forwarder:
         if self.client_tokens is not None and not (
             route.upload and b"upload_id=" in scope["query_string"]
         ):
-            refusal = self.client_tokens.check(headers, scope["query_string"])
+            # A compatible-API caller sends its token as its bearer key.
+            refusal = self.client_tokens.check(
+                dialect.native_headers(headers), scope["query_string"]
+            )
             if refusal is not None:
                 await _refuse(send, dialect, refusal.code, refusal.message)
                 return refusal.code, None, 0
