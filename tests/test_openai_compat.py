@@ -17,7 +17,10 @@ from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
 
 from .conftest import PASS_THROUGH, calls, proxy_settings
+from .redis_support import redis_server as redis_server  # the fixture
 from .support import serve
+from .test_cluster_e2e import Cluster, wait_all
+from .test_cluster_e2e import cluster as cluster  # the fixture
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 PROMPT = "Explain in many words how a circuit breaker protects a service from overload"
@@ -315,3 +318,25 @@ def test_a_client_token_is_sent_as_the_bearer_key(
             client(proxy, "real-key").chat.completions.create(model=FLASH, messages=MESSAGES)
     [seen] = calls(simulator)
     assert seen["key_digest"] == key_digest("real-key")  # the token never went upstream
+
+
+def test_compatible_calls_open_the_cluster_breakers_and_fail_over(
+    cluster: Cluster, simulator: SimulatorControl
+) -> None:
+    """Replicas as separate processes on one real redis-server: compatible-API failures open
+    the primary's breaker for every replica, which then leave it alone."""
+    replicas = cluster()
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    for index in range(6):
+        answer = client(replicas[index % 3]).chat.completions.create(
+            model=PRO, messages=[{"role": "user", "content": f"request {index}"}]
+        )
+        assert answer.model == FLASH
+    wait_all(replicas, lambda s: s["breakers"][PRO]["state"] == "open")
+    simulator.clear_attempts()
+    for index in range(6):
+        raw = client(replicas[index % 3]).chat.completions.with_raw_response.create(
+            model=PRO, messages=MESSAGES
+        )
+        assert raw.headers["x-gemini-breaker-model"] == FLASH
+    assert [a["model"] for a in calls(simulator)] == [FLASH] * 6  # the primary left alone
