@@ -68,8 +68,17 @@ def test_a_stream_is_whole_only_with_a_finish_reason_and_done() -> None:
     account.take(DONE_CHUNK)
     assert delivered.finish_reason is None  # [DONE] without a finish_reason
     account.take(
-        {"id": "x", "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}
+        {
+            "id": "x",
+            "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
     )
+    assert delivered.usage == {
+        "promptTokenCount": 3,
+        "candidatesTokenCount": 2,
+        "totalTokenCount": 5,
+    }  # in the names the token metrics read
     assert delivered.finish_reason is None  # a finish_reason, no [DONE] yet
     account.take(DONE_CHUNK)
     assert (delivered.text, delivered.finish_reason, delivered.response_id) == (

@@ -174,6 +174,11 @@ def _bearer(headers: Headers) -> bytes | None:
     return None
 
 
+_USAGE_NAMES = (
+    ("prompt_tokens", "promptTokenCount"),
+    ("completion_tokens", "candidatesTokenCount"),
+    ("total_tokens", "totalTokenCount"),
+)
 DONE_CHUNK: dict[str, Any] = {}
 """What the relay's event check gives for ``data: [DONE]`` (the same object every time)."""
 
@@ -197,8 +202,14 @@ class OpenAIStreamAccount:
             return
         if delivered.response_id is None and isinstance(chunk.get("id"), str):
             delivered.response_id = chunk["id"]
-        if isinstance(chunk.get("usage"), dict):
-            delivered.usage = chunk["usage"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            # In Gemini's names, which the token metrics read.
+            delivered.usage = {
+                gemini: usage[openai]
+                for openai, gemini in _USAGE_NAMES
+                if isinstance(usage.get(openai), int)
+            }
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
