@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 
 from ..config import VertexSettings
-from ..gemini.errors import JSON_CONTENT_TYPE, error_body, sse_error_event
 from ..gemini.paths import GENERATE_METHODS
 from ..gemini.quota import RateLimit
 from ..transport.headers import Headers
-from .base import Framing, RequestRoute
+from .base import RequestRoute
+from .gemini import GeminiDialect
 
 VERSIONS = ("v1", "v1beta1")
 _LOCATION = r"[a-z][a-z0-9-]{1,39}"
@@ -154,23 +154,18 @@ def _has_api_key(headers: Headers) -> bool:
     return any(name == b"x-goog-api-key" for name, _ in headers)
 
 
-class VertexDialect:
-    """``{location}-aiplatform.googleapis.com``."""
+class VertexDialect(GeminiDialect):
+    """``{location}-aiplatform.googleapis.com``: Gemini's bodies, errors and streams, with
+    Vertex's paths, an origin per location, and its own credentials (never the Developer
+    API's key)."""
 
     name = "vertex"
-    model_in_body = False
-    error_content_type = JSON_CONTENT_TYPE.encode()
 
     def __init__(self, settings: VertexSettings) -> None:
         self.settings = settings
 
-    def parse(self, path: str, query: bytes, headers: Headers) -> VertexPath | None:
+    def parse(self, path: str, query: bytes, headers: Headers) -> VertexPath | None:  # type: ignore[override]
         return parse_vertex_path(path, headers, self.settings)
-
-    def framing(self, route: RequestRoute, query: bytes) -> Framing:
-        if route.method == "streamGenerateContent" and b"alt=sse" in query:
-            return Framing.SSE
-        return Framing.NONE
 
     def upstream_path(self, route: RequestRoute, model: str | None) -> str:
         assert isinstance(route, VertexPath)
@@ -180,14 +175,8 @@ class VertexDialect:
         assert isinstance(route, VertexPath)
         return origin_for(route.location_for(model), self.settings)
 
-    def body_for(self, route: RequestRoute, body: bytes, model: str) -> bytes:
-        return body
+    def upstream_headers(self, headers: Headers, query: bytes, api_key: str | None) -> Headers:
+        return super().upstream_headers(headers, query, None)
 
-    def error_body(self, code: int, message: str) -> bytes:
-        return error_body(code, message)
-
-    def stream_error(self, code: int, message: str) -> bytes:
-        return sse_error_event(code, message)
-
-    def stream_end(self, framing: Framing) -> bytes:
-        return b""
+    def credential(self, headers: Headers, query: bytes, api_key: str | None) -> str:
+        return super().credential(headers, query, None)

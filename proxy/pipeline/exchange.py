@@ -27,7 +27,7 @@ from ..dialects.vertex import same_model_elsewhere, shared_capacity
 from ..gemini.features import RequestNeeds, needs_of_body
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
-from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from ..transport.headers import Headers
 from ..transport.origins import OriginPools
 from ..transport.upstream import (
     Upstream,
@@ -120,13 +120,11 @@ class Exchange:
         self.body = body
         self.deadline = deadline
         self.client = Responder(send, services.dialect)
-        # The Developer API key is for the Developer API: Vertex requests carry their own token.
-        self.api_key = (
-            None if services.dialect.name == "vertex" else services.settings.upstream.api_key
-        )
         self.served_by: str | None = None
         self.attempts = 0
-        self.credential = credential_scope(scope["headers"], scope["query_string"], self.api_key)
+        self.credential = services.dialect.credential(
+            scope["headers"], scope["query_string"], services.settings.upstream.api_key
+        )
         """Digest of the credential this request uses: its 429 conditions are its own."""
         self.report = BreakerReport(
             services.coordinator,
@@ -134,7 +132,7 @@ class Exchange:
             self.credential,
             body if isinstance(body, bytes) else None,
         )
-        self.sse = services.dialect.framing(route, scope["query_string"]) is Framing.SSE
+        self.sse = services.dialect.framing(route, scope["query_string"]) is not Framing.NONE
         self._passed_over: str | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
         self.last_model: str | None = None
@@ -215,7 +213,7 @@ class Exchange:
         chain = self.coordinator.chain_for(requested)
         self.services.budget.record_request()
         capabilities = self.services.capabilities
-        capabilities.look_up(chain, self.upstream_headers, self.scope["query_string"])
+        capabilities.look_up(chain, self.lookup_headers, self.scope["query_string"])
         last: Reply | None = None
         skipped: list[str] = []
         spill_to: str | None = None
@@ -392,13 +390,21 @@ class Exchange:
     def upstream_headers(self) -> Headers:
         """The request's headers as every attempt sends them upstream (built once)."""
         scope = self.scope
-        headers = upstream_request_headers(scope["headers"], scope["query_string"], self.api_key)
+        headers = self.services.dialect.upstream_headers(
+            scope["headers"], scope["query_string"], self.settings.upstream.api_key
+        )
         if self.route.is_generate:
             # Streams and JSON answers are checked as they pass, and every answer's usage is
             # read from it: they must come uncompressed (answers are text, and small).
             headers = [h for h in headers if h[0] != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
         return headers
+
+    @functools.cached_property
+    def lookup_headers(self) -> Headers:
+        """The headers of the proxy's own look-ups of a model (``GET models/{m}``, Gemini's
+        native API), with the request's credential."""
+        return self.services.dialect.native_headers(self.upstream_headers)
 
     @functools.cached_property
     def needs(self) -> RequestNeeds:

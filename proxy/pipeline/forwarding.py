@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
-from ..dialects import GEMINI, Dialect, RequestRoute
+from ..dialects import DIALECTS, GEMINI, Dialect, RequestRoute
 from ..dialects.vertex import VertexDialect
 from ..telemetry import Telemetry
 from ..transport.adc import AdcTokens, CredentialsUnavailable
@@ -55,7 +55,7 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
-        self.dialects: tuple[Dialect, ...] = (VertexDialect(settings.vertex), GEMINI)
+        self.dialects: tuple[Dialect, ...] = (VertexDialect(settings.vertex), *DIALECTS)
         """The APIs the proxy speaks, in the order their paths are tried (a Vertex path
         would otherwise read as a Developer API resource)."""
         self.origins = OriginPools(settings.upstream)
@@ -93,10 +93,10 @@ class Forwarder:
         send: Send,
         path: str,
         dialect: Dialect,
-        gemini_path: RequestRoute | None,
+        route: RequestRoute | None,
     ) -> tuple[int, str | None, int]:
         """Answer the request; returns (status, serving model, upstream attempts) for the log."""
-        if gemini_path is None:
+        if route is None:
             shown = path if len(path) <= 200 else path[:200] + "..."
             await send_error(
                 send,
@@ -107,17 +107,20 @@ class Forwarder:
             return 404, None, 0
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
-            await self._refuse(send, dialect, 503, "The proxy is starting; retry shortly.")
+            await _refuse(send, dialect, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
         # request that did present a token, is their credential.
         if self.client_tokens is not None and not (
-            gemini_path.upload and b"upload_id=" in scope["query_string"]
+            route.upload and b"upload_id=" in scope["query_string"]
         ):
-            refusal = self.client_tokens.check(headers, scope["query_string"])
+            # A compatible-API caller sends its token as its bearer key.
+            refusal = self.client_tokens.check(
+                dialect.native_headers(headers), scope["query_string"]
+            )
             if refusal is not None:
-                await self._refuse(send, dialect, refusal.code, refusal.message)
+                await _refuse(send, dialect, refusal.code, refusal.message)
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
@@ -125,18 +128,18 @@ class Forwarder:
             try:
                 token = await self.adc.authorization()
             except CredentialsUnavailable as exc:
-                await self._refuse(send, dialect, 401, f"No credentials: {exc.args[0]}")
+                await _refuse(send, dialect, 401, f"No credentials: {exc.args[0]}")
                 return 401, None, 0
             headers = [*headers, (b"authorization", token)]
             scope = {**scope, "headers": headers}
-        limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
+        limit = MAX_UPLOAD_BYTES if route.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
-            await self._refuse(send, dialect, 413, BodyTooLarge(limit).args[0])
+            await _refuse(send, dialect, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
-        if gemini_path.upload:
+        if route.upload:
             sent = asyncio.Event()
             body = StreamedBody(_until_sent(stream_body(receive, limit), sent), length, deadline)
             # The body's messages are the upload's own; once it is sent, a disconnect is watched.
@@ -145,10 +148,12 @@ class Forwarder:
             try:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
-                await self._refuse(send, dialect, 413, exc.args[0])
+                await _refuse(send, dialect, 413, exc.args[0])
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
+            if dialect.model_in_body:
+                route = dialect.with_body(route, body)
         services = Services(
             self.settings,
             upstream,
@@ -164,7 +169,7 @@ class Forwarder:
             services,
             scope,
             send,
-            gemini_path,
+            route,
             body,
             deadline=deadline,
         )
@@ -174,16 +179,12 @@ class Forwarder:
     def _parse(
         self, path: str, query: bytes, headers: Headers
     ) -> tuple[Dialect, RequestRoute | None]:
-        """The first dialect whose API the path belongs to (the last one's for none)."""
+        """The dialect that speaks for a path, and the request's route (None: no API's path)."""
         for dialect in self.dialects:
             route = dialect.parse(path, query, headers)
             if route is not None:
                 return dialect, route
-        return self.dialects[-1], None
-
-    async def _refuse(self, send: Send, dialect: Dialect, code: int, message: str) -> None:
-        """Answer a request of the dialect's API before any attempt, in its error shape."""
-        await Responder(send, dialect).error(code, message)
+        return GEMINI, None
 
     def _deadline(self, headers: Headers) -> float:
         """Seconds this request may take: the configured deadline, capped by the client's
@@ -207,6 +208,11 @@ def _has_credential(headers: Headers, scope: Scope) -> bool:
         return True
     query: bytes = scope["query_string"]
     return query.startswith(b"key=") or b"&key=" in query
+
+
+async def _refuse(send: Send, dialect: Dialect, code: int, message: str) -> None:
+    """Answer a request of the dialect's API before any attempt, in its error shape."""
+    await Responder(send, dialect).error(code, message)
 
 
 async def _until_sent(parts: AsyncIterable[bytes], sent: asyncio.Event) -> AsyncIterable[bytes]:
