@@ -24,6 +24,7 @@ from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import DEFAULT_ROUTES, Settings
 from .config_load import SETTINGS_JSON_ENV, build_settings
+from .live.metrics import watch_sessions
 from .live.relay import LiveRelay
 from .live.sessions import LiveSessions
 from .operators.admin import AdminApi
@@ -93,8 +94,11 @@ def create_app(
     telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
     live = LiveRelay(settings, LiveSessions())
+    watch_sessions(telemetry.meter_provider.get_meter("gemini_breaker.live"), live.sessions)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
-    admin = AdminApi(settings, lambda: forwarder.coordinator, auth, telemetry.alerts)
+    admin = AdminApi(
+        settings, lambda: forwarder.coordinator, auth, telemetry.alerts, live.sessions.view
+    )
     assets = load_assets()
 
     @asynccontextmanager

@@ -4,13 +4,20 @@ proxy's TLS listener (a certificate from ``gemini-breaker certs``, trusted throu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
+from websockets.asyncio.client import ClientConnection, connect
 
 from proxy.app import ProxyApp, create_app
 from proxy.operators.certs import make_certificates
@@ -23,6 +30,7 @@ from .support import serve
 
 pytestmark = pytest.mark.anyio
 
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 TEXT: Any = {"response_modalities": ["TEXT"]}
 
 
@@ -187,3 +195,59 @@ async def test_a_resumable_session_is_resumed_without_the_client_noticing(
     first, resumed = sim.live.setups
     assert "handle" not in first["sessionResumption"]
     assert resumed["sessionResumption"]["handle"].endswith("-1")
+
+
+async def test_sessions_show_in_metrics_and_admin(
+    client: genai.Client,
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+) -> None:
+    url = live_proxy[1]
+    async with httpx.AsyncClient(
+        verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+    ) as http:
+        async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
+            assert await turn(session, "hi") == "Live reply 1 to: hi"
+            view = (await http.get(f"{url}/admin/live")).json()
+            assert view["open"]["gemini-2.0-flash"] == 1
+            metrics = (await http.get(f"{url}/metrics")).text
+            assert 'gemini_breaker_live_sessions_open{model="gemini-2.0-flash"} 1.0' in metrics
+        # The proxy learns of the close on its own loop: wait for it, not for a time.
+        while (await http.get(f"{url}/admin/live")).json()["open"].get("gemini-2.0-flash"):
+            await anyio.sleep(0.01)
+
+
+async def test_a_thousand_idle_sessions_are_held_at_once(
+    sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
+) -> None:
+    """1,000 concurrent sessions (set up, then idle) through one proxy process; each still
+    answers a turn afterwards. Memory per session is a figure: bench/live_sessions.py."""
+    context = ssl.create_default_context(cafile=str(certificates["ca"]))
+    url = live_proxy[1].replace("https://", "wss://") + LIVE_PATH
+    setup = json.dumps({"setup": {"model": "models/gemini-2.0-flash-lite"}})
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_one() -> ClientConnection:
+            socket = await stack.enter_async_context(
+                connect(url, ssl=context, additional_headers={"x-goog-api-key": "k"})
+            )
+            await socket.send(setup)
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}
+            return socket
+
+        sockets = []
+        for _ in range(10):  # in waves, so the handshakes do not all time out at once
+            sockets += await asyncio.gather(*(open_one() for _ in range(100)))
+        assert live_proxy[0].live.sessions.open["gemini-2.0-flash-lite"] == 1000
+        turn_message = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "x"}]}]}}
+        for socket in (sockets[0], sockets[-1]):
+            await socket.send(json.dumps(turn_message))
+            texts = []
+            while True:
+                message = json.loads(await socket.recv())
+                if message.get("serverContent", {}).get("turnComplete"):
+                    break
+                for part in message.get("serverContent", {}).get("modelTurn", {}).get("parts", []):
+                    texts.append(part["text"])
+            assert "".join(texts) == "Live reply 1 to: x"
