@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from google import genai
@@ -26,7 +25,7 @@ from proxy.simulator.app import SimulatorApp
 from proxy.simulator.live import LiveFault
 
 from .conftest import proxy_settings
-from .support import serve
+from .support import eventually_async, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -213,9 +212,9 @@ async def test_sessions_show_in_metrics_and_admin(
             assert view["open"]["gemini-2.0-flash"] == 1
             metrics = (await http.get(f"{url}/metrics")).text
             assert 'gemini_breaker_live_sessions_open{model="gemini-2.0-flash"} 1.0' in metrics
-        # The proxy learns of the close on its own loop: wait for it, not for a time.
-        while (await http.get(f"{url}/admin/live")).json()["open"].get("gemini-2.0-flash"):
-            await anyio.sleep(0.01)
+    # The proxy learns of the close on its own loop, a moment after the client's.
+    sessions = live_proxy[0].live.sessions
+    await eventually_async(lambda: not sessions.open.get("gemini-2.0-flash"), what="the close")
 
 
 async def test_a_thousand_idle_sessions_are_held_at_once(
