@@ -203,15 +203,17 @@ async def test_sessions_show_in_metrics_and_admin(
     certificates: dict[str, Path],
 ) -> None:
     url = live_proxy[1]
-    async with httpx.AsyncClient(
-        verify=ssl.create_default_context(cafile=str(certificates["ca"]))
-    ) as http:
-        async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
-            assert await turn(session, "hi") == "Live reply 1 to: hi"
-            view = (await http.get(f"{url}/admin/live")).json()
-            assert view["open"]["gemini-2.0-flash"] == 1
-            metrics = (await http.get(f"{url}/metrics")).text
-            assert 'gemini_breaker_live_sessions_open{model="gemini-2.0-flash"} 1.0' in metrics
+    async with (
+        httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+        ) as http,
+        client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session,
+    ):
+        assert await turn(session, "hi") == "Live reply 1 to: hi"
+        view = (await http.get(f"{url}/admin/live")).json()
+        assert view["open"]["gemini-2.0-flash"] == 1
+        metrics = (await http.get(f"{url}/metrics")).text
+        assert 'gemini_breaker_live_sessions_open{model="gemini-2.0-flash"} 1.0' in metrics
     # The proxy learns of the close on its own loop, a moment after the client's.
     sessions = live_proxy[0].live.sessions
     await eventually_async(lambda: not sessions.open.get("gemini-2.0-flash"), what="the close")
