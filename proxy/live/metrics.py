@@ -36,4 +36,3 @@ def watch_sessions(meter: Meter, sessions: LiveSessions) -> None:
         [lambda _: observe(sessions.resumptions)],
         description="Live API sessions resumed with their last handle after the upstream left.",
     )
-
