@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run simulate test lint typecheck unit browser promtool tinyproxy docker image helm-tools bench upgrade clean
+.PHONY: run simulate test lint typecheck docs unit browser promtool tinyproxy docker image helm-tools bench upgrade clean
 
 # Dependencies are installed within .ci/constraints.txt, the versions the tests last passed with.
 $(STAMP): pyproject.toml .ci/constraints.txt
@@ -35,6 +35,12 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The documentation site, from docs/ into site/ (--strict: a broken link or anchor is an error;
+# not --quiet, which hides the warnings --strict counts). The variable silences Material's
+# notice about its end of life.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Debian packages the checks need, installed when a command is missing and this runs as root
 # (RUNLEVEL=1: no package may start a service); otherwise says what is left out.
@@ -81,7 +87,7 @@ unit: $(STAMP) browser promtool tinyproxy docker helm-tools
 
 test: lint typecheck unit
 
-# The benchmarks of issue 8 (about 5 minutes; README "Performance"). They compare against
+# The benchmarks (about 5 minutes; docs/performance.md). They compare against
 # Debian's nginx and load with Debian's wrk (installed as above); without them nginx is left
 # out and bench/loadgen.py's asyncio client replaces wrk.
 bench: $(STAMP)

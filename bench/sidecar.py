@@ -14,7 +14,7 @@ For each target:
 - closed-loop requests per second of the one proxy process (``wrk`` from Debian, else the
   raw asyncio client of bench/loadgen.py), and its CPU per request from /proc/<pid>/stat.
 
-Prints tables, then each issue target next to its figure; asserts nothing. ``--source DIR``
+Prints tables, then each target next to its figure; asserts nothing. ``--source DIR``
 runs the proxy from another checkout (to measure an older version the same way).
 """
 
@@ -289,7 +289,7 @@ def report(rows: list[Figures], args: argparse.Namespace) -> None:
     if proxy is None:
         return
     ratio = proxy.cpu_us / nginx_row.cpu_us if nginx_row else float("nan")
-    print("\nIssue 8 targets (gemini-breaker, breakers closed):")
+    print("\nTargets (gemini-breaker, breakers closed):")
     checks = [
         ("added latency p50 at 200 req/s", proxy.p50 - base.p50, "<= 1 ms", 1.0),
         ("added latency p99 at 200 req/s", proxy.p99 - base.p99, "<= 3 ms", 3.0),
@@ -349,7 +349,7 @@ def report_redis(costs: list[RedisCost]) -> None:
     if closed is not None and closed.requests:
         per_request = closed.commands / closed.requests
         print(
-            f"\nIssue 8 target: amortised Redis commands per request on closed breakers at "
+            f"\nTarget: amortised Redis commands per request on closed breakers at "
             f"{closed.rate:g} req/s: {per_request:.3f} (target <= 0.1: "
             f"{'met' if per_request <= 0.1 else 'NOT met'}); synchronous round trips per "
             f"request: {closed.sent / closed.requests:.3f} calls in all, from the background "

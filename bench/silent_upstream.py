@@ -5,8 +5,8 @@ flash-lite) run as processes. gemini-2.5-pro goes silent for one streamed reques
 after its response headers (no first event) or before them (no answer at all), and the
 figure is the time from sending the request to the first byte of the fallback's answer.
 
-- defaults: nothing learned yet, so the wait is the family ceiling of the model (README
-  "Deadlines"); the arithmetic's worst case for each model is printed first.
+- defaults: nothing learned yet, so the wait is the family ceiling of the model
+  (docs/decisions/deadlines.md); the arithmetic's worst case for each model is printed first.
 - learned: after ``--warmup`` streams that started at once, the wait is the model's learned
   first-event deadline.
 

@@ -8,7 +8,7 @@ time, and records every chunk's delay from its stamp to its arrival while all st
 open (from one interval after every stream's first event arrived). The same load runs
 directly against the upstream first (the delay the client and the loopback add by
 themselves), then through one gemini-breaker process on core 1, whose VmRSS
-is sampled meanwhile. Prints a table with the issue's targets; asserts nothing.
+is sampled meanwhile. Prints a table with the targets (docs/performance.md); asserts nothing.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def main() -> None:
             f"{proxied.window_cpu / proxied.window_events * 1e6:.0f} us "
             f"({proxied.window_cpu:.1f} s for {proxied.window_events} events)"
         )
-    print("\nIssue 8 targets (5,000 concurrent streams, one process):")
+    print("\nTargets (5,000 concurrent streams, one process):")
     harness.table(
         ["figure", "measured", "target", ""],
         [

@@ -50,7 +50,7 @@ class ProxyApp:
     """The ASGI entry. Gemini API calls go straight to the forwarder; the operator's few
     routes and the lifespan go through Starlette. Starlette's routing and its two middlewares
     wrapped every ``send`` of every relayed chunk (about 5% of the CPU per request and per
-    stream event, README "Performance"); the forwarder answers its own errors."""
+    stream event, docs/performance.md); the forwarder answers its own errors."""
 
     __slots__ = ("forwarder", "live", "operator")
 

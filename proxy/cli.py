@@ -13,9 +13,9 @@ from typing import Any
 
 from . import __version__
 from .config_load import SETTINGS_JSON_ENV, build_settings, load_raw
+from .errors import ConfigError
 from .logs import configure_logging
 from .operators import admin_cli, certs, demo
-from .validation import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Configuration: the typed, validated ``Settings`` the proxy is built from.
 
-Every key is documented in the README. ``config_load`` reads and validates a file into these;
-``config_checks`` holds the rules that span several keys.
+Every key is documented in docs/configuration.md. ``config_load`` reads and validates a file
+into these; ``config_checks`` holds the rules that span several keys.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ __all__ = ["DEFAULT_ROUTES", "GOOGLE_BASE_URL", "Settings", "is_loopback_host"]
 GOOGLE_BASE_URL = "https://generativelanguage.googleapis.com"
 
 # The chains served when the file has no ``routes:`` key at all (``routes: {}`` turns them off):
-# a newcomer's proxy fails over from the first request on.
+# a newcomer's proxy fails over from the first request on. The newest Pro, Flash and Flash-Lite,
+# and the 2.5 names that applications written for them still send.
 DEFAULT_ROUTES: Mapping[str, list[str]] = MappingProxyType(
     {
+        "gemini-3.1-pro-preview": [
+            "gemini-3.1-pro-preview",
+            "gemini-3.8-flash",
+            "gemini-3.5-flash-lite",
+        ],
+        "gemini-3.8-flash": ["gemini-3.8-flash", "gemini-3.5-flash-lite"],
         "gemini-2.5-pro": ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"],
         "gemini-2.5-flash": ["gemini-2.5-flash", "gemini-2.5-flash-lite"],
     }

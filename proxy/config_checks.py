@@ -7,8 +7,8 @@ import os
 from urllib.parse import urlsplit
 
 from .config import RedisSettings, Settings, UpstreamSettings
+from .errors import ConfigError
 from .transport.egress import parse_proxy_url
-from .validation import ConfigError
 
 MIN_TOKEN_CHARS = 16
 

@@ -28,7 +28,8 @@ from .config import (
     UpstreamSettings,
 )
 from .config_checks import check_settings
-from .validation import ConfigError, build_dataclass, model_name, reject_unknown, require_mapping
+from .errors import ConfigError
+from .validation import build_dataclass, model_name, reject_unknown, require_mapping
 
 __all__ = ["build_settings", "load_raw", "load_settings"]
 

@@ -13,11 +13,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
 
 
 def build_dataclass(cls: type[T], raw: Any, where: str, base: T | None = None) -> T:

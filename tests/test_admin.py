@@ -23,10 +23,10 @@ from proxy.cluster.coordinator import Coordinator
 from proxy.cluster.mirror import Mirror
 from proxy.cluster.state import ActiveModel, Pin, PinChange, Snapshot
 from proxy.config_load import build_settings
+from proxy.errors import ConfigError
 from proxy.operators import admin_auth
 from proxy.operators.admin_auth import AdminAuth
 from proxy.simulator.client import SimulatorControl
-from proxy.validation import ConfigError
 
 from .conftest import calls, proxy_settings
 from .redis_support import RedisServer

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from proxy.errors import ConfigError
 from proxy.gemini import features as f
 from proxy.gemini.features import (
     FEATURES,
@@ -30,7 +31,7 @@ from proxy.pipeline.capabilities import (
     is_input_too_long,
     parse_input_too_long,
 )
-from proxy.validation import ConfigError, build_dataclass
+from proxy.validation import build_dataclass
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 CHAIN = (PRO, FLASH, LITE)

@@ -1,6 +1,6 @@
-"""The README's outage rehearsal, run for real: deploy/compose.yaml with deploy/compose.local.yaml
-(host network; Redis and Prometheus built from Debian packages) on the private engine of
-tests/docker_engine.py, driven by the real SDK through the three replicas.
+"""The outage rehearsal of deploy/README.md, run for real: deploy/compose.yaml with
+deploy/compose.local.yaml (host network; Redis and Prometheus built from Debian packages) on the
+private engine of tests/docker_engine.py, driven by the real SDK through the three replicas.
 
 It walks the rehearsal: a 503 outage of pro injected through the simulator's control API, the
 three replicas agreeing on the fallback (the admin CLI against each), Prometheus evaluating the
@@ -113,7 +113,7 @@ def cluster(
 
 @dataclass
 class Traffic:
-    """The README's traffic loop, through the SDK: replicas in turn, about ten a second."""
+    """deploy/README.md's traffic loop, through the SDK: replicas in turn, about ten a second."""
 
     outcomes: list[tuple[float, str, str]] = field(default_factory=list)  # (time, replica, model)
     failures: list[tuple[float, str, str]] = field(default_factory=list)

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.config import GOOGLE_BASE_URL
 from proxy.config_load import build_settings, load_settings
-from proxy.validation import ConfigError
+from proxy.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,6 +33,9 @@ def test_without_routes_the_standard_chains_fail_over_and_an_empty_mapping_turns
     assert settings.chain_for(pro) == (pro, flash, lite)
     assert settings.chain_for(flash) == (flash, lite)
     assert settings.chain_for(lite) == (lite,)
+    newest = ("gemini-3.1-pro-preview", "gemini-3.8-flash", "gemini-3.5-flash-lite")
+    assert settings.chain_for(newest[0]) == newest
+    assert settings.chain_for(newest[1]) == newest[1:]
     off = load_settings(write(tmp_path, "routes: {}\n"), env={})
     assert off.routes == {}
     assert off.chain_for(pro) == (pro,)

@@ -197,18 +197,21 @@ def test_with_no_configuration_the_standard_chains_fail_over(simulator_command: 
         SimulatorControl(simulator_command) as simulator,
     ):
         text = "".join(log)
-        assert f"routes: {PRO} -> {PRO} > {FLASH} > {LITE}, {FLASH} -> {FLASH} > {LITE}" in text
+        pro3, flash3, lite3 = "gemini-3.1-pro-preview", "gemini-3.8-flash", "gemini-3.5-flash-lite"
+        assert f"{pro3} -> {pro3} > {flash3} > {lite3}, {flash3} -> {flash3} > {lite3}" in text
+        assert f"{PRO} -> {PRO} > {FLASH} > {LITE}, {FLASH} -> {FLASH} > {LITE}" in text
         assert "'routes: {}' turns them off" in text
-        simulator.add_fault(PRO, kind="error", status=503)
-        simulator.add_fault(FLASH, kind="error", status=503)
-        try:
-            client = genai.Client(api_key="k", http_options={"base_url": url})
-            answer = client.models.generate_content(model=PRO, contents="hello")
-            assert answer.sdk_http_response is not None
-            assert answer.sdk_http_response.headers is not None
-            assert answer.sdk_http_response.headers["x-gemini-breaker-model"] == LITE
-        finally:
-            simulator.clear_faults()
+        client = genai.Client(api_key="k", http_options={"base_url": url})
+        for pro, flash, lite in ((PRO, FLASH, LITE), (pro3, flash3, lite3)):
+            simulator.add_fault(pro, kind="error", status=503)
+            simulator.add_fault(flash, kind="error", status=503)
+            try:
+                answer = client.models.generate_content(model=pro, contents="hello")
+                assert answer.sdk_http_response is not None
+                assert answer.sdk_http_response.headers is not None
+                assert answer.sdk_http_response.headers["x-gemini-breaker-model"] == lite
+            finally:
+                simulator.clear_faults()
 
 
 # -- 8. bounded telemetry ------------------------------------------------------------------------

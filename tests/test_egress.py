@@ -8,8 +8,8 @@ import base64
 import pytest
 
 from proxy.config_load import build_settings
+from proxy.errors import ConfigError
 from proxy.transport.egress import EgressProxy, bypassed, parse_proxy_url, proxy_for
-from proxy.validation import ConfigError
 
 GOOGLE = "https://generativelanguage.googleapis.com"
 

@@ -218,6 +218,20 @@ async def test_the_last_failure_is_relayed_when_every_model_failed(
     assert client.headers[b"x-gemini-breaker-attempts"] == b"6"
 
 
+async def test_a_repeat_of_a_request_another_model_served_still_fails_over(
+    settings: Any, coordinator: Coordinator, telemetry: Telemetry
+) -> None:
+    """Pro and flash both down (the same 503 for everything): the same prompt sent again is
+    not the request's fault, because flash-lite answered it the first time."""
+    for _ in range(2):
+        upstream = ScriptedUpstream(
+            {PRO: [error(503), error(503)], FLASH: [error(503), error(503)], LITE: [answer("ok")]}
+        )
+        exchange, client = await run(settings, coordinator, telemetry, upstream)
+        assert (client.status, exchange.served_by) == (200, LITE)
+        assert upstream.models == [PRO, PRO, FLASH, FLASH, LITE]
+
+
 async def test_a_429_is_answered_with_retry_after_and_never_failed_over(
     settings: Any, coordinator: Coordinator, telemetry: Telemetry
 ) -> None:

@@ -1,6 +1,6 @@
 """Classification, retries, failover and breakers on one replica (the embedded store), with the
-real SDK against the real proxy and the simulator. The table in section 2 of the design is what
-these tests hold the proxy to."""
+real SDK against the real proxy and the simulator. The outcome table of
+docs/decisions/failover.md is what these tests hold the proxy to."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import BaseModel, ValidationError
 
+from proxy.errors import ConfigError
 from proxy.simulator import (
     SimulatorConfig,
     TransportUnavailableError,
@@ -34,7 +35,6 @@ from proxy.simulator.config import QuotaSpec
 from proxy.simulator.content import POISON_MARKER
 from proxy.simulator.quota import QuotaBook
 from proxy.simulator.wire import format_duration
-from proxy.validation import ConfigError
 from tests.support import serve
 
 from .support import eventually
@@ -244,6 +244,8 @@ def test_models_list_and_get(base_url: str, http: httpx.Client) -> None:
         "gemini-3-flash-preview",
         "gemini-3.1-pro-preview",
         "gemini-3.1-flash-lite",
+        "gemini-3.5-flash-lite",
+        "gemini-3.8-flash",
         "gemini-embedding-001",
     ]
     assert names == [f"models/{name}" for name in expected]
@@ -253,7 +255,7 @@ def test_models_list_and_get(base_url: str, http: httpx.Client) -> None:
     page = http.get("/v1/models", params={"pageSize": 3}).json()
     assert len(page["models"]) == 3 and page["nextPageToken"]
     rest = http.get("/v1/models", params={"pageToken": page["nextPageToken"]}).json()
-    assert len(rest["models"]) == 4 and "nextPageToken" not in rest
+    assert len(rest["models"]) == len(expected) - 3 and "nextPageToken" not in rest
     assert http.get("/v1beta/tunedModels").json() == {}
     with pytest.raises(errors.ClientError) as caught:
         client.models.get(model="no-such-model")

@@ -134,7 +134,7 @@ def test_metrics_after_a_scripted_failover_parse_with_the_prometheus_parser(
 
     samples = scrape(telemetry)
 
-    # The seed's three metrics, under the names and labels.
+    # The seed's three metrics, under their documented names and labels.
     for model, position, active in ((PRO, "0", 0), (FLASH, "1", 1), (LITE, "2", 0)):
         assert (
             value(samples, "gemini_breaker_active_model", route=PRO, model=model, position=position)

@@ -21,13 +21,15 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any, TypeVar
 
+from ..errors import ClusterError
+
 T = TypeVar("T")
 
 KEY: Mapping[str, bool] = types.MappingProxyType({"key": True})
 """Field metadata: the field is the key its object is stored under."""
 
 
-class PayloadError(ValueError):
+class PayloadError(ClusterError, ValueError):
     """A script answer or event payload does not have the expected shape."""
 
 

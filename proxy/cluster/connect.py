@@ -93,7 +93,7 @@ async def subscribe(client: StoreClient, channel: str, *, refresh: bool = False)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(channel)
-    except BaseException:
+    except BaseException:  # cancelled or failed: release the connection, then propagate
         await pubsub.aclose()
         raise
     return pubsub

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pybreaker
 from redis.exceptions import RedisClusterException, RedisError
 
+from ..errors import ClusterError
 from .store import StoreError
 
 log = logging.getLogger("gemini_breaker.store")
@@ -32,7 +33,7 @@ REDIS_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(ClusterError):
     """Redis did not answer in time, failed, or is being avoided after recent failures."""
 
 

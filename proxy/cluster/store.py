@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.typing import EncodableT
 
+from ..errors import ClusterError
 from .codec import PayloadError, decode, encode, loads
 from .keys import Keys
 from .state import (
@@ -52,7 +53,7 @@ _DEFAULT_PARAMS = BreakerParams()
 MAX_PIN_SECONDS = 7 * 24 * 3600
 
 
-class StoreError(Exception):
+class StoreError(ClusterError):
     """Redis ran a breaker script and answered with an error, or with something unreadable.
 
     Connection problems are not wrapped: redis-py's own exceptions propagate, and so does

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from json.scanner import make_scanner
 from typing import Any
 
+from ..errors import PipelineError
+
 # An event ends at a blank line; Google uses CRLF, other servers LF.
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 """A single event larger than this is treated as corrupt (an image answer is a few MiB)."""
 
 
-class CorruptEvent(Exception):
+class CorruptEvent(PipelineError):
     """An event that is not ``data: <JSON object>``, or one far too large."""
 
 

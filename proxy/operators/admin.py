@@ -22,6 +22,7 @@ from ..cluster.health import StoreUnavailable
 from ..cluster.state import ACTIONS
 from ..cluster.store import MAX_PIN_SECONDS, StoreError
 from ..config import Settings
+from ..errors import OperatorError
 from ..telemetry.alerts import AlertCounts
 from .admin_auth import AdminAuth, refuse
 from .admin_documents import (
@@ -43,7 +44,7 @@ DEFAULT_AUDIT_LIMIT = 50
 MAX_AUDIT_LIMIT = 1000
 
 
-class AdminError(Exception):
+class AdminError(OperatorError):
     """A request the admin API answers with an error (``code``, ``message``)."""
 
     def __init__(self, code: int, message: str, headers: Mapping[str, str] | None = None) -> None:

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from ..errors import OperatorError
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "GEMINI_BREAKER_ADMIN_TOKEN"
 BREAKER_ACTIONS = ("open", "close", "reset", "force-open", "disable")
@@ -26,7 +28,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class CommandError(Exception):
+class CommandError(OperatorError):
     """The command failed; the message is printed and the exit status is 1."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from ..errors import OperatorError
 from ..simulator.client import SimulatorControl
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
 
-class DemoError(RuntimeError):
+class DemoError(OperatorError, RuntimeError):
     pass
 
 

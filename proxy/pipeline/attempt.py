@@ -125,7 +125,8 @@ async def _answered(
     verdict = classify_status(status)
     span.outcome(verdict.value)
     if verdict is not Verdict.FAILURE:
-        exchange.report.settle()  # the request is served by this model (or answered as it is)
+        # The request is served by this model (or answered as it is).
+        exchange.report.settle(answered=verdict is Verdict.SUCCESS)
     if verdict is Verdict.RATE_LIMITED:
         kept = await exchange.keep(model, response, limits)
         limit = parse_rate_limit(kept.body, response.headers.get("retry-after"))

@@ -91,8 +91,10 @@ class BreakerReport:
             ledger.remember_failed(request, params.window_seconds)
         return True
 
-    def settle(self) -> None:
+    def settle(self, answered: bool = False) -> None:
         """Report the held failures that are evidence about their model; drop the others.
+        ``answered``: a model answered the request after all (it is then not remembered as
+        a request that failed: a repeat of it meeting the same outage walks the chain again).
 
         A request's failures on one model (its retries) are judged together, as one."""
         if not self._held:
@@ -118,5 +120,5 @@ class BreakerReport:
             for admission in admissions:
                 coordinator.record(admission, Verdict.FAILURE)
                 ledger.counted(model, self._credential, request, params.window_seconds)
-        if request is not None:
+        if request is not None and not answered:
             ledger.remember_failed(request, coordinator.params(held[0][1].model).window_seconds)

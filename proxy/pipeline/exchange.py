@@ -146,7 +146,7 @@ class Exchange:
         """Run, but give up (closing the upstream call) as soon as the client disconnects.
 
         One plain watcher task cancels this one: an anyio task group per request cost about
-        a fifth of the proxy's CPU per request (README, "Performance")."""
+        a fifth of the proxy's CPU per request (docs/performance.md)."""
         task = asyncio.current_task()
         assert task is not None
         gone = False

@@ -56,7 +56,7 @@ class Forwarder:
         self.dialect = GEMINI
         """The API the proxy speaks (the only one so far)."""
         self.deadlines = DeadlineBook()
-        """First-event deadlines learned per model on this replica (README "Design notes")."""
+        """First-event deadlines learned per model on this replica (docs/design-notes.md)."""
         tokens = settings.server.client_tokens
         self.client_tokens = ClientTokens(tokens) if tokens else None
 

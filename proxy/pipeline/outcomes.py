@@ -1,8 +1,8 @@
 """The one classification of upstream outcomes that every part of the proxy agrees on, and
 the typed values an attempt comes to.
 
-``Verdict`` is the table in section 2 of the design: what counts against a breaker, what is
-retried on the same model, what fails over, and what goes back to the client as is. The
+``Verdict`` is the outcome table of docs/decisions/failover.md: what counts against a breaker,
+what is retried on the same model, what fails over, and what goes back to the client as is. The
 attempt outcomes below are what ``policy`` decides on.
 """
 

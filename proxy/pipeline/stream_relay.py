@@ -98,7 +98,7 @@ class SseRelay:
         (finished, or broken after bytes were sent: see ``broken``).
 
         The loop reads the body's chunks itself and checks their events in plain calls: a
-        generator of events in between cost a resumption per chunk (README "Performance")."""
+        generator of events in between cost a resumption per chunk (docs/performance.md)."""
         splitter = EventSplitter()
         chunks = self._chunks(response, limits)
         try:

@@ -90,6 +90,8 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     _gemini("gemini-3-flash-preview", "Gemini 3 Flash Preview", "Preview of Gemini 3 Flash."),
     _gemini("gemini-3.1-pro-preview", "Gemini 3.1 Pro Preview", "Preview of Gemini 3.1 Pro."),
     _gemini("gemini-3.1-flash-lite", "Gemini 3.1 Flash-Lite", "Gemini 3.1 Flash-Lite."),
+    _gemini("gemini-3.5-flash-lite", "Gemini 3.5 Flash-Lite", "Gemini 3.5 Flash-Lite."),
+    _gemini("gemini-3.8-flash", "Gemini 3.8 Flash", "Gemini 3.8 Flash."),
     ModelSpec(
         name="gemini-embedding-001",
         display_name="Gemini Embedding 001",

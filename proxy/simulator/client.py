@@ -15,8 +15,10 @@ from typing import Any, cast
 
 import httpx
 
+from proxy.errors import SimulatorError
 
-class SimulatorControlError(RuntimeError):
+
+class SimulatorControlError(SimulatorError, RuntimeError):
     """The control API refused a request; the message is the simulator's explanation."""
 
     def __init__(self, status: int, message: str) -> None:

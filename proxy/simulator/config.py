@@ -85,10 +85,10 @@ from typing import Any
 
 import yaml
 
+from proxy.errors import ConfigError
 from proxy.simulator.catalogue import ModelSpec, default_catalogue
 from proxy.simulator.jsonmode import DRIFT_MODES
 from proxy.validation import (
-    ConfigError,
     build_dataclass,
     model_name,
     reject_unknown,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.errors import SimulatorError
 from proxy.simulator import jsonmode
 
 # Google bills an image (inline or by file URI) as a fixed 258 tokens.
@@ -35,7 +36,7 @@ _VALID_ROLES = ("user", "model", "function", "system")
 _MEDIA_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
 
 
-class RequestError(ValueError):
+class RequestError(SimulatorError, ValueError):
     """The request body is invalid; the message is Google's ``INVALID_ARGUMENT`` text."""
 
 

@@ -13,11 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.errors import ConfigError
 from proxy.gemini.errors import JSON_CONTENT_TYPE, error_body
 from proxy.simulator.config import parse_fault, parse_quota
 from proxy.simulator.state import SimulatorState
 from proxy.simulator.wire import pretty_json
-from proxy.validation import ConfigError, model_name
+from proxy.validation import model_name
 
 
 def _json(value: Any, status: int = 200) -> Response:

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.errors import SimulatorError
 from proxy.simulator.attempts import Attempt
 from proxy.simulator.wire import Reply
 
@@ -26,7 +27,7 @@ DOOMED_EXTENSION = "gemini_sim.doomed"
 _ABORT_SETTLE_SECONDS = 5.0
 
 
-class TransportUnavailableError(RuntimeError):
+class TransportUnavailableError(SimulatorError, RuntimeError):
     """The server's connection is out of reach, so a connection reset cannot be simulated.
 
     The simulator must run directly under uvicorn (not in-process through an ASGI test

@@ -6,10 +6,12 @@ import base64
 from collections.abc import Sequence
 from typing import TypeVar
 
+from proxy.errors import SimulatorError
+
 T = TypeVar("T")
 
 
-class PageError(ValueError):
+class PageError(SimulatorError, ValueError):
     """A bad ``pageSize`` or ``pageToken``; the message is the 400's text."""
 
 

@@ -31,7 +31,7 @@ SCHEMA_DRIFT: Final = "gemini_breaker_schema_drift"
 STREAM_CONTINUATIONS: Final = "gemini_breaker_stream_continuations"
 DEADLINE_MISSES: Final = "gemini_breaker_deadline_misses"
 
-# -- attribute keys: the issue's own label names first, then semantic conventions -------------
+# -- attribute keys: the proxy's own label names first, then semantic conventions -------------
 MODEL: Final = "model"
 STATUS_CODE: Final = "status_code"
 ROUTE: Final = "route"

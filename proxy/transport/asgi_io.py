@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Send
 
+from ..errors import PipelineError
 from ..gemini.errors import JSON_CONTENT_TYPE, error_body
 from .headers import date_header
 
 
-class ClientDisconnected(Exception):
+class ClientDisconnected(PipelineError):
     """The client went away before its request was read."""
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(PipelineError):
     """The request body is larger than the configured limit."""
 
     def __init__(self, limit: int) -> None:

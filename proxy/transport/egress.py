@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from ..errors import TransportError
+
 # The longest CONNECT answer head accepted (a proxy's 200 is a line and a few headers).
 MAX_CONNECT_HEAD = 16 * 1024
 
 
-class TunnelRefused(Exception):
+class TunnelRefused(TransportError):
     """The egress proxy did not open the tunnel; the message names the proxy (no password)."""
 
 
@@ -129,7 +131,7 @@ async def open_tunnel(
     except TunnelRefused as exc:
         transport.abort()
         raise TunnelRefused(f"the egress proxy {proxy.label}: {exc}") from None
-    except BaseException:
+    except BaseException:  # cancelled or failed: close the socket, then let it propagate
         transport.abort()
         raise
     if not 200 <= status < 300:

@@ -5,8 +5,8 @@ A proxy forwards what it is given, so this client does little: no redirects, coo
 decompression or headers of its own beyond ``Host``, the body's framing and, through an
 egress proxy, ``Proxy-Authorization`` (``proxy/transport/egress.py``). In exchange a request
 costs a few tens of microseconds of CPU where aiohttp's client cost about 110 and httpx's about
-2,000 (README, "Performance"): one ``write`` of head and body, and, when a pooled connection is free
-and the answer is whole, one suspension.
+2,000 (docs/performance.md): one ``write`` of head and body, and, when a pooled connection
+is free and the answer is whole, one suspension.
 
 Its errors (``http_errors``) never contain the URL, the headers or the body.
 """
@@ -209,7 +209,7 @@ class ConnectionPool:
             transport = await self.loop.start_tls(
                 raw, connection, self._ssl, server_hostname=self.host
             )
-        except BaseException:
+        except BaseException:  # cancelled or failed: close the tunnel, then let it propagate
             raw.abort()
             raise
         if transport is None:  # the tunnel closed during the handshake

@@ -3,8 +3,10 @@ the body."""
 
 from __future__ import annotations
 
+from ..errors import TransportError
 
-class HTTPClientError(Exception):
+
+class HTTPClientError(TransportError):
     """A failure of the connection or of the HTTP exchange on it."""
 
 

@@ -2,7 +2,8 @@
 
 The client is the project's own (``proxy/transport/http_client.py``): with 8 requests in
 flight against the same canned upstream (``bench/upstream_clients.py``) it spends about 23 us
-of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us (README, "Performance").
+of CPU per request, where httpx spent 760-2,100 us and aiohttp about 280 us
+(docs/performance.md).
 
 Failures are raised as ``UpstreamError`` subclasses that carry the status and message the
 client should see; nothing from the upstream URL (which may carry ``?key=``) goes into them.
@@ -20,6 +21,7 @@ from typing import Any, overload
 from urllib.parse import urlsplit
 
 from ..config import ModelSettings, UpstreamSettings
+from ..errors import TransportError
 from ..pipeline.deadlines import FIRST_EVENT, GAP, HEADERS
 from . import http_client, http_connection, http_errors
 from .egress import proxy_for
@@ -39,7 +41,7 @@ REPLAYABLE_CALLS = (
 )
 
 
-class UpstreamError(Exception):
+class UpstreamError(TransportError):
     """A failure talking to the upstream; ``status`` and ``message`` are for the client."""
 
     status: int = 502
