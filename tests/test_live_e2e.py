@@ -17,6 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from proxy.app import ProxyApp, create_app
 from proxy.operators.certs import make_certificates
@@ -252,3 +253,22 @@ async def test_a_thousand_idle_sessions_are_held_at_once(
                 for part in message.get("serverContent", {}).get("modelTurn", {}).get("parts", []):
                     texts.append(part["text"])
             assert "".join(texts) == "Live reply 1 to: x"
+
+
+async def test_shutdown_closes_open_sessions_with_a_close_frame(
+    live_simulator: tuple[SimulatorApp, str],
+) -> None:
+    settings = proxy_settings(live_simulator[1])
+    with contextlib.ExitStack() as server:
+        base = server.enter_context(serve(create_app(settings)))
+        url = base.replace("http://", "ws://") + LIVE_PATH
+        async with connect(url, additional_headers={"x-goog-api-key": "k"}) as socket:
+            await socket.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash"}}))
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}
+            # Stop the server off this loop, so the client keeps answering the close handshake.
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.close))
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+            await stopping
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code in (1001, 1012)  # going away / service restart
