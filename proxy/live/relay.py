@@ -88,7 +88,7 @@ class LiveRelay:
         self.settings = settings
         self.sessions = sessions
         self.coordinator: Coordinator | None = None
-        self._ssl = _upstream_ssl(settings)
+        self.upstream_ssl = _upstream_ssl(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes | None = scope.get("raw_path")
@@ -216,7 +216,7 @@ class _Session:
                 open_timeout=limits.connect_timeout,
                 compression=None,
                 max_size=self.relay.settings.server.max_body_bytes,
-                ssl=self.relay._ssl if self.url.startswith("wss://") else None,
+                ssl=self.relay.upstream_ssl if self.url.startswith("wss://") else None,
                 # The client's own pings keep the session; the proxy does not add its own.
                 ping_interval=None,
                 user_agent_header=None,
