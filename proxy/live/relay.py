@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
+from ..errors import PipelineError
 from ..gemini.quota import RateLimit
 from ..pipeline.outcomes import Verdict
 from ..transport.headers import Headers, credential_scope, upstream_request_headers
@@ -64,7 +65,7 @@ RESUMES_PER_SESSION = 5
 """Transparent resumptions one session may use (bounded, like every retry)."""
 
 
-class NoModel(Exception):
+class NoModel(PipelineError):
     """The chain ran out at setup; ``code`` and ``reason`` go to the client."""
 
     def __init__(self, code: int, reason: str) -> None:

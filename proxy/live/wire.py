@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PipelineError
+
 # Developer API (plain and ephemeral-token "Constrained") and Vertex AI.
 _LIVE_PATH = re.compile(
     r"^(?:/[^/]+)*?/ws/(?:"
@@ -40,7 +42,7 @@ class Setup:
     """The client asked for session resumption (``setup.sessionResumption`` present)."""
 
 
-class BadSetup(ValueError):
+class BadSetup(PipelineError, ValueError):
     """The first message is not a Live API ``setup``."""
 
 
