@@ -3,7 +3,8 @@
 The simulator (a Starlette app) would itself be the bottleneck at the request rates the proxy
 is measured at, and it shares a core with the load generator. This server answers every
 ``generateContent`` with one fixed unary answer and every ``streamGenerateContent?alt=sse``
-with fixed SSE events (the simulator's bytes, CRLF framing, ``finishReason`` on the last), on
+with fixed SSE events (the simulator's bytes, CRLF framing, ``finishReason`` on the last), and
+``/v1beta/openai/chat/completions`` the same way in the compatible API's shape, on
 uvloop with httptools' parser, keep-alive, nothing else.
 
 For the concurrency benchmark a stream can be slowed down by the request's own headers:
@@ -74,6 +75,54 @@ UNARY_RESPONSE = (
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
+# The OpenAI-compatible endpoint's answers to the same prompt: one chat.completion, and its
+# chunks (LF framing) ended by ``data: [DONE]``.
+COMPATIBLE_UNARY = json.dumps(
+    {
+        "id": "2IWntvZ1cgDeFMny3hUOiZY",
+        "object": "chat.completion",
+        "created": 1764979200,
+        "model": "gemini-2.5-flash",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(TEXTS)},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 26, "total_tokens": 35},
+    }
+).encode()
+COMPATIBLE_UNARY_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\n\r\n" % len(COMPATIBLE_UNARY)
+) + COMPATIBLE_UNARY
+
+
+def compatible_event(index: int) -> bytes:
+    last = index == len(TEXTS) - 1
+    chunk = {
+        "id": "2IWntvZ1cgDeFMny3hUOiZY",
+        "object": "chat.completion.chunk",
+        "created": 1764979200,
+        "model": "gemini-2.5-flash",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": TEXTS[index]},
+                "finish_reason": "stop" if last else None,
+            }
+        ],
+    }
+    data = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    if last:
+        data += b"data: [DONE]\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+COMPATIBLE_STREAM = (
+    STREAM_HEAD + b"".join(compatible_event(i) for i in range(len(TEXTS))) + b"0\r\n\r\n"
+)
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -134,6 +183,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
+        self.streams = False
+        """The body asks for a stream (the compatible endpoint names it there)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -152,6 +203,10 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.streams = False
+
+    def on_body(self, body: bytes) -> None:
+        self.streams = self.streams or b'"stream":true' in body or b'"stream": true' in body
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -178,6 +233,8 @@ class Connection(asyncio.Protocol):
                 transport.write(FAST_STREAM)
         elif b":generateContent" in url:
             transport.write(UNARY_RESPONSE)
+        elif url.endswith(b"/openai/chat/completions"):
+            transport.write(COMPATIBLE_STREAM if self.streams else COMPATIBLE_UNARY_RESPONSE)
         elif url.startswith(b"/healthz"):
             transport.write(OK)
         else:

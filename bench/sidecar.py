@@ -37,6 +37,16 @@ import redis
 import uvloop
 from harness import BODY, HEADERS, STREAM, UNARY, pct
 
+# The OpenAI-compatible endpoint, measured the same way: the same prompt, path and model; the
+# stream asked for in the body. Targets ending in ``:openai`` use it.
+COMPATIBLE = "/v1beta/openai/chat/completions"
+COMPATIBLE_BODY = (
+    b'{"model":"gemini-2.5-flash","messages":'
+    b'[{"role":"user","content":"Say something about circuit breakers"}]}'
+)
+COMPATIBLE_STREAM_BODY = COMPATIBLE_BODY[:-1] + b',"stream":true}'
+COMPATIBLE_HEADERS = {"authorization": "Bearer bench-key", "content-type": "application/json"}
+
 
 @dataclass
 class Figures:
@@ -51,8 +61,12 @@ class Figures:
 
 
 def measure_latency(url: str, args: argparse.Namespace, figures: Figures) -> None:
-    unary = loadgen.request_bytes(url, UNARY, BODY, HEADERS)
-    stream = loadgen.request_bytes(url, STREAM, BODY, HEADERS)
+    if figures.name.endswith(":openai"):
+        unary = loadgen.request_bytes(url, COMPATIBLE, COMPATIBLE_BODY, COMPATIBLE_HEADERS)
+        stream = loadgen.request_bytes(url, COMPATIBLE, COMPATIBLE_STREAM_BODY, COMPATIBLE_HEADERS)
+    else:
+        unary = loadgen.request_bytes(url, UNARY, BODY, HEADERS)
+        stream = loadgen.request_bytes(url, STREAM, BODY, HEADERS)
 
     async def run() -> None:
         await loadgen.closed_loop(url, unary, 8, 1.0)  # warm up connections and code paths
@@ -131,12 +145,12 @@ def target(
 ) -> Iterator[tuple[str, Callable[[], list[int]], str | None]]:
     """Start one target; yield its URL, a function listing the processes to charge, and the
     URL of its Redis (None without one)."""
-    if name == "direct":
+    if name in ("direct", "direct:openai"):
         yield upstream, list, None
     elif name == "nginx":
         with harness.nginx(work, upstream) as (url, proc):
             yield url, lambda: harness.process_tree(proc.pid), None
-    elif name == "gemini-breaker":
+    elif name in ("gemini-breaker", "gemini-breaker:openai"):
         with harness.proxy(work, upstream, "proxy", source=args.source) as (url, proc):
             yield url, lambda: [proc.pid], None
     else:
@@ -149,7 +163,15 @@ def target(
                 yield url, lambda: [proc.pid], redis_url
 
 
-TARGETS = ["direct", "nginx", "gemini-breaker", "gemini-breaker+redis", "gemini-breaker+quota"]
+TARGETS = [
+    "direct",
+    "nginx",
+    "gemini-breaker",
+    "gemini-breaker+redis",
+    "gemini-breaker+quota",
+    "direct:openai",
+    "gemini-breaker:openai",
+]
 
 
 @dataclass
@@ -228,7 +250,7 @@ def main() -> None:
                 try:
                     with target(name, work, upstream, args) as (url, pids, redis_url):
                         measure_latency(url, args, figures)
-                        if name != "direct":
+                        if not name.startswith("direct") and not name.endswith(":openai"):
                             measure_throughput(url, pids, args, figures, work)
                         if redis_url is not None:
                             costs.append(
@@ -245,8 +267,17 @@ def main() -> None:
 
 
 def report(rows: list[Figures], args: argparse.Namespace) -> None:
-    direct = next((r for r in rows if r.name == "direct"), None)
+    by_name = {r.name: r for r in rows}
+    direct = by_name.get("direct")
     base = direct or Figures("none")
+
+    def added(r: Figures, field: str) -> float:
+        """Against the upstream's same endpoint (the compatible one for ``:openai``)."""
+        if r.name.startswith("direct"):
+            return float("nan")
+        same = by_name.get("direct:openai" if r.name.endswith(":openai") else "direct")
+        return float(getattr(r, field) - getattr(same or Figures("none"), field))
+
     print(
         f"\nUnary: {args.rate:g} req/s offered for {args.seconds:g} s (open loop, latency from "
         f"the scheduled send). Streams: {args.stream_rate:g}/s for {args.stream_seconds:g} s. "
@@ -272,10 +303,10 @@ def report(rows: list[Figures], args: argparse.Namespace) -> None:
                 r.name,
                 r.p50,
                 r.p99,
-                r.p50 - base.p50 if r is not direct else float("nan"),
-                r.p99 - base.p99 if r is not direct else float("nan"),
+                added(r, "p50"),
+                added(r, "p99"),
                 r.ttfb50,
-                r.ttfb50 - base.ttfb50 if r is not direct else float("nan"),
+                added(r, "ttfb50"),
                 r.errors,
                 r.rps,
                 r.cpu_us,
@@ -284,7 +315,7 @@ def report(rows: list[Figures], args: argparse.Namespace) -> None:
             for r in rows
         ],
     )
-    by_name = {r.name: r for r in rows}
+    report_compatible(by_name)
     proxy, nginx_row = by_name.get("gemini-breaker"), by_name.get("nginx")
     if proxy is None:
         return
@@ -319,6 +350,33 @@ def report(rows: list[Figures], args: argparse.Namespace) -> None:
             ]
         )
     harness.table(["figure", "measured", "target", ""], rows_out)
+
+
+def report_compatible(by_name: dict[str, Figures]) -> None:
+    """The OpenAI-compatible endpoint's added latency, against the upstream's same endpoint."""
+    direct, proxy = by_name.get("direct:openai"), by_name.get("gemini-breaker:openai")
+    if direct is None or proxy is None:
+        return
+    print("\nOpenAI-compatible endpoint (gemini-breaker vs the upstream directly):")
+    harness.table(
+        ["figure", "measured", "native path"],
+        [
+            [
+                "added latency p50",
+                proxy.p50 - direct.p50,
+                _added(by_name, "p50"),
+            ],
+            ["added latency p99", proxy.p99 - direct.p99, _added(by_name, "p99")],
+            ["stream TTFB overhead p50", proxy.ttfb50 - direct.ttfb50, _added(by_name, "ttfb50")],
+        ],
+    )
+
+
+def _added(by_name: dict[str, Figures], field: str) -> float:
+    direct, proxy = by_name.get("direct"), by_name.get("gemini-breaker")
+    if direct is None or proxy is None:
+        return float("nan")
+    return float(getattr(proxy, field) - getattr(direct, field))
 
 
 def report_redis(costs: list[RedisCost]) -> None:

@@ -128,8 +128,16 @@ def ask(replica: str, text: str = "hello") -> tuple[str, str, str]:
     )
 
 
+_REQUESTS = itertools.count()
+
+
 def spread(replicas: list[str], count: int) -> list[tuple[str, str, str]]:
-    return [ask(url, f"request {i}") for i, url in zip(range(count), itertools.cycle(replicas))]
+    """``count`` distinct requests over the replicas in turn (identical requests count once
+    per breaker window against a model, as a repeated poison request must)."""
+    return [
+        ask(url, f"request {next(_REQUESTS)}")
+        for _, url in zip(range(count), itertools.cycle(replicas))
+    ]
 
 
 def test_outage_moves_every_replica_to_the_fallback(

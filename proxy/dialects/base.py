@@ -12,19 +12,17 @@ Vertex AI, ``/v1/projects/{project}/locations/{location}/publishers/google/model
 ``https://{location}-aiplatform.googleapis.com`` so each location has its own origin (and
 ``global`` the global one). Errors are ``google.rpc.Status`` and streams SSE, as for Gemini.
 
-OpenAI-compatible, ``POST /v1beta/openai/chat/completions`` with ``{"model": ..., "stream":
-true}``: ``parse`` finds the model in the body (``model_in_body`` is true, so the forwarder
-reads the body before routing), ``upstream_path`` keeps the path, and ``body_for`` rewrites
-the body's ``model`` field for another chain entry. Errors are ``{"error": {"message", "type",
-"code"}}``; streams are SSE ``data:`` lines ended by ``data: [DONE]`` (``Framing.OPENAI_SSE``,
-whose ``stream_end`` is that terminator).
+The OpenAI-compatible API (``openai.py``) names its model in the body: ``model_in_body`` makes
+the forwarder read the body and call ``with_body`` before routing; ``body_for`` rewrites the
+body's ``model``; its streams (``Framing.OPENAI_SSE``) end with ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Any, Protocol
 
+from ..gemini.sse import Delivered
 from ..transport.headers import Headers
 
 
@@ -64,6 +62,20 @@ class RequestRoute(Protocol):
         """The model generates the answer (the calls whose answers are checked)."""
 
 
+class StreamAccount(Protocol):
+    """Reads a stream's chunks (in the dialect's shape) into what it ``delivered``."""
+
+    @property
+    def delivered(self) -> Delivered: ...
+
+    def take(self, chunk: dict[str, Any]) -> None:
+        """Account for one chunk about to be forwarded."""
+
+    def restitched(self, chunk: dict[str, Any], usage_before: dict[str, Any] | None) -> bytes:
+        """A continuation's chunk, accounted for and made part of the original stream."""
+        ...
+
+
 class Dialect(Protocol):
     """One API's wire format."""
 
@@ -75,6 +87,20 @@ class Dialect(Protocol):
 
     def parse(self, path: str, query: bytes, headers: Headers) -> RequestRoute | None:
         """The request's route; None when the path is not one of this API's."""
+
+    def with_body(self, route: RequestRoute, body: bytes) -> RequestRoute:
+        """The route once the body is read (only called when ``model_in_body``)."""
+
+    def upstream_headers(self, headers: Headers, query: bytes, api_key: str | None) -> Headers:
+        """The client's headers as sent upstream, with ``api_key`` injected the dialect's
+        way when the client sent no key."""
+
+    def native_headers(self, upstream_headers: Headers) -> Headers:
+        """``upstream_headers`` for a call of Gemini's native API (the proxy's model look-ups),
+        the credential carried the native way."""
+
+    def credential(self, headers: Headers, query: bytes, api_key: str | None) -> str:
+        """A digest of the credential the upstream will see (quotas are per credential)."""
 
     def framing(self, route: RequestRoute, query: bytes) -> Framing:
         """How the answer to this request streams (checked event by event unless NONE)."""
@@ -89,8 +115,18 @@ class Dialect(Protocol):
     def error_body(self, code: int, message: str) -> bytes:
         """The error the client's SDK understands, for an HTTP status and message."""
 
+    def status_body(self, body: bytes) -> bytes:
+        """A ``google.rpc.Status`` body (the proxy's own 429s) as the dialect carries it."""
+
     def stream_error(self, code: int, message: str) -> bytes:
         """An in-band error event ending a stream that broke after it started."""
 
     def stream_end(self, framing: Framing) -> bytes:
         """What ends a whole stream (an SSE terminator; empty when the body's end does)."""
+
+    def continuation_body(self, body: bytes, delivered_text: str) -> bytes:
+        """The request with the delivered text as the model's turn (``ValueError`` if the
+        body cannot carry one)."""
+
+    def stream_account(self, delivered: Delivered) -> StreamAccount:
+        """A reader of this dialect's stream chunks into ``delivered``."""

@@ -122,6 +122,10 @@ class Delivered:
             self._parts[:] = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
 
+    def add_text(self, text: str) -> None:
+        """Add to the answer's text (a chunk of another API's shape)."""
+        self._parts.append(text)
+
     def take(self, chunk: dict[str, Any]) -> None:
         """Account for one chunk about to be forwarded."""
         self.events += 1

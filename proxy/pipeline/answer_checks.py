@@ -48,7 +48,7 @@ async def client_error(
         following = list(chain[chain.index(model) + 1 :]) if model in chain else []
         await capabilities.ensure_known(
             following,
-            exchange.upstream_headers,
+            exchange.lookup_headers,
             exchange.scope["query_string"],
             min(LIMIT_LOOKUP_WAIT, exchange.remaining()),
         )

@@ -26,7 +26,7 @@ from ..dialects import Dialect, Framing, RequestRoute
 from ..gemini.features import RequestNeeds, needs_of_body
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
-from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from ..transport.headers import Headers
 from ..transport.upstream import (
     Upstream,
     UpstreamError,
@@ -118,7 +118,7 @@ class Exchange:
         self.client = Responder(send, services.dialect)
         self.served_by: str | None = None
         self.attempts = 0
-        self.credential = credential_scope(
+        self.credential = services.dialect.credential(
             scope["headers"], scope["query_string"], services.settings.upstream.api_key
         )
         """Digest of the credential this request uses: its 429 conditions are its own."""
@@ -128,7 +128,7 @@ class Exchange:
             self.credential,
             body if isinstance(body, bytes) else None,
         )
-        self.sse = services.dialect.framing(route, scope["query_string"]) is Framing.SSE
+        self.sse = services.dialect.framing(route, scope["query_string"]) is not Framing.NONE
         self._passed_over: str | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
         self.last_model: str | None = None
@@ -209,7 +209,7 @@ class Exchange:
         chain = self.coordinator.chain_for(requested)
         self.services.budget.record_request()
         capabilities = self.services.capabilities
-        capabilities.look_up(chain, self.upstream_headers, self.scope["query_string"])
+        capabilities.look_up(chain, self.lookup_headers, self.scope["query_string"])
         last: Reply | None = None
         skipped: list[str] = []
         spill_to: str | None = None
@@ -370,7 +370,7 @@ class Exchange:
     def upstream_headers(self) -> Headers:
         """The request's headers as every attempt sends them upstream (built once)."""
         scope = self.scope
-        headers = upstream_request_headers(
+        headers = self.services.dialect.upstream_headers(
             scope["headers"], scope["query_string"], self.settings.upstream.api_key
         )
         if self.route.is_generate:
@@ -379,6 +379,12 @@ class Exchange:
             headers = [h for h in headers if h[0] != b"accept-encoding"]
             headers.append((b"accept-encoding", b"identity"))
         return headers
+
+    @functools.cached_property
+    def lookup_headers(self) -> Headers:
+        """The headers of the proxy's own look-ups of a model (``GET models/{m}``, Gemini's
+        native API), with the request's credential."""
+        return self.services.dialect.native_headers(self.upstream_headers)
 
     @functools.cached_property
     def needs(self) -> RequestNeeds:

@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
-from ..dialects import GEMINI
+from ..dialects import DIALECTS, GEMINI, Dialect, RequestRoute
 from ..gemini.paths import GeminiPath
 from ..telemetry import Telemetry
 from ..transport.asgi_io import (
@@ -53,8 +53,6 @@ class Forwarder:
         self.coordinator: Coordinator | None = None
         self.capabilities = CapabilityLookup(settings)
         self.budget = RetryBudget(settings.retry_budget.ratio, settings.retry_budget.min_per_second)
-        self.dialect = GEMINI
-        """The API the proxy speaks (the only one so far)."""
         self.deadlines = DeadlineBook()
         """First-event deadlines learned per model on this replica (docs/design-notes.md)."""
         tokens = settings.server.client_tokens
@@ -64,9 +62,10 @@ class Forwarder:
         started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        gemini_path = self.dialect.parse(path, scope["query_string"], scope["headers"])
-        with self.telemetry.request(scope["method"], scope["headers"], gemini_path) as span:
-            exchange = await self._handle(scope, receive, send, path, gemini_path)
+        dialect, route = _parse(path, scope["query_string"], scope["headers"])
+        traced = route if isinstance(route, GeminiPath) else None
+        with self.telemetry.request(scope["method"], scope["headers"], traced) as span:
+            exchange = await self._handle(scope, receive, send, path, dialect, route)
             span.finish(exchange[0], exchange[1], attempts=exchange[2])
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
@@ -86,10 +85,11 @@ class Forwarder:
         receive: Receive,
         send: Send,
         path: str,
-        gemini_path: GeminiPath | None,
+        dialect: Dialect,
+        route: RequestRoute | None,
     ) -> tuple[int, str | None, int]:
         """Answer the request; returns (status, serving model, upstream attempts) for the log."""
-        if gemini_path is None:
+        if route is None:
             shown = path if len(path) <= 200 else path[:200] + "..."
             await send_error(
                 send,
@@ -100,28 +100,31 @@ class Forwarder:
             return 404, None, 0
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
-            await self._refuse(send, 503, "The proxy is starting; retry shortly.")
+            await _refuse(send, dialect, 503, "The proxy is starting; retry shortly.")
             return 503, None, 0
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
         # request that did present a token, is their credential.
         if self.client_tokens is not None and not (
-            gemini_path.upload and b"upload_id=" in scope["query_string"]
+            route.upload and b"upload_id=" in scope["query_string"]
         ):
-            refusal = self.client_tokens.check(headers, scope["query_string"])
+            # A compatible-API caller sends its token as its bearer key.
+            refusal = self.client_tokens.check(
+                dialect.native_headers(headers), scope["query_string"]
+            )
             if refusal is not None:
-                await self._refuse(send, refusal.code, refusal.message)
+                await _refuse(send, dialect, refusal.code, refusal.message)
                 return refusal.code, None, 0
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
-        limit = MAX_UPLOAD_BYTES if gemini_path.upload else self.settings.server.max_body_bytes
+        limit = MAX_UPLOAD_BYTES if route.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
-            await self._refuse(send, 413, BodyTooLarge(limit).args[0])
+            await _refuse(send, dialect, 413, BodyTooLarge(limit).args[0])
             return 413, None, 0
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
-        if gemini_path.upload:
+        if route.upload:
             sent = asyncio.Event()
             body = StreamedBody(_until_sent(stream_body(receive, limit), sent), length, deadline)
             # The body's messages are the upload's own; once it is sent, a disconnect is watched.
@@ -130,10 +133,12 @@ class Forwarder:
             try:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
-                await self._refuse(send, 413, exc.args[0])
+                await _refuse(send, dialect, 413, exc.args[0])
                 return 413, None, 0
             except ClientDisconnected:
                 return CLIENT_CLOSED, None, 0
+            if dialect.model_in_body:
+                route = dialect.with_body(route, body)
         services = Services(
             self.settings,
             upstream,
@@ -142,22 +147,18 @@ class Forwarder:
             self.capabilities,
             self.telemetry,
             self.deadlines,
-            self.dialect,
+            dialect,
         )
         exchange = Exchange(
             services,
             scope,
             send,
-            gemini_path,
+            route,
             body,
             deadline=deadline,
         )
         await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts
-
-    async def _refuse(self, send: Send, code: int, message: str) -> None:
-        """Answer a request of the dialect's API before any attempt, in its error shape."""
-        await Responder(send, self.dialect).error(code, message)
 
     def _deadline(self, headers: Headers) -> float:
         """Seconds this request may take: the configured deadline, capped by the client's
@@ -173,6 +174,20 @@ class Forwarder:
                     deadline = min(deadline, client)
                 break
         return deadline
+
+
+def _parse(path: str, query: bytes, headers: Headers) -> tuple[Dialect, RequestRoute | None]:
+    """The dialect that speaks for a path, and the request's route (None: no API's path)."""
+    for dialect in DIALECTS:
+        route = dialect.parse(path, query, headers)
+        if route is not None:
+            return dialect, route
+    return GEMINI, None
+
+
+async def _refuse(send: Send, dialect: Dialect, code: int, message: str) -> None:
+    """Answer a request of the dialect's API before any attempt, in its error shape."""
+    await Responder(send, dialect).error(code, message)
 
 
 async def _until_sent(parts: AsyncIterable[bytes], sent: asyncio.Event) -> AsyncIterable[bytes]:

@@ -96,7 +96,9 @@ class Responder:
 
     async def shed(self, model: str, shed: Shed) -> None:
         """A 429 of the proxy's own quota gate (cooldown, pacing, throttle, cluster budget)."""
-        body = shed_body(model, shed.retry_after, shed.message, shed.quota_id)
+        body = self.dialect.status_body(
+            shed_body(model, shed.retry_after, shed.message, shed.quota_id)
+        )
         headers = [
             (b"content-type", JSON_CONTENT_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from ..cluster.coordinator import Admission
 from ..config import ModelSettings
-from ..gemini.features import continuation_body
 from ..transport.headers import Headers
 from ..transport.upstream import UpstreamError, UpstreamResponse
 from . import answer_checks
@@ -109,7 +108,9 @@ async def _continue(
         exchange.attempts += 1
         wait = stream_first_event_wait(settings, exchange.services.deadlines, model)
         relay.first_event_at = loop.time() + wait
-        body = continuation_body(exchange.body_bytes, relay.delivered.text)
+        body = exchange.services.dialect.continuation_body(
+            exchange.body_bytes, relay.delivered.text
+        )
         try:
             response = await exchange.open(model, limits, body, wait)
         except UpstreamError:

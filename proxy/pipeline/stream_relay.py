@@ -14,14 +14,8 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 
 from ..config import ModelSettings
-from ..gemini.sse import (
-    CorruptEvent,
-    Delivered,
-    EventSplitter,
-    encode_event,
-    parse_event,
-    stitch,
-)
+from ..dialects.openai import DONE_CHUNK
+from ..gemini.sse import CorruptEvent, Delivered, EventSplitter, parse_event
 from ..transport.headers import Headers, client_response_headers
 from ..transport.upstream import Upstream, UpstreamBodyError, UpstreamResponse
 from .respond import Responder
@@ -38,6 +32,8 @@ class SseRelay:
         self.client = client
         self.deadline = deadline
         self.delivered = Delivered()
+        self.account = client.dialect.stream_account(self.delivered)
+        """Reads the chunks, in the client's dialect, into ``delivered``."""
         self.started = False
         self.broken: UpstreamBodyError | None = None
         """Set when the stream broke after bytes reached the client."""
@@ -149,7 +145,7 @@ class SseRelay:
             await response.aclose()  # never suspends, so a cancellation cannot cut it short
 
     async def _forward(self, batch: list[tuple[bytes, dict[str, object]]]) -> None:
-        take = self.delivered.take
+        take = self.account.take
         for _, chunk in batch:
             take(chunk)
         body = batch[0][0] if len(batch) == 1 else b"".join([raw for raw, _ in batch])
@@ -169,15 +165,12 @@ class SseRelay:
         (same ``responseId``, usage summed); the failure if it broke too. Whether it finished
         the answer is ``delivered.finish_reason``."""
         usage_before = self.delivered.usage
+        restitched = self.account.restitched
         try:
             async for batch in self.events(response, limits):
-                body = []
-                for _, chunk in batch:
-                    stitched = stitch(chunk, self.delivered, usage_before)
-                    self.delivered.take(stitched)
-                    body.append(encode_event(stitched))
+                body = b"".join([restitched(chunk, usage_before) for _, chunk in batch])
                 await self.client.send(
-                    {"type": "http.response.body", "body": b"".join(body), "more_body": True}
+                    {"type": "http.response.body", "body": body, "more_body": True}
                 )
         except UpstreamBodyError as exc:
             return exc
@@ -195,6 +188,9 @@ def _checked(
     try:
         for event in splitter.feed(chunk):
             if event.isspace():  # a blank event (keep-alive): nothing to relay
+                continue
+            if event.startswith(b"data: [DONE]"):  # the compatible API's end of stream
+                good.append((event, DONE_CHUNK))
                 continue
             parsed = parse_event(event)
             error = parsed.get("error")  # ``error_in``, inlined: this runs for every event

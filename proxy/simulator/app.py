@@ -15,6 +15,7 @@ from proxy.simulator.control import ControlApi
 from proxy.simulator.exchange import TransportCapture
 from proxy.simulator.gemini import GeminiApi
 from proxy.simulator.live import LiveSimulator
+from proxy.simulator.openai_compat import OpenAICompatApi
 from proxy.simulator.state import SimulatorState
 
 # What Google's front end adds to every answer (the wire reference, section 11). The simulator
@@ -61,9 +62,11 @@ class SimulatorApp:
             state.install_configured()
             yield
 
+        gemini = GeminiApi(state)
         routes = [
             Mount("/_sim", routes=ControlApi(state).routes()),
-            Route("/{path:path}", GeminiApi(state)),
+            Route("/v1beta/openai/{path:path}", OpenAICompatApi(gemini), methods=["GET", "POST"]),
+            Route("/{path:path}", gemini),
         ]
         self._app = TransportCapture(
             FrontEndHeaders(Starlette(routes=routes, lifespan=lifespan)), state.config.close_every

@@ -37,6 +37,8 @@ from proxy.simulator.wire import (
     sse_event,
 )
 
+COMPATIBLE_BODY = "gemini_simulator.compatible_body"
+"""The scope key under which the OpenAI-compatible endpoint hands over its client's body."""
 # Room for a full 64 MiB upload chunk plus headers' worth of slack.
 MAX_REQUEST_BYTES = MAX_FILE_BYTES + 1024 * 1024
 _KEY_PARAM = re.compile(r"(^|&)key=[^&]*")
@@ -102,7 +104,8 @@ class GeminiApi:
             if body is None:
                 await exchange.reply(replies.payload_too_large(MAX_REQUEST_BYTES))
                 return
-            state.attempts.set_body(attempt, body)
+            # A compatible-API call is logged with the body its client sent.
+            state.attempts.set_body(attempt, scope.get(COMPATIBLE_BODY, body))
             if exchange.client_gone:
                 return
             if gemini_path is None:
