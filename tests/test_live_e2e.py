@@ -17,7 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from proxy.app import ProxyApp, create_app
 from proxy.operators.certs import make_certificates
@@ -272,3 +272,25 @@ async def test_shutdown_closes_open_sessions_with_a_close_frame(
             await stopping
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code in (1001, 1012)  # going away / service restart
+
+
+async def test_with_client_tokens_a_caller_without_one_is_refused(
+    live_simulator: tuple[SimulatorApp, str],
+) -> None:
+    settings = proxy_settings(
+        live_simulator[1],
+        server={"client_tokens": ["tok-0123456789abcdef"]},
+        upstream={"api_key": "real"},
+    )
+    with serve(create_app(settings)) as base:
+        url = base.replace("http://", "ws://") + LIVE_PATH
+        for key in ({}, {"x-goog-api-key": "not-a-token"}):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, additional_headers=key):
+                    pass
+            assert refused.value.response.status_code == 403
+        async with connect(
+            url, additional_headers={"x-goog-api-key": "tok-0123456789abcdef"}
+        ) as socket:
+            await socket.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash"}}))
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}

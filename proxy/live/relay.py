@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..config import Settings
 from ..errors import PipelineError
@@ -90,6 +91,8 @@ class LiveRelay:
         self.sessions = sessions
         self.coordinator: Coordinator | None = None
         self.upstream_ssl = _upstream_ssl(settings)
+        tokens = settings.server.client_tokens
+        self.client_tokens = ClientTokens(tokens) if tokens else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes | None = scope.get("raw_path")
@@ -101,6 +104,14 @@ class LiveRelay:
             # Before accept: the client sees the upgrade refused (403).
             await send({"type": "websocket.close", "code": 1008})
             return
+        headers: Headers = scope["headers"]
+        query_string: bytes = scope["query_string"]
+        if self.client_tokens is not None:
+            # As for every other call: a caller without a client token never spends the key.
+            if self.client_tokens.check(headers, query_string) is not None:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            headers, query_string = without_credentials(headers, query_string)
         await send({"type": "websocket.accept"})
         try:
             async with asyncio.timeout(SETUP_TIMEOUT):
@@ -116,11 +127,8 @@ class LiveRelay:
         except BadSetup as exc:
             await _close(send, 1007, f"INVALID_ARGUMENT: {exc}")
             return
-        headers: Headers = scope["headers"]
-        credential = credential_scope(
-            headers, scope["query_string"], self.settings.upstream.api_key
-        )
-        url = upstream_url(self.settings.upstream.base_url, path, scope["query_string"])
+        credential = credential_scope(headers, query_string, self.settings.upstream.api_key)
+        url = upstream_url(self.settings.upstream.base_url, path, query_string)
         session = _Session(self, coordinator, setup, credential, url, headers, receive, send)
         session.text = isinstance(frame, str)
         await session.run()
