@@ -24,6 +24,9 @@ from .cluster.connect import StoreClient, store_client
 from .cluster.coordinator import Coordinator
 from .config import DEFAULT_ROUTES, Settings
 from .config_load import SETTINGS_JSON_ENV, build_settings
+from .live.metrics import watch_sessions
+from .live.relay import LiveRelay
+from .live.sessions import LiveSessions
 from .operators.admin import AdminApi
 from .operators.admin_auth import AdminAuth
 from .operators.static_assets import PREFIX as STATIC_PREFIX
@@ -49,11 +52,12 @@ class ProxyApp:
     wrapped every ``send`` of every relayed chunk (about 5% of the CPU per request and per
     stream event, docs/performance.md); the forwarder answers its own errors."""
 
-    __slots__ = ("forwarder", "operator")
+    __slots__ = ("forwarder", "live", "operator")
 
-    def __init__(self, operator: Starlette, forwarder: Forwarder) -> None:
+    def __init__(self, operator: Starlette, forwarder: Forwarder, live: LiveRelay) -> None:
         self.operator = operator
         self.forwarder = forwarder
+        self.live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,6 +66,9 @@ class ProxyApp:
                 await self.forwarder(scope, receive, send)
                 return
             send = dated(send)
+        elif scope["type"] == "websocket":
+            await self.live(scope, receive, send)
+            return
         await self.operator(scope, receive, send)
 
 
@@ -86,8 +93,12 @@ def create_app(
     telemetry.declare(settings.routes)
     telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
+    live = LiveRelay(settings, LiveSessions())
+    watch_sessions(telemetry.meter_provider.get_meter("gemini_breaker.live"), live.sessions)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
-    admin = AdminApi(settings, lambda: forwarder.coordinator, auth, telemetry.alerts)
+    admin = AdminApi(
+        settings, lambda: forwarder.coordinator, auth, telemetry.alerts, live.sessions.view
+    )
     assets = load_assets()
 
     @asynccontextmanager
@@ -117,6 +128,7 @@ def create_app(
             forwarder.upstream = Upstream(settings.upstream, client)
             forwarder.capabilities.upstream = forwarder.upstream
             forwarder.coordinator = coordinator
+            live.coordinator = coordinator
             log.info(
                 "replica %s forwarding to %s; routes: %s%s",
                 replica,
@@ -130,6 +142,10 @@ def create_app(
             try:
                 yield
             finally:
+                live.coordinator = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5.0):
+                        await live.sessions.drain()
                 forwarder.upstream = None
                 forwarder.coordinator = None
                 forwarder.capabilities.upstream = None
@@ -174,7 +190,7 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    return ProxyApp(operator, forwarder)
+    return ProxyApp(operator, forwarder, live)
 
 
 def create_app_from_environment() -> ProxyApp:

@@ -15,7 +15,7 @@ from . import __version__
 from .config_load import SETTINGS_JSON_ENV, build_settings, load_raw
 from .errors import ConfigError
 from .logs import configure_logging
-from .operators import admin_cli, demo
+from .operators import admin_cli, certs, demo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin_cli.run(args)
         if args.command == "demo":
             return demo.run(args)
+        if args.command == "certs":
+            return certs.run(args)
         return _simulate(args)
     except ConfigError as exc:
         print(f"gemini-breaker: configuration error: {exc}", file=sys.stderr)
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--tls-key", help="PEM private key of --tls-cert")
     admin_cli.add_parser(commands)
     demo.add_parser(commands)
+    certs.add_parser(commands)
     return parser
 
 
@@ -93,6 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
         # pure-Python loop and parser (they roughly double the throughput).
         "loop": "auto" if sys.platform == "win32" else "uvloop",
         "http": "httptools",
+        # Live API sessions (WebSocket) on the same library as the upstream side; frames are
+        # relayed as they are, so compressing them again per hop buys memory and CPU only.
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ssl_certfile": settings.server.tls.cert_file,
+        "ssl_keyfile": settings.server.tls.key_file,
     }
     if settings.server.workers == 1:
         app = create_app(settings)

@@ -62,6 +62,14 @@ class VertexSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTlsSettings:
+    cert_file: str | None = None
+    key_file: str | None = None
+    """Serve every route over HTTPS/WSS with this certificate and key (``gemini-breaker certs``
+    makes a local pair); the Live API's SDK connects with ``wss://`` only."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata={"min": 0, "max": 65535})
@@ -80,6 +88,7 @@ class ServerSettings:
     """Tokens callers present as their API key; each is replaced by ``upstream.api_key``."""
     allow_open_relay: bool = False
     """Let any caller beyond loopback use ``upstream.api_key`` without a client token."""
+    tls: ServerTlsSettings = field(default_factory=ServerTlsSettings)
 
     @property
     def on_loopback(self) -> bool:

@@ -17,6 +17,7 @@ def check_settings(settings: Settings) -> None:
     """Raise ``ConfigError`` naming the first key whose value breaks a rule."""
     _check_url(settings.upstream.base_url, "upstream.base_url", ("http", "https"))
     _check_upstream_transport(settings.upstream)
+    _check_server_tls(settings)
     key = settings.upstream.api_key
     if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key):
         # It goes out as a header value: a line break would split the request.
@@ -125,6 +126,16 @@ def _check_upstream_transport(upstream: UpstreamSettings) -> None:
         path = getattr(tls, name)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"upstream.tls.{name}: no such file: {path}")
+
+
+def _check_server_tls(settings: Settings) -> None:
+    tls = settings.server.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError("server.tls: cert_file and key_file go together")
+    for name in ("cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"server.tls.{name}: no such file: {path}")
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:

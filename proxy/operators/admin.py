@@ -87,8 +87,10 @@ class AdminApi:
         coordinator: Callable[[], Coordinator | None],
         auth: AdminAuth,
         alerts: AlertCounts,
+        live_sessions: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.settings = settings
+        self._live_sessions = live_sessions
         self.auth = auth
         self.alerts = alerts
         self._coordinator = coordinator
@@ -99,6 +101,7 @@ class AdminApi:
             _Endpoint("GET", ("replicas",), self._replicas),
             _Endpoint("GET", ("audit",), self._audit),
             _Endpoint("GET", ("series",), self._series),
+            _Endpoint("GET", ("live",), self._live),
             _Endpoint("POST", ("breakers", "*", "*"), self._breaker_action),
             _Endpoint("POST", ("routes", "*", "pin"), self._pin),
             _Endpoint("POST", ("routes", "*", "unpin"), self._unpin),
@@ -146,6 +149,10 @@ class AdminApi:
 
     async def _state(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         return JSONResponse(state_document(coordinator, self.alerts))
+
+    async def _live(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
+        """This replica's Live API sessions: open per model, setup failures, resumptions."""
+        return JSONResponse(self._live_sessions())
 
     async def _breakers(self, request: Request, coordinator: Coordinator, _: list[str]) -> Response:
         return JSONResponse(breakers_document(coordinator))

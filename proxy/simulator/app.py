@@ -14,6 +14,7 @@ from proxy.simulator.config import SimulatorConfig
 from proxy.simulator.control import ControlApi
 from proxy.simulator.exchange import TransportCapture
 from proxy.simulator.gemini import GeminiApi
+from proxy.simulator.live import LiveSimulator
 from proxy.simulator.openai_compat import OpenAICompatApi
 from proxy.simulator.state import SimulatorState
 
@@ -54,6 +55,7 @@ class SimulatorApp:
 
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
+        self.live = LiveSimulator()
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -71,6 +73,9 @@ class SimulatorApp:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.live(scope, receive, send)
+            return
         await self._app(scope, receive, send)
 
 

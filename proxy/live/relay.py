@@ -1,0 +1,367 @@
+"""The ASGI app for Live API WebSockets: the setup picks a model by the route's chain and
+breakers, then frames go both ways unchanged, with back-pressure on both sockets.
+
+At setup, a refused connection, a 5xx on the upgrade or a close before ``setupComplete``
+counts against the model and the next one is tried; a quota close is backpressure (a cooldown
+for the credential and model) and reaches the client as it came. Mid-session, when the client
+enabled session resumption and a handle was seen, an upstream ``goAway`` or drop is resumed on
+the same model with the last handle, the client seeing nothing of it; otherwise the client's
+socket closes with the upstream's code and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+from starlette.types import Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ..client_tokens import ClientTokens, without_credentials
+from ..cluster.coordinator import Coordinator
+from ..config import Settings
+from ..errors import PipelineError
+from ..gemini.quota import RateLimit
+from ..pipeline.outcomes import Verdict
+from ..transport.headers import Headers, credential_scope, upstream_request_headers
+from .sessions import LiveSessions
+from .wire import (
+    BadSetup,
+    CloseKind,
+    Setup,
+    classify_close,
+    classify_upgrade_status,
+    is_go_away,
+    is_setup_complete,
+    live_path,
+    new_handle,
+    parse_setup,
+    setup_for,
+    upstream_url,
+)
+
+log = logging.getLogger("gemini_breaker.live")
+
+Frame = str | bytes
+# Handshake headers the client library makes itself for the upstream connection.
+_HANDSHAKE = frozenset(
+    {
+        b"host",
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"content-length",
+    }
+)
+SETUP_TIMEOUT = 30.0
+"""Longest wait for the client's setup message."""
+RESUMES_PER_SESSION = 5
+"""Transparent resumptions one session may use (bounded, like every retry)."""
+
+
+class NoModel(PipelineError):
+    """The chain ran out at setup; ``code`` and ``reason`` go to the client."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Upstream:
+    """The current upstream socket of a session and the model it serves."""
+
+    socket: ClientConnection
+    model: str
+
+
+class LiveRelay:
+    """ASGI app for ``websocket`` scopes; ``coordinator`` is set by the app's lifespan."""
+
+    def __init__(self, settings: Settings, sessions: LiveSessions) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.coordinator: Coordinator | None = None
+        self.upstream_ssl = _upstream_ssl(settings)
+        tokens = settings.server.client_tokens
+        self.client_tokens = ClientTokens(tokens) if tokens else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes | None = scope.get("raw_path")
+        path = live_path(raw_path.decode("latin-1") if raw_path else scope["path"])
+        if (await receive())["type"] != "websocket.connect":
+            return
+        coordinator = self.coordinator
+        if path is None or coordinator is None:
+            # Before accept: the client sees the upgrade refused (403).
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers: Headers = scope["headers"]
+        query_string: bytes = scope["query_string"]
+        if self.client_tokens is not None:
+            # As for every other call: a caller without a client token never spends the key.
+            if self.client_tokens.check(headers, query_string) is not None:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            headers, query_string = without_credentials(headers, query_string)
+        await send({"type": "websocket.accept"})
+        try:
+            async with asyncio.timeout(SETUP_TIMEOUT):
+                first = await receive()
+        except TimeoutError:
+            await _close(send, 1008, "DEADLINE_EXCEEDED: no setup message")
+            return
+        if first["type"] != "websocket.receive":
+            return
+        frame: Frame = first.get("bytes") or first.get("text") or b""
+        try:
+            setup = parse_setup(frame.encode() if isinstance(frame, str) else frame)
+        except BadSetup as exc:
+            await _close(send, 1007, f"INVALID_ARGUMENT: {exc}")
+            return
+        credential = credential_scope(headers, query_string, self.settings.upstream.api_key)
+        url = upstream_url(self.settings.upstream.base_url, path, query_string)
+        session = _Session(self, coordinator, setup, credential, url, headers, receive, send)
+        session.text = isinstance(frame, str)
+        await session.run()
+
+
+class _Session:
+    """One client's Live session."""
+
+    def __init__(
+        self,
+        relay: LiveRelay,
+        coordinator: Coordinator,
+        setup: Setup,
+        credential: str,
+        url: str,
+        headers: Headers,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.relay = relay
+        self.coordinator = coordinator
+        self.setup = setup
+        self.credential = credential
+        self.url = url
+        api_key = relay.settings.upstream.api_key
+        self.headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in upstream_request_headers(headers, b"", api_key)
+            if name not in _HANDSHAKE
+        ]
+        self.receive = receive
+        self.send = send
+        self.text = False
+        self.handle: str | None = None
+        self.resumes = 0
+        self.client_gone = False
+
+    async def run(self) -> None:
+        try:
+            upstream, first = await self._open_by_chain()
+        except NoModel as exc:
+            await _close(self.send, exc.code, exc.reason)
+            return
+        await self._to_client(first)
+        sessions = self.relay.sessions
+        key = id(self)
+        model = upstream.model
+        current = [upstream]
+        sessions.opened(key, model, lambda: self._shutdown(current[0]))
+        try:
+            await self._relay(current)
+        finally:
+            sessions.closed(key, model)
+            await current[0].socket.close()
+
+    # -- setup ----------------------------------------------------------------------------
+
+    async def _open_by_chain(self) -> tuple[Upstream, Frame]:
+        coordinator = self.coordinator
+        chain = coordinator.chain_for(self.setup.model)
+        last = NoModel(1011, "UNAVAILABLE: no model of the chain is available; retry later.")
+        for model in chain:
+            if coordinator.quota_gate(self.credential, model) is not None:
+                continue
+            admission = await coordinator.admit(model)
+            if admission is None:
+                continue
+            coordinator.quota_requested(self.credential, model)
+            try:
+                opened = await self._open(model, None)
+            except NoModel as exc:
+                kind = classify_close(exc.code, exc.reason)
+                if kind is CloseKind.FAILURE:
+                    coordinator.record(admission, Verdict.FAILURE)
+                    self.relay.sessions.setup_failures[model] += 1
+                    log.info("live setup on %s failed (%s); next model", model, exc.reason)
+                    last = exc
+                    continue
+                if kind is CloseKind.RATE_LIMITED:
+                    coordinator.rate_limited(self.credential, model, RateLimit(None, False, "", ""))
+                raise
+            coordinator.record(admission, Verdict.SUCCESS)
+            return opened
+        raise last
+
+    async def _open(self, model: str, handle: str | None) -> tuple[Upstream, Frame]:
+        """Connect to ``model``, send the setup and wait for the first answer (normally
+        ``setupComplete``); NoModel with the code and reason the attempt ended with."""
+        limits = self.relay.settings.model_settings(model)
+        try:
+            socket = await connect(
+                self.url,
+                additional_headers=self.headers,
+                open_timeout=limits.connect_timeout,
+                compression=None,
+                max_size=self.relay.settings.server.max_body_bytes,
+                ssl=self.relay.upstream_ssl if self.url.startswith("wss://") else None,
+                # The client's own pings keep the session; the proxy does not add its own.
+                ping_interval=None,
+                user_agent_header=None,
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            code = {
+                CloseKind.FAILURE: 1011,
+                CloseKind.RATE_LIMITED: 1011,
+                CloseKind.CLIENT_ERROR: 1008,
+            }[classify_upgrade_status(status)]
+            name = "RESOURCE_EXHAUSTED" if status == 429 else "UNAVAILABLE"
+            raise NoModel(code, f"{name}: upstream answered the upgrade with {status}") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise NoModel(1011, f"UNAVAILABLE: upstream connection failed ({exc})") from exc
+        try:
+            await socket.send(setup_for(self.setup, model, handle), text=self.text)
+            async with asyncio.timeout(self.relay.settings.first_event_ceiling(model)):
+                first = await socket.recv()
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            await socket.close()
+            if rcvd is None:
+                raise NoModel(1011, "UNAVAILABLE: upstream closed before setupComplete") from exc
+            raise NoModel(rcvd.code, rcvd.reason) from exc
+        except TimeoutError as exc:
+            await socket.close()
+            raise NoModel(1011, "DEADLINE_EXCEEDED: no setupComplete in time") from exc
+        return Upstream(socket, model), first
+
+    # -- relay ----------------------------------------------------------------------------
+
+    async def _relay(self, current: list[Upstream]) -> None:
+        """Both directions until either side ends; the client's socket is closed with the
+        upstream's code and reason when the upstream ends (and is not resumed). ``current``
+        holds the upstream socket, replaced when the session is resumed."""
+        resumed = asyncio.Event()
+        up = asyncio.create_task(self._upstream_to_client(current, resumed))
+        down = asyncio.create_task(self._client_to_upstream(current, resumed))
+        try:
+            await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down):
+                task.cancel()
+            for task in (up, down):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+
+    async def _client_to_upstream(self, current: list[Upstream], ready: asyncio.Event) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                self.client_gone = True
+                code = message.get("code", 1000)
+                await current[0].socket.close(code if code in (1000, 1001) else 1000)
+                return
+            frame: Frame = message.get("bytes") or message.get("text") or b""
+            while True:
+                socket = current[0].socket
+                try:
+                    await socket.send(frame)  # waits for the socket to drain
+                    break
+                except ConnectionClosed:
+                    # The other direction is resuming (or closing, and cancels this task);
+                    # no await between the check and the clear, so a swap is never missed.
+                    while current[0].socket is socket:
+                        ready.clear()
+                        await ready.wait()
+
+    async def _upstream_to_client(self, current: list[Upstream], resumed: asyncio.Event) -> None:
+        resumable = self.setup.resumable
+        while True:
+            socket = current[0].socket
+            try:
+                frame = await socket.recv()
+            except ConnectionClosed as exc:
+                if (
+                    resumable
+                    and self.handle is not None
+                    and self.resumes < RESUMES_PER_SESSION
+                    and await self._resume(current)
+                ):
+                    resumed.set()
+                    continue
+                rcvd = exc.rcvd
+                code, reason = (rcvd.code, rcvd.reason) if rcvd else (1011, "upstream dropped")
+                await _close(self.send, code if code not in (1005, 1006) else 1011, reason)
+                return
+            if resumable:
+                data = frame.encode() if isinstance(frame, str) else frame
+                handle = new_handle(data)
+                if handle is not None:
+                    self.handle = handle
+                if is_go_away(data) and self.handle is not None:
+                    continue  # resumed when the upstream closes; the client need not know
+            await self._to_client(frame)
+
+    async def _resume(self, current: list[Upstream]) -> bool:
+        model = current[0].model
+        self.resumes += 1
+        try:
+            upstream, first = await self._open(model, self.handle)
+        except NoModel as exc:
+            log.info("live resumption on %s failed: %s", model, exc.reason)
+            return False
+        if not is_setup_complete(first.encode() if isinstance(first, str) else first):
+            await self._to_client(first)
+        current[0] = upstream
+        self.relay.sessions.resumptions[model] += 1
+        log.info("live session resumed on %s", model)
+        return True
+
+    async def _to_client(self, frame: Frame) -> None:
+        if isinstance(frame, bytes):
+            await self.send({"type": "websocket.send", "bytes": frame})
+        else:
+            await self.send({"type": "websocket.send", "text": frame})
+
+    async def _shutdown(self, upstream: Upstream) -> None:
+        """Shutdown: a close frame to the client (going away) and to the upstream."""
+        await _close(self.send, 1001, "the proxy is shutting down")
+        await upstream.socket.close(1001)
+
+
+async def _close(send: Send, code: int, reason: str) -> None:
+    message: Message = {"type": "websocket.close", "code": code, "reason": reason[:120]}
+    with contextlib.suppress(OSError, RuntimeError):
+        await send(message)
+
+
+def _upstream_ssl(settings: Settings) -> ssl.SSLContext:
+    tls = settings.upstream.tls
+    context = ssl.create_default_context()
+    if tls.ca_file:
+        context.load_verify_locations(tls.ca_file)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context

@@ -1,0 +1,296 @@
+"""End to end for the Live API: the google-genai SDK's ``client.aio.live.connect`` -> the
+proxy's TLS listener (a certificate from ``gemini-breaker certs``, trusted through
+``SSL_CERT_FILE``) -> the simulator speaking the Live protocol over WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google import genai
+from google.genai import errors, types
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from proxy.app import ProxyApp, create_app
+from proxy.operators.certs import make_certificates
+from proxy.simulator import create_simulator_app
+from proxy.simulator.app import SimulatorApp
+from proxy.simulator.live import LiveFault
+
+from .conftest import proxy_settings
+from .support import eventually_async, serve
+
+pytestmark = pytest.mark.anyio
+
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+TEXT: Any = {"response_modalities": ["TEXT"]}
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_certificates(tmp_path_factory.mktemp("certs"), ["127.0.0.1"], days=2)
+
+
+@pytest.fixture(scope="module")
+def live_simulator() -> Iterator[tuple[SimulatorApp, str]]:
+    app = create_simulator_app()
+    with serve(app) as url:
+        yield app, url
+
+
+@pytest.fixture(scope="module")
+def live_proxy(
+    live_simulator: tuple[SimulatorApp, str], certificates: dict[str, Path]
+) -> Iterator[tuple[ProxyApp, str]]:
+    settings = proxy_settings(
+        live_simulator[1],
+        server={
+            "tls": {"cert_file": str(certificates["cert"]), "key_file": str(certificates["key"])}
+        },
+        model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+    )
+    app = create_app(settings)
+    with serve(app, tls=(str(certificates["cert"]), str(certificates["key"]))) as url:
+        yield app, url
+
+
+@pytest.fixture
+def sim(live_simulator: tuple[SimulatorApp, str]) -> Iterator[SimulatorApp]:
+    app = live_simulator[0]
+    app.live.faults.clear()
+    app.live.setups.clear()
+    yield app
+    app.live.faults.clear()
+
+
+@pytest.fixture
+def client(
+    live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> genai.Client:
+    """An SDK client of the proxy's https:// base URL, trusting the local CA the documented
+    way (the SDK reads ``SSL_CERT_FILE`` when the client is made)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    return genai.Client(
+        api_key="live-key",
+        http_options=types.HttpOptions(base_url=live_proxy[1], api_version="v1beta"),
+    )
+
+
+async def turn(session: Any, text: str) -> str:
+    """Send one user turn and return the model's text for it, up to ``turnComplete``."""
+    await session.send_client_content(
+        turns=types.Content(role="user", parts=[types.Part(text=text)]), turn_complete=True
+    )
+    parts = []
+    async for message in session.receive():
+        if message.text:
+            parts.append(message.text)
+    return "".join(parts)
+
+
+async def test_turns_go_through_the_tls_listener(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    assert live_proxy[1].startswith("https://")
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=TEXT) as session:
+        assert await turn(session, "hello there") == "Live reply 1 to: hello there"
+        assert await turn(session, "and again") == "Live reply 2 to: and again"
+    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+
+
+async def test_tool_call_round_trip(client: genai.Client, sim: SimulatorApp) -> None:
+    weather = types.FunctionDeclaration(name="get_weather", description="The weather now")
+    config: Any = {**TEXT, "tools": [types.Tool(function_declarations=[weather])]}
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
+        await session.send_client_content(
+            turns=types.Content(role="user", parts=[types.Part(text="call get_weather")]),
+            turn_complete=True,
+        )
+        calls = []
+        async for message in session.receive():
+            if message.tool_call and message.tool_call.function_calls:
+                calls.extend(message.tool_call.function_calls)
+                break
+        assert [call.name for call in calls] == ["get_weather"]
+        await session.send_tool_response(
+            function_responses=[
+                types.FunctionResponse(id=calls[0].id, name="get_weather", response={"temp": 21})
+            ]
+        )
+        texts = [message.text async for message in session.receive() if message.text]
+        assert "".join(texts) == 'Tool get_weather answered {"temp": 21}.'
+
+
+@pytest.mark.parametrize(
+    "fault", [LiveFault("close_at_setup"), LiveFault("refuse", status=503)], ids=lambda f: f.kind
+)
+async def test_a_failed_setup_fails_over_to_the_next_model(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], fault: LiveFault
+) -> None:
+    sim.live.add_fault("gemini-2.5-pro", fault)
+    failures = live_proxy[0].live.sessions.setup_failures["gemini-2.5-pro"]
+    async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+        assert live_proxy[0].live.sessions.open["gemini-2.5-flash"] >= 1
+        assert await turn(session, "hi") == "Live reply 1 to: hi"
+    models = [setup["model"] for setup in sim.live.setups]
+    expected = ["models/gemini-2.5-flash"]
+    if fault.kind != "refuse":  # a refused upgrade never got to the setup
+        expected.insert(0, "models/gemini-2.5-pro")
+    assert models == expected
+    assert live_proxy[0].live.sessions.setup_failures["gemini-2.5-pro"] == failures + 1
+
+
+async def test_a_quota_close_is_backpressure_not_failover(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    sim.live.add_fault("gemini-2.5-flash-lite", LiveFault("quota"))
+    failures = dict(live_proxy[0].live.sessions.setup_failures)
+    with pytest.raises(errors.APIError) as raised:
+        async with client.aio.live.connect(model="gemini-2.5-flash-lite", config=TEXT):
+            pass
+    assert raised.value.code == 1011
+    assert "RESOURCE_EXHAUSTED" in str(raised.value)
+    # Not a breaker failure, and the cooldown holds the model for this key: the next session
+    # is shed before it reaches the upstream (the model has no fallback to spill to).
+    assert dict(live_proxy[0].live.sessions.setup_failures) == failures
+    with pytest.raises(errors.APIError):
+        async with client.aio.live.connect(model="gemini-2.5-flash-lite", config=TEXT):
+            pass
+    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash-lite"]
+
+
+async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(
+    client: genai.Client, sim: SimulatorApp
+) -> None:
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("drop", after_turns=1))
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=TEXT) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        with pytest.raises(errors.APIError) as raised:
+            async for _ in session.receive():
+                pass
+    assert raised.value.code == 1011
+    assert "INTERNAL: Internal error encountered." in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", ["drop", "go_away"])
+async def test_a_resumable_session_is_resumed_without_the_client_noticing(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], kind: str
+) -> None:
+    sim.live.add_fault("gemini-2.5-flash", LiveFault(kind, after_turns=1))
+    resumptions = live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"]
+    config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        # The simulator numbers replies per conversation: 2 means the context carried over.
+        assert await turn(session, "two") == "Live reply 2 to: two"
+    assert live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"] == resumptions + 1
+    first, resumed = sim.live.setups
+    assert "handle" not in first["sessionResumption"]
+    assert resumed["sessionResumption"]["handle"].endswith("-1")
+
+
+async def test_sessions_show_in_metrics_and_admin(
+    client: genai.Client,
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+) -> None:
+    url = live_proxy[1]
+    async with (
+        httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+        ) as http,
+        client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session,
+    ):
+        assert await turn(session, "hi") == "Live reply 1 to: hi"
+        view = (await http.get(f"{url}/admin/live")).json()
+        assert view["open"]["gemini-2.0-flash"] == 1
+        metrics = (await http.get(f"{url}/metrics")).text
+        assert 'gemini_breaker_live_sessions_open{model="gemini-2.0-flash"} 1.0' in metrics
+    # The proxy learns of the close on its own loop, a moment after the client's.
+    sessions = live_proxy[0].live.sessions
+    await eventually_async(lambda: not sessions.open.get("gemini-2.0-flash"), what="the close")
+
+
+async def test_a_thousand_idle_sessions_are_held_at_once(
+    sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
+) -> None:
+    """1,000 concurrent sessions (set up, then idle) through one proxy process; each still
+    answers a turn afterwards. Memory per session is a figure: bench/live_sessions.py."""
+    context = ssl.create_default_context(cafile=str(certificates["ca"]))
+    url = live_proxy[1].replace("https://", "wss://") + LIVE_PATH
+    setup = json.dumps({"setup": {"model": "models/gemini-2.0-flash-lite"}})
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_one() -> ClientConnection:
+            socket = await stack.enter_async_context(
+                connect(url, ssl=context, additional_headers={"x-goog-api-key": "k"})
+            )
+            await socket.send(setup)
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}
+            return socket
+
+        sockets = []
+        for _ in range(10):  # in waves, so the handshakes do not all time out at once
+            sockets += await asyncio.gather(*(open_one() for _ in range(100)))
+        assert live_proxy[0].live.sessions.open["gemini-2.0-flash-lite"] == 1000
+        turn_message = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "x"}]}]}}
+        for socket in (sockets[0], sockets[-1]):
+            await socket.send(json.dumps(turn_message))
+            texts = []
+            while True:
+                message = json.loads(await socket.recv())
+                if message.get("serverContent", {}).get("turnComplete"):
+                    break
+                for part in message.get("serverContent", {}).get("modelTurn", {}).get("parts", []):
+                    texts.append(part["text"])
+            assert "".join(texts) == "Live reply 1 to: x"
+
+
+async def test_shutdown_closes_open_sessions_with_a_close_frame(
+    live_simulator: tuple[SimulatorApp, str],
+) -> None:
+    settings = proxy_settings(live_simulator[1])
+    with contextlib.ExitStack() as server:
+        base = server.enter_context(serve(create_app(settings)))
+        url = base.replace("http://", "ws://") + LIVE_PATH
+        async with connect(url, additional_headers={"x-goog-api-key": "k"}) as socket:
+            await socket.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash"}}))
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}
+            # Stop the server off this loop, so the client keeps answering the close handshake.
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.close))
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+            await stopping
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code in (1001, 1012)  # going away / service restart
+
+
+async def test_with_client_tokens_a_caller_without_one_is_refused(
+    live_simulator: tuple[SimulatorApp, str],
+) -> None:
+    settings = proxy_settings(
+        live_simulator[1],
+        server={"client_tokens": ["tok-0123456789abcdef"]},
+        upstream={"api_key": "real"},
+    )
+    with serve(create_app(settings)) as base:
+        url = base.replace("http://", "ws://") + LIVE_PATH
+        for key in ({}, {"x-goog-api-key": "not-a-token"}):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, additional_headers=key):
+                    pass
+            assert refused.value.response.status_code == 403
+        async with connect(
+            url, additional_headers={"x-goog-api-key": "tok-0123456789abcdef"}
+        ) as socket:
+            await socket.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash"}}))
+            assert json.loads(await socket.recv()) == {"setupComplete": {}}
