@@ -37,9 +37,7 @@ class StoreLink:
         self.replica = replica
         self.routes = settings.routes
         self.digest = routes_digest(settings.routes)
-        self._params = {
-            m: settings.model_settings(m).breaker for chain in self.routes.values() for m in chain
-        }
+        self._params = {m: settings.model_settings(m).breaker for m in settings.routed_models}
         # Every new epoch is taken above the highest this replica has seen (see reconcile).
         self.shared = BreakerStore(redis, keys, self._epoch_floor)
         self.local: BreakerStore | None = None

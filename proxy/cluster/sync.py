@@ -91,7 +91,7 @@ class ClusterSync:
                 seen,
                 snapshot.epoch,
             )
-            models = sorted({m for chain in self.settings.routes.values() for m in chain})
+            models = sorted(self.settings.routed_models)
             try:
                 snapshot = await link.call(
                     lambda store: store.reissue(models), link.background_timeout
