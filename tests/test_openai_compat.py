@@ -16,33 +16,16 @@ from proxy.app import create_app
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
 
-from .conftest import PASS_THROUGH, calls, proxy_settings
+from .conftest import calls, proxy_settings
 from .redis_support import redis_server as redis_server  # the fixture
 from .support import serve
 from .test_cluster_e2e import Cluster, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
+from .test_streams import proxy_with
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 PROMPT = "Explain in many words how a circuit breaker protects a service from overload"
 MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
-
-
-def proxy_with(simulator_url: str, **routes: Any) -> Any:
-    return serve(
-        create_app(
-            proxy_settings(
-                simulator_url,
-                model_defaults={
-                    **PASS_THROUGH,
-                    "headers_timeout": 1.0,
-                    "first_event_timeout": 1.0,
-                    "unary_timeout": 1.0,
-                    "stall_timeout": 0.5,
-                },
-                **({"routes": routes} if routes else {}),
-            )
-        )
-    )
 
 
 @pytest.fixture
