@@ -11,6 +11,7 @@ fail-static) and started again (they converge). The timings are reported, not as
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import socket
 import subprocess
@@ -43,6 +44,8 @@ REPLICAS = tuple(f"http://127.0.0.1:{port}" for port in (18081, 18082, 18083))
 SIMULATOR = "http://127.0.0.1:18090"
 PROMETHEUS = "http://127.0.0.1:19090"
 PORTS = (16379, 18081, 18082, 18083, 18090, 19090)
+# The ports are the host's (host network), so concurrent test runs take turns for them.
+PORTS_LOCK = Path("/tmp/gemini-breaker-rehearsal-ports.lock")
 TOKEN = "demo-admin-token"  # compose.yaml's default
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
 ALERT = "GeminiBreakerNotOnPrimaryRehearsal"
@@ -92,6 +95,14 @@ def cluster(
 ) -> Iterator[Compose]:
     """The rehearsal's services up and healthy; taken down at the end."""
     assert project_image.tag == "gemini-breaker:local"  # the tag compose.yaml runs
+    with PORTS_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after `down`
+        yield from _cluster_up(docker_engine, base_image, figures)
+
+
+def _cluster_up(
+    docker_engine: Engine, base_image: str, figures: dict[str, str]
+) -> Iterator[Compose]:
     assert not busy_ports(), f"ports the rehearsal needs are taken: {busy_ports()}"
     for name in ("redis", "prometheus"):
         docker_engine.build(
