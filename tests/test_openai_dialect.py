@@ -77,6 +77,17 @@ def test_errors_are_googles_error_object_in_a_list() -> None:
     assert body == [
         {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}
     ]
+    # The statuses Google's front end pairs with each code (wire reference, section 6).
+    for code, status in (
+        (400, "INVALID_ARGUMENT"),
+        (401, "UNAUTHENTICATED"),
+        (404, "NOT_FOUND"),
+        (500, "INTERNAL"),
+        (503, "UNAVAILABLE"),
+    ):
+        assert json.loads(OPENAI.error_body(code, "m")) == [
+            {"error": {"code": code, "message": "m", "status": status}}
+        ]
     event = OPENAI.stream_error(502, "cut")
     assert event.startswith(b"data: {") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["error"]["code"] == 502
