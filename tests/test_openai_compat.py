@@ -329,7 +329,7 @@ def test_compatible_calls_open_the_cluster_breakers_and_fail_over(
     assert [a["model"] for a in calls(simulator)] == [FLASH] * 6  # the primary left alone
 
 
-def test_the_request_span_carries_what_a_native_calls_does(
+def test_the_request_span_carries_what_a_native_calls_carries(
     simulator_url: str, simulator: SimulatorControl
 ) -> None:
     """Route, requested and serving model, attempts and fallbacks, as on a native call."""
