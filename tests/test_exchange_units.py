@@ -15,8 +15,7 @@ import pytest
 
 from proxy.cluster.connect import store_client
 from proxy.cluster.coordinator import Coordinator
-from proxy.dialects import GEMINI
-from proxy.gemini.paths import parse_path
+from proxy.dialects import GEMINI, OPENAI, Dialect
 from proxy.pipeline.capability_lookup import CapabilityLookup
 from proxy.pipeline.deadlines import DeadlineBook
 from proxy.pipeline.exchange import Exchange, Services
@@ -65,7 +64,10 @@ class ScriptedUpstream:
     async def open(
         self, method: str, path: str, query: bytes, headers: Any, body: Any, *_: Any
     ) -> Scripted:
-        model = path.split("models/", 1)[1].split(":", 1)[0]
+        if "models/" in path:
+            model = path.split("models/", 1)[1].split(":", 1)[0]
+        else:  # the compatible API names its model in the body
+            model = json.loads(body)["model"]
         self.sent.append((model, body))
         step = self.script[model].pop(0)
         if isinstance(step, Exception):
@@ -159,6 +161,8 @@ async def run(
     upstream: ScriptedUpstream,
     path: str = UNARY,
     query: bytes = b"",
+    body: bytes = BODY,
+    dialect: Dialect = GEMINI,
 ) -> tuple[Exchange, Client]:
     services = Services(
         settings,
@@ -168,11 +172,13 @@ async def run(
         CapabilityLookup(settings),
         telemetry,
         DeadlineBook(),
-        GEMINI,
+        dialect,
         OriginPools(settings.upstream),
     )
-    route = parse_path(path)
+    route = dialect.parse(path, query, [])
     assert route is not None
+    if dialect.model_in_body:
+        route = dialect.with_body(route, body)
     scope = {
         "type": "http",
         "method": "POST",
@@ -183,7 +189,7 @@ async def run(
     }
     client = Client()
     loop = asyncio.get_running_loop()
-    exchange = Exchange(services, scope, client.send, route, BODY, loop.time() + 1000)
+    exchange = Exchange(services, scope, client.send, route, body, loop.time() + 1000)
     await exchange.run()
     return exchange, client
 
@@ -302,6 +308,58 @@ async def test_a_stream_that_cannot_be_continued_ends_with_an_in_band_error(
         }
         or json.loads(last["body"][6:])["error"]["message"] == "cut short"
     )
+
+
+def openai_event(text: str, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+    return b"data: " + json.dumps({"id": "c1", "choices": [choice]}).encode() + b"\n\n"
+
+
+async def test_a_break_whose_body_cannot_carry_a_continuation_ends_with_the_error(
+    settings: Any, coordinator: Coordinator, telemetry: Telemetry
+) -> None:
+    """The stream is the client's: it ends with the original failure in the Gemini shape,
+    and no fallback is sent a continuation it could not take."""
+    upstream = ScriptedUpstream(
+        {PRO: [stream(event("Hel"), UpstreamBodyError("cut short", 502))], FLASH: [], LITE: []}
+    )
+    body = b'{"contents": "not a list"}'
+    exchange, client = await run(
+        settings, coordinator, telemetry, upstream, STREAM, b"alt=sse", body
+    )
+    assert upstream.models == [PRO]
+    assert (client.status, exchange.served_by, exchange.attempts) == (200, PRO, 1)
+    last = client.messages[-1]
+    assert last["more_body"] is False
+    assert last["body"].startswith(b"data: ") and last["body"].endswith(b"\r\n\r\n")
+    assert json.loads(last["body"][6:])["error"] == {
+        "code": 502,
+        "message": "cut short",
+        "status": "UNAVAILABLE",
+    }
+
+
+async def test_a_compatible_break_that_cannot_be_continued_ends_with_an_error_chunk(
+    settings: Any, coordinator: Coordinator, telemetry: Telemetry
+) -> None:
+    """A chat stream without a messages list: the error chunk the openai SDK raises on, and
+    no ``[DONE]`` that would make the cut answer look whole."""
+    upstream = ScriptedUpstream(
+        {PRO: [stream(openai_event("Hel"), UpstreamBodyError("cut short", 502))], FLASH: []}
+    )
+    body = json.dumps({"model": PRO, "stream": True, "prompt": "hi"}).encode()
+    path = "/v1beta/openai/chat/completions"
+    exchange, client = await run(
+        settings, coordinator, telemetry, upstream, path, b"", body, OPENAI
+    )
+    assert upstream.models == [PRO]
+    assert (client.status, exchange.served_by) == (200, PRO)
+    assert client.body.startswith(openai_event("Hel"))
+    last = client.messages[-1]
+    assert last["more_body"] is False
+    assert b"[DONE]" not in client.body
+    error = json.loads(last["body"].removeprefix(b"data: "))["error"]
+    assert (error["code"], error["message"]) == (502, "cut short")
 
 
 # -- the relay on its own ---------------------------------------------------------------------

@@ -11,10 +11,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from proxy.app import create_app
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
+from proxy.telemetry import Telemetry
 
 from .conftest import calls, proxy_settings
 from .redis_support import redis_server as redis_server  # the fixture
@@ -22,6 +25,7 @@ from .support import serve
 from .test_cluster_e2e import Cluster, wait_all
 from .test_cluster_e2e import cluster as cluster  # the fixture
 from .test_streams import proxy_with
+from .test_telemetry_e2e import samples, value
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
 PROMPT = "Explain in many words how a circuit breaker protects a service from overload"
@@ -323,3 +327,85 @@ def test_compatible_calls_open_the_cluster_breakers_and_fail_over(
         )
         assert raw.headers["x-gemini-breaker-model"] == FLASH
     assert [a["model"] for a in calls(simulator)] == [FLASH] * 6  # the primary left alone
+
+
+def test_the_request_span_carries_what_a_native_calls_carries(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    """Route, requested and serving model, attempts and fallbacks, as on a native call."""
+    exporter = InMemorySpanExporter()
+    telemetry = Telemetry("gemini-breaker", "replica-test", span_exporter=exporter)
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    with serve(create_app(proxy_settings(simulator_url), telemetry=telemetry)) as proxy:
+        client(proxy).chat.completions.create(model=PRO, messages=MESSAGES)
+        native = httpx.post(
+            f"{proxy}/v1beta/models/{PRO}:generateContent",
+            json={"contents": [{"parts": [{"text": PROMPT}]}]},
+            headers={"x-goog-api-key": "test-key"},
+        )
+        assert native.status_code == 200
+    telemetry.force_flush()
+    compatible, gemini = [
+        dict(s.attributes or {}) for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER
+    ]
+    assert compatible["http.route"] == "/v1beta/openai/chat/completions"
+    for attributes in (compatible, gemini):
+        assert attributes["gen_ai.request.model"] == PRO
+        assert attributes["gen_ai.response.model"] == FLASH
+        assert attributes["gen_ai.operation.name"] == "generate_content"
+        assert (attributes["gemini_breaker.attempts"], attributes["gemini_breaker.fallbacks"]) == (
+            2,
+            1,
+        )
+    assert set(compatible) == set(gemini)
+
+
+def tokens(proxy: str, model: str) -> tuple[float, float]:
+    """The proxy's input and output token counters for ``model``."""
+    metrics = samples(httpx.get(proxy + "/metrics").text)
+    name = "gemini_breaker_tokens_total"
+    return (
+        value(metrics, name, model=model, gen_ai_token_type="input"),
+        value(metrics, name, model=model, gen_ai_token_type="output"),
+    )
+
+
+def test_the_tokens_of_compatible_answers_are_counted(proxy: str) -> None:
+    answer = client(proxy).chat.completions.create(model=FLASH, messages=MESSAGES)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    assert tokens(proxy, FLASH) == (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    chunks = list(
+        client(proxy).chat.completions.create(
+            model=FLASH,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    [usage] = [c.usage for c in chunks if c.usage is not None]  # the last chunk's
+    assert tokens(proxy, FLASH) == (
+        answer.usage.prompt_tokens + usage.prompt_tokens,
+        answer.usage.completion_tokens + usage.completion_tokens,
+    )
+
+
+def test_a_fallback_lacking_a_capability_the_chat_needs_is_skipped(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    settings = proxy_settings(
+        simulator_url,
+        models={LITE: {"capabilities": {"unsupported": ["function_calling"]}}},
+        routes={PRO: [PRO, LITE, FLASH]},
+    )
+    simulator.set_faults(PRO, [{"kind": "error", "status": 503}])
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    with serve(create_app(settings)) as proxy:
+        with_tools = client(proxy).chat.completions.with_raw_response.create(
+            model=PRO, messages=MESSAGES, tools=[tool]
+        )
+        assert with_tools.headers["x-gemini-breaker-model"] == FLASH  # flash-lite was skipped
+        plain = client(proxy).chat.completions.with_raw_response.create(
+            model=PRO, messages=MESSAGES
+        )
+        assert plain.headers["x-gemini-breaker-model"] == LITE  # it can serve this one
+    assert [a["model"] for a in calls(simulator)] == [PRO, FLASH, PRO, LITE]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Protocol
 
+from ..gemini.features import RequestNeeds
 from ..gemini.sse import Delivered
 from ..transport.headers import Headers
 
@@ -128,8 +129,16 @@ class Dialect(Protocol):
         """What ends a whole stream (an SSE terminator; empty when the body's end does)."""
 
     def continuation_body(self, body: bytes, delivered_text: str) -> bytes:
-        """The request with the delivered text as the model's turn (``ValueError`` if the
+        """The request with the delivered text as the model's turn (``NotContinuable`` if the
         body cannot carry one)."""
+
+    def request_needs(self, body: bytes) -> RequestNeeds:
+        """What a model must offer to serve this request body (features, input size, output
+        limit), in the capability table's vocabulary; a body it cannot read needs nothing."""
+
+    def usage_in_tail(self, tail: bytes) -> dict[str, int] | None:
+        """A unary answer's token usage, in ``usageMetadata``'s names (which the token metrics
+        read), from the last bytes of its body; None when it is not there."""
 
     def stream_account(self, delivered: Delivered) -> StreamAccount:
         """A reader of this dialect's stream chunks into ``delivered``."""

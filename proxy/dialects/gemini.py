@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..gemini.errors import JSON_CONTENT_TYPE, error_body, sse_error_event
-from ..gemini.features import continuation_body
+from ..gemini.features import RequestNeeds, continuation_body, needs_of_body
 from ..gemini.paths import GeminiPath, parse_path
 from ..gemini.sse import Delivered, encode_event, stitch
+from ..gemini.usage import usage_from_tail
 from ..transport.headers import Headers, credential_scope, upstream_request_headers
 from .base import Framing, RequestRoute
 
@@ -65,6 +66,12 @@ class GeminiDialect:
 
     def continuation_body(self, body: bytes, delivered_text: str) -> bytes:
         return continuation_body(body, delivered_text)
+
+    def request_needs(self, body: bytes) -> RequestNeeds:
+        return needs_of_body(body)
+
+    def usage_in_tail(self, tail: bytes) -> dict[str, int] | None:
+        return usage_from_tail(tail)
 
     def stream_account(self, delivered: Delivered) -> GeminiStreamAccount:
         return GeminiStreamAccount(delivered)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..gemini.errors import JSON_CONTENT_TYPE, error_payload
+from ..gemini.features import NotContinuable, RequestNeeds
 from ..gemini.sse import Delivered
 from ..transport.headers import (
     API_KEY_HEADER,
@@ -21,6 +22,7 @@ from ..transport.headers import (
     upstream_request_headers,
 )
 from .base import Framing, RequestRoute
+from .openai_needs import needs_of_chat_body
 
 _PATH = re.compile(
     r"^(?P<prefix>(?:/[^/?]+)*?)(?P<path>/v1beta/openai/"
@@ -52,6 +54,13 @@ class OpenAIRoute:
     @property
     def upload(self) -> bool:
         return False
+
+    @property
+    def template(self) -> str:
+        """``http.route``: the path with a model's name as a placeholder."""
+        if self.operation == "models" and self.path.count("/") > 3:
+            return "/v1beta/openai/models/{model}"
+        return self.path.rstrip("/")
 
     @property
     def is_generate(self) -> bool:
@@ -154,14 +163,31 @@ class OpenAIDialect:
 
     def continuation_body(self, body: bytes, delivered_text: str) -> bytes:
         """The request with the text already delivered as an assistant message, so the next
-        model finishes the answer. Raises ``ValueError`` for a body without messages."""
-        request = json.loads(body)
+        model finishes the answer. Raises ``NotContinuable`` for a body without messages."""
+        try:
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            request = None
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-            raise ValueError("not a chat completion request with a messages list")
+            raise NotContinuable("not a chat completion request with a messages list")
         if delivered_text:
             assistant = {"role": "assistant", "content": delivered_text}
             request["messages"] = [*request["messages"], assistant]
         return json.dumps(request, separators=(",", ":")).encode()
+
+    def request_needs(self, body: bytes) -> RequestNeeds:
+        return needs_of_chat_body(body)
+
+    def usage_in_tail(self, tail: bytes) -> dict[str, int] | None:
+        """A chat completion's ``usage`` (``prompt_tokens``, ``completion_tokens``), which
+        ends the answer, in ``usageMetadata``'s names."""
+        start = tail.rfind(b'"usage"')
+        if start < 0:
+            return None
+        found = {
+            _GEMINI_NAMES[name]: int(value) for name, value in _USAGE_FIELD.findall(tail[start:])
+        }
+        return found or None
 
     def stream_account(self, delivered: Delivered) -> OpenAIStreamAccount:
         return OpenAIStreamAccount(delivered)
@@ -182,6 +208,8 @@ _USAGE_NAMES = (
     ("completion_tokens", "candidatesTokenCount"),
     ("total_tokens", "totalTokenCount"),
 )
+_GEMINI_NAMES = {openai.encode(): gemini for openai, gemini in _USAGE_NAMES}
+_USAGE_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
 DONE_CHUNK: dict[str, Any] = {}
 """What the relay's event check gives for ``data: [DONE]`` (the same object every time)."""
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..errors import PipelineError
+
 FUNCTION_CALLING = "function_calling"
 GOOGLE_SEARCH = "google_search"
 CODE_EXECUTION = "code_execution"
@@ -102,6 +104,11 @@ _CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
 
 Dialect = Literal["openapi", "jsonschema"]
 """``openapi``: the OpenAPI-subset ``responseSchema``; ``jsonschema``: ``responseJsonSchema``."""
+
+
+class NotContinuable(PipelineError, ValueError):
+    """A request body that cannot carry the text already delivered as the model's turn, so a
+    broken stream of it cannot be continued on another model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +208,11 @@ def continuation_body(body: bytes, delivered_text: str) -> bytes:
     given; a trailing model turn (the client's own prefill) is extended rather than followed by
     a second one, since Gemini expects the roles to alternate.
 
-    Raises ``ValueError`` when the body is not a request with a ``contents`` list.
+    Raises ``NotContinuable`` when the body is not a request with a ``contents`` list.
     """
     request = parse_request(body)
     if request is None or not isinstance(request.get("contents"), list):
-        raise ValueError("not a generateContent request with a contents list")
+        raise NotContinuable("not a generateContent request with a contents list")
     if not delivered_text:
         return body
     contents: list[Any] = list(request["contents"])

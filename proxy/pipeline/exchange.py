@@ -24,7 +24,7 @@ from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
 from ..dialects.vertex import same_model_elsewhere, shared_capacity
-from ..gemini.features import RequestNeeds, needs_of_body
+from ..gemini.features import RequestNeeds
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
 from ..transport.headers import Headers
@@ -99,7 +99,8 @@ class Services:
 
 
 class Exchange:
-    """Serves one request. ``status``, ``served_by`` and ``attempts`` describe how it went."""
+    """Serves one request. ``status``, ``served_by``, ``attempts`` and ``fallbacks`` describe
+    how it went."""
 
     def __init__(
         self,
@@ -122,6 +123,8 @@ class Exchange:
         self.client = Responder(send, services.dialect)
         self.served_by: str | None = None
         self.attempts = 0
+        self.fallbacks: int | None = None
+        """How far down the chain the model that answered was (0: the first), once one did."""
         self.credential = services.dialect.credential(
             scope["headers"], scope["query_string"], services.settings.upstream.api_key
         )
@@ -250,6 +253,7 @@ class Exchange:
                 continue
             decision = await self._try_model(admission, position, jumped_to is not None)
             if isinstance(decision, Done):
+                self.fallbacks = position
                 if model != chain[0]:
                     self.telemetry.failover(
                         requested, chain[0], model, self._passed_over or "failure"
@@ -409,7 +413,7 @@ class Exchange:
     @functools.cached_property
     def needs(self) -> RequestNeeds:
         """What the request needs from a model (parsed once, only when a fallback is weighed)."""
-        return needs_of_body(self.body_bytes)
+        return self.services.dialect.request_needs(self.body_bytes)
 
     @functools.cached_property
     def max_output_tokens(self) -> int | None:

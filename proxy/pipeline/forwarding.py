@@ -19,7 +19,7 @@ from ..cluster.coordinator import Coordinator
 from ..config import Settings
 from ..dialects import DIALECTS, GEMINI, Dialect, RequestRoute
 from ..dialects.vertex import VertexDialect
-from ..telemetry import Telemetry
+from ..telemetry import RequestSpan, Telemetry
 from ..transport.adc import AdcTokens, CredentialsUnavailable
 from ..transport.asgi_io import (
     BodyTooLarge,
@@ -72,8 +72,8 @@ class Forwarder:
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         dialect, route = self._parse(path, scope["query_string"], scope["headers"])
         with self.telemetry.request(scope["method"], scope["headers"], route) as span:
-            exchange = await self._handle(scope, receive, send, path, dialect, route)
-            span.finish(exchange[0], exchange[1], attempts=exchange[2])
+            exchange = await self._handle(scope, receive, send, path, dialect, route, span)
+            span.finish(exchange[0], exchange[1], attempts=exchange[2], fallbacks=exchange[3])
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s%s %d model=%s attempts=%d %.1fms",
@@ -94,8 +94,10 @@ class Forwarder:
         path: str,
         dialect: Dialect,
         route: RequestRoute | None,
-    ) -> tuple[int, str | None, int]:
-        """Answer the request; returns (status, serving model, upstream attempts) for the log."""
+        span: RequestSpan,
+    ) -> tuple[int, str | None, int, int | None]:
+        """Answer the request; returns (status, serving model, upstream attempts, fallbacks)
+        for the span and the log."""
         if route is None:
             shown = path if len(path) <= 200 else path[:200] + "..."
             await send_error(
@@ -104,11 +106,11 @@ class Forwarder:
                 f"{shown} is not a Gemini API path; expected /v1, /v1beta or /v1alpha "
                 "followed by a resource, optionally after a prefix.",
             )
-            return 404, None, 0
+            return 404, None, 0, None
         upstream, coordinator = self.upstream, self.coordinator
         if upstream is None or coordinator is None:
             await _refuse(send, dialect, 503, "The proxy is starting; retry shortly.")
-            return 503, None, 0
+            return 503, None, 0, None
         headers: Headers = scope["headers"]
         # Upload chunks carry no key (the SDK sends none): their upload_id, issued for a
         # request that did present a token, is their credential.
@@ -121,7 +123,7 @@ class Forwarder:
             )
             if refusal is not None:
                 await _refuse(send, dialect, refusal.code, refusal.message)
-                return refusal.code, None, 0
+                return refusal.code, None, 0, None
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
         if isinstance(dialect, VertexDialect) and not _has_credential(headers, scope):
@@ -129,14 +131,14 @@ class Forwarder:
                 token = await self.adc.authorization()
             except CredentialsUnavailable as exc:
                 await _refuse(send, dialect, 401, f"No credentials: {exc.args[0]}")
-                return 401, None, 0
+                return 401, None, 0, None
             headers = [*headers, (b"authorization", token)]
             scope = {**scope, "headers": headers}
         limit = MAX_UPLOAD_BYTES if route.upload else self.settings.server.max_body_bytes
         length = declared_length(headers)
         if length is not None and length > limit:
             await _refuse(send, dialect, 413, BodyTooLarge(limit).args[0])
-            return 413, None, 0
+            return 413, None, 0, None
         deadline = asyncio.get_running_loop().time() + self._deadline(headers)
         body: bytes | AsyncIterable[bytes]
         if route.upload:
@@ -149,11 +151,12 @@ class Forwarder:
                 body = await read_body(receive, limit)
             except BodyTooLarge as exc:
                 await _refuse(send, dialect, 413, exc.args[0])
-                return 413, None, 0
+                return 413, None, 0, None
             except ClientDisconnected:
-                return CLIENT_CLOSED, None, 0
+                return CLIENT_CLOSED, None, 0, None
             if dialect.model_in_body:
                 route = dialect.with_body(route, body)
+                span.routed(route)
         services = Services(
             self.settings,
             upstream,
@@ -174,7 +177,7 @@ class Forwarder:
             deadline=deadline,
         )
         await exchange.run_cancelling_on_disconnect(receive)
-        return exchange.status, exchange.served_by, exchange.attempts
+        return exchange.status, exchange.served_by, exchange.attempts, exchange.fallbacks
 
     def _parse(
         self, path: str, query: bytes, headers: Headers

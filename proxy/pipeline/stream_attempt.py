@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..cluster.coordinator import Admission
 from ..config import ModelSettings
+from ..gemini.features import NotContinuable
 from ..transport.headers import Headers
 from ..transport.upstream import UpstreamError, UpstreamResponse
 from . import answer_checks
@@ -101,6 +102,14 @@ async def _continue(
     for model in exchange.coordinator.chain_for(requested)[position + 1 :]:
         if loop.time() >= exchange.deadline:
             return None
+        try:
+            body = exchange.services.dialect.continuation_body(
+                exchange.body_bytes, relay.delivered.text
+            )
+        except NotContinuable as exc:
+            # Built before admission, so no permit is taken for a model never sent to.
+            log.info("the stream cannot be continued: %s", exc)
+            return None
         admission = await _admit(exchange, model)
         if admission is None:
             continue
@@ -108,9 +117,6 @@ async def _continue(
         exchange.attempts += 1
         wait = stream_first_event_wait(settings, exchange.services.deadlines, model)
         relay.first_event_at = loop.time() + wait
-        body = exchange.services.dialect.continuation_body(
-            exchange.body_bytes, relay.delivered.text
-        )
         try:
             response = await exchange.open(model, limits, body, wait)
         except UpstreamError:

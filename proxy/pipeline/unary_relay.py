@@ -10,7 +10,6 @@ from starlette.types import Scope
 
 from ..config import ModelSettings
 from ..telemetry import AttemptSpan
-from ..telemetry.usage import usage_from_tail
 from ..transport.headers import (
     UPLOAD_URL_HEADER,
     Headers,
@@ -26,7 +25,7 @@ log = logging.getLogger("gemini_breaker.forwarding")
 
 # An upstream error body kept to relay later if no other model answers (Google's are < 2 KiB).
 MAX_KEPT_ERROR_BYTES = 64 * 1024
-# The end of a unary answer kept for its usageMetadata.
+# The end of a unary answer kept for its token usage (which both dialects put last).
 USAGE_TAIL_BYTES = 4096
 
 
@@ -64,7 +63,7 @@ async def relay(
             return exc
         await client.end()
         if usage_span is not None and response.status_code == 200:
-            usage_span.usage(usage_from_tail(tail))
+            usage_span.usage(client.dialect.usage_in_tail(tail))
         return None
     finally:
         # Never suspends: closing finishes even when the client's disconnect cancelled us.

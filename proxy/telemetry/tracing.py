@@ -27,6 +27,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..dialects.base import RequestRoute
+from ..dialects.openai import OpenAIRoute
 from ..dialects.vertex import VertexPath
 from ..gemini.paths import GeminiPath
 from . import names
@@ -41,7 +42,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 def route_template(path: RequestRoute | None) -> str | None:
     """``http.route`` of a Gemini path: ``/v1beta/models/{model}:generateContent``,
     ``/v1beta/files/{name}``, ``/upload/v1beta/files``; None for a path that is not one."""
-    if isinstance(path, VertexPath):
+    if isinstance(path, VertexPath | OpenAIRoute):
         return path.template
     if not isinstance(path, GeminiPath):
         return None
@@ -87,6 +88,17 @@ class RequestSpan:
         self._method = method
         self._started = time.perf_counter()
         self.finished = False
+
+    def routed(self, route: RequestRoute) -> None:
+        """The request's route once its body was read (a dialect that names the model in the
+        body): the requested model and the method go on the span and the request's count."""
+        self._route = route.model
+        self._method = route.method
+        span = self.span
+        if span.is_recording():
+            span.set_attribute(names.GEN_AI_OPERATION_NAME, operation_name(route.method))
+            if route.model:
+                span.set_attribute(names.GEN_AI_REQUEST_MODEL, label(route.model))
 
     @property
     def trace_id(self) -> str:

@@ -1,8 +1,7 @@
-"""Token counts from a Gemini answer's ``usageMetadata``."""
+"""Token counts from a Gemini answer's ``usageMetadata`` (or a usage in its names)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 # usageMetadata field (the API's camelCase, or the SDK's snake_case) -> gen_ai.token.type
@@ -24,22 +23,3 @@ def token_counts(usage: Mapping[str, object] | None) -> dict[str, int]:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             counts[kind] = value
     return counts
-
-
-_USAGE_FIELD = re.compile(
-    rb'"(promptTokenCount|candidatesTokenCount|thoughtsTokenCount)"\s*:\s*(\d+)'
-)
-
-
-def usage_from_tail(tail: bytes) -> dict[str, int] | None:
-    """The ``usageMetadata`` counts of a unary answer, read from the end of its body (where
-    Gemini puts them) without parsing the whole answer; None when it is not there."""
-    start = tail.rfind(b'"usageMetadata"')
-    if start < 0:
-        return None
-    end = tail.find(b"}", start)
-    found = {
-        name.decode(): int(value)
-        for name, value in _USAGE_FIELD.findall(tail[start : end if end > 0 else None])
-    }
-    return found or None
