@@ -15,6 +15,7 @@ from proxy.gemini import features as f
 from proxy.gemini.features import (
     FEATURES,
     MEDIA_PART_TOKENS,
+    NotContinuable,
     RequestNeeds,
     ResponseSchema,
     continuation_body,
@@ -499,7 +500,7 @@ def test_continuation_of_empty_contents() -> None:
 
 @pytest.mark.parametrize("raw", [b"", b"nope", b"[]", b"{}", b'{"contents": {"parts": []}}'])
 def test_continuation_refuses_what_is_not_a_request(raw: bytes) -> None:
-    with pytest.raises(ValueError, match="contents"):
+    with pytest.raises(NotContinuable, match="contents"):
         continuation_body(raw, "x")
 
 

@@ -106,7 +106,7 @@ Dialect = Literal["openapi", "jsonschema"]
 """``openapi``: the OpenAPI-subset ``responseSchema``; ``jsonschema``: ``responseJsonSchema``."""
 
 
-class NotContinuable(PipelineError, ValueError):
+class NotContinuable(PipelineError):
     """A request body that cannot carry the text already delivered as the model's turn, so a
     broken stream of it cannot be continued on another model."""
 
