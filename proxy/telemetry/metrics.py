@@ -156,8 +156,9 @@ class MetricsRecorder:
         )
 
     def failover(self, route: str, from_model: str, to_model: str, reason: str) -> None:
-        """A request of ``route`` left ``from_model`` for ``to_model`` (reason e.g. ``failure``,
-        ``breaker_open``, ``capability``, ``input_too_long``, ``spillover``, ``stream_break``)."""
+        """A request of ``route`` left ``from_model`` for ``to_model`` (reason ``failure``,
+        ``breaker_open``, ``input_too_long`` or ``spillover``: why ``from_model`` did not serve;
+        a broken stream finished elsewhere counts in ``stream_continuation`` instead)."""
         self._failovers.add(
             1,
             (
