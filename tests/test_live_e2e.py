@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from proxy.app import ProxyApp, create_app
+from proxy.operators.admin_documents import breakers_document
 from proxy.operators.certs import make_certificates
 from proxy.simulator import create_simulator_app
 from proxy.simulator.app import SimulatorApp
@@ -27,6 +28,7 @@ from proxy.simulator.live import LiveFault
 
 from .conftest import proxy_settings
 from .support import eventually_async, serve
+from .tcp_gate import TcpGate
 
 pytestmark = pytest.mark.anyio
 
@@ -165,6 +167,98 @@ async def test_a_quota_close_is_backpressure_not_failover(
         async with client.aio.live.connect(model="gemini-2.5-flash-lite", config=TEXT):
             pass
     assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash-lite"]
+
+
+def sdk_client(base_url: str, api_key: str = "live-key") -> genai.Client:
+    return genai.Client(
+        api_key=api_key, http_options=types.HttpOptions(base_url=base_url, api_version="v1beta")
+    )
+
+
+def breaker(app: ProxyApp, model: str) -> dict[str, Any]:
+    coordinator = app.forwarder.coordinator
+    assert coordinator is not None
+    found: dict[str, Any] = breakers_document(coordinator)["breakers"][model]
+    return found
+
+
+async def test_a_refused_connection_at_setup_fails_over_to_the_next_model(
+    live_simulator: tuple[SimulatorApp, str],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream connection of the first model is reset before the upgrade (the proxy
+    reaches the simulator through a TCP gate): the session is served by the next model, and
+    the failed setup is counted, in the metric and against the first model's breaker."""
+    sim = live_simulator[0]
+    sim.live.setups.clear()
+    gate = TcpGate(int(live_simulator[1].rsplit(":", 1)[1]))
+    pair = (str(certificates["cert"]), str(certificates["key"]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    with gate.serve() as gate_url:
+        settings = proxy_settings(
+            gate_url,
+            server={"tls": {"cert_file": pair[0], "key_file": pair[1]}},
+            model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+        )
+        app = create_app(settings)
+        with serve(app, tls=pair) as url:
+            gate.reset_next(1)
+            client = sdk_client(url)
+            async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+                assert app.live.sessions.open["gemini-2.5-flash"] == 1
+                assert await turn(session, "hi") == "Live reply 1 to: hi"
+            assert gate.resets == 1
+            # The reset connection never carried a setup: the simulator saw flash's only.
+            assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+            assert app.live.sessions.setup_failures["gemini-2.5-pro"] == 1
+            async with httpx.AsyncClient(
+                verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+            ) as http:
+                metrics = (await http.get(f"{url}/metrics")).text
+            assert 'gemini_breaker_live_setup_failures_total{model="gemini-2.5-pro"} 1.0' in metrics
+            await eventually_async(
+                lambda: breaker(app, "gemini-2.5-pro")["failures"] == 1,
+                what="the failed setup in pro's breaker",
+            )
+
+
+async def test_a_429_on_the_upgrade_is_backpressure(
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 429 answering the upgrade: the client's session fails with the quota close as it
+    came, no breaker failure is counted, and the key cools down on that model: its next
+    session skips it for the next model of the chain. (A key of its own, so the cooldown
+    stays in this test.)"""
+    app, url = live_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    client = sdk_client(url, api_key="live-key-429")
+    sim.live.add_fault("gemini-2.5-pro", LiveFault("refuse", status=429))
+    failures = dict(app.live.sessions.setup_failures)
+    pro_failures = breaker(app, "gemini-2.5-pro")["failures"]
+    flash_calls = breaker(app, "gemini-2.5-flash")["calls"]
+    with pytest.raises(errors.APIError) as raised:
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT):
+            pass
+    assert raised.value.code == 1011
+    assert "RESOURCE_EXHAUSTED: upstream answered the upgrade with 429" in str(raised.value)
+    assert not sim.live.faults["gemini-2.5-pro"]  # the refusal was used
+    assert sim.live.setups == []  # the refused upgrade carried no setup; nothing failed over
+    async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+        assert app.live.sessions.open["gemini-2.5-flash"] >= 1
+        assert await turn(session, "again") == "Live reply 1 to: again"
+    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+    assert dict(app.live.sessions.setup_failures) == failures
+    # Once flash's success has reached its breaker, pro's failure would have too (failures
+    # are reported first): there is none.
+    await eventually_async(
+        lambda: breaker(app, "gemini-2.5-flash")["calls"] > flash_calls,
+        what="flash's success in its breaker",
+    )
+    assert breaker(app, "gemini-2.5-pro")["failures"] == pro_failures
 
 
 async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(
