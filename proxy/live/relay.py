@@ -121,9 +121,10 @@ class LiveRelay:
         path = live_path(shown)
         if (await receive())["type"] != "websocket.connect":
             return
-        # The path alone: a query may carry a key (``key=``, ``access_token=``).
+        # The path alone: a query may carry a key (``key=``, ``access_token=``). A path that is
+        # not a Live one is logged, but does not name a span (span names stay a small set).
         route = path or (shown if len(shown) <= 200 else shown[:200] + "...")
-        span = self.telemetry.session(scope["headers"], route)
+        span = self.telemetry.session(scope["headers"], path or "other")
         ended = _Ended()
         try:
             await self._serve(scope, path, receive, send, span, ended)
