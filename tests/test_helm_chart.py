@@ -108,6 +108,10 @@ CASES: dict[str, dict[str, Any]] = {
         "sidecar": {"exampleApp": {"enabled": True}},
         "secrets": {"apiKey": {"existingSecret": "gemini", "key": "key"}},
     },
+    "standalone-tls": {
+        "server": {"tls": {"existingSecret": "gateway-tls"}},
+        "serviceMonitor": {"enabled": True},
+    },
     "sidecar-tls": {
         "mode": "sidecar",
         "sidecar": {"exampleApp": {"enabled": True}},
@@ -147,7 +151,7 @@ EXAMPLE_TLS = {
     "caKey": "ca.crt",
 }
 # The cases whose configuration names files only a pod has (the mounted certificate).
-NEEDS_MOUNTS = {"sidecar-tls"}
+NEEDS_MOUNTS = {"sidecar-tls", "standalone-tls"}
 # Values the chart refuses: (values, what the error names).
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "unknown mode": ({"mode": "gateway"}, "/mode"),
@@ -587,6 +591,26 @@ def test_the_tls_probe_command_asks_a_tls_proxy(
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     assert probe(f"https://127.0.0.1:{port}/healthz") != 0
+
+
+def test_a_gateway_with_a_certificate(helm: HelmResults) -> None:
+    """Standalone with server.tls: the proxy mounts its pair, the kubelet probes over HTTPS,
+    Prometheus scrapes over HTTPS trusting the Secret's CA, and NOTES give an https:// URL."""
+    rendered, deployment = gateway(helm, "standalone-tls")
+    proxy = proxy_container(deployment)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert proxy[probe]["httpGet"]["scheme"] == "HTTPS"
+    (mount,) = [m for m in proxy["volumeMounts"] if m["mountPath"] == "/etc/gemini-breaker/tls"]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == "gateway-tls"
+    assert "gemini-breaker-tls-ca" not in volumes  # no application container to trust it
+    (endpoint,) = rendered.get("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "gateway-tls", "key": "ca.pem"}},
+        "serverName": f"{FULLNAME}.default.svc",
+    }
+    assert f"GOOGLE_GEMINI_BASE_URL=https://{FULLNAME}.default.svc:" in rendered.notes
 
 
 def test_an_application_chart_gets_the_trust_from_the_template(helm: HelmResults) -> None:

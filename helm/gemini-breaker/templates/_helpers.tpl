@@ -307,6 +307,7 @@ env: []
         path: {{ .keyKey }}
     # Readable by the proxy's user without an fsGroup; only the proxy container mounts it.
     defaultMode: 0444
+{{- if eq $.Values.mode "sidecar" }}
 - name: gemini-breaker-tls-ca
   secret:
     secretName: {{ .existingSecret }}
@@ -315,6 +316,7 @@ env: []
       - key: {{ .caKey }}
         path: {{ .caKey }}
     defaultMode: 0444
+{{- end }}
 {{- end }}
 {{- end }}
 {{- with .Values.redis.tls.existingSecret }}
