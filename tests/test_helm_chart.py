@@ -32,10 +32,14 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from proxy.app import create_app
 from proxy.config import Settings
 from proxy.config_load import load_settings
+from proxy.operators.certs import make_certificates
 
 from . import helm_tools
+from .conftest import proxy_settings
+from .support import serve
 from .tool_cache import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +108,15 @@ CASES: dict[str, dict[str, Any]] = {
         "sidecar": {"exampleApp": {"enabled": True}},
         "secrets": {"apiKey": {"existingSecret": "gemini", "key": "key"}},
     },
+    "standalone-tls": {
+        "server": {"tls": {"existingSecret": "gateway-tls"}},
+        "serviceMonitor": {"enabled": True},
+    },
+    "sidecar-tls": {
+        "mode": "sidecar",
+        "sidecar": {"exampleApp": {"enabled": True}},
+        "server": {"tls": {"existingSecret": "proxy-tls"}},
+    },
     "sentinel": {
         "redis": {
             "sentinel": {
@@ -130,6 +143,15 @@ CASES: dict[str, dict[str, Any]] = {
         }
     },
 }
+# A cert-manager Secret's keys, for the application chart that includes the sidecar.
+EXAMPLE_TLS = {
+    "existingSecret": "app-proxy-tls",
+    "certKey": "tls.crt",
+    "keyKey": "tls.key",
+    "caKey": "ca.crt",
+}
+# The cases whose configuration names files only a pod has (the mounted certificate).
+NEEDS_MOUNTS = {"sidecar-tls", "standalone-tls"}
 # Values the chart refuses: (values, what the error names).
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "unknown mode": ({"mode": "gateway"}, "/mode"),
@@ -271,6 +293,7 @@ def sources(example: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     found = {name: (CHART, values) for name, values in CASES.items()}
     found |= {f"invalid: {name}": (CHART, values) for name, (values, _) in INVALID.items()}
     found["example"] = (example, {})
+    found["example-tls"] = (example, {"gemini-breaker": {"server": {"tls": EXAMPLE_TLS}}})
     return found
 
 
@@ -490,6 +513,131 @@ def test_the_sidecar_probe_command_asks_the_proxy(helm: HelmResults, proxy_url: 
     assert probe(f"http://127.0.0.1:{port}/healthz") != 0
 
 
+def tls_pod(deployment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The app and proxy containers of a pod whose sidecar serves TLS, and its volumes."""
+    app, proxy = pod_spec(deployment)["containers"]
+    assert (app["name"], proxy["name"]) == ("app", "gemini-breaker")
+    return app, proxy
+
+
+def test_a_sidecar_with_a_certificate_serves_live_sessions(
+    helm: HelmResults, tmp_path: Path
+) -> None:
+    """With server.tls the app gets an https:// base URL and trusts the CA (alone: never the
+    proxy's key); the proxy mounts its pair and serves TLS with it; probes speak HTTPS."""
+    rendered = render(helm, "sidecar-tls")
+    deployment = rendered.get("Deployment", f"{FULLNAME}-example-app")
+    app, proxy = tls_pod(deployment)
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    app_env = env_of(app)
+    assert app_env["GOOGLE_GEMINI_BASE_URL"] == "https://127.0.0.1:8080"
+    (ca_mount,) = app["volumeMounts"]
+    assert ca_mount["readOnly"]
+    assert app_env["SSL_CERT_FILE"] == f"{ca_mount['mountPath']}/ca.pem"
+    ca_volume = volumes[ca_mount["name"]]["secret"]
+    assert ca_volume["secretName"] == "proxy-tls"
+    assert ca_volume["items"] == [{"key": "ca.pem", "path": "ca.pem"}]
+    tls_dir = "/etc/gemini-breaker/tls"
+    (pair_mount,) = [m for m in proxy["volumeMounts"] if m["mountPath"] == tls_dir]
+    assert pair_mount["readOnly"] and pair_mount["name"] != ca_mount["name"]
+    pair_volume = volumes[pair_mount["name"]]["secret"]
+    assert pair_volume["secretName"] == "proxy-tls"
+    assert {item["key"] for item in pair_volume["items"]} == {"proxy.pem", "proxy-key.pem"}
+    assert pair_volume["defaultMode"] & 0o004  # UID 10001 reads it without an fsGroup
+    config = yaml.safe_load(rendered.config_text())
+    assert config["server"]["tls"] == {
+        "cert_file": f"{tls_dir}/proxy.pem",
+        "key_file": f"{tls_dir}/proxy-key.pem",
+    }
+    # What the proxy loads once the Secret holds `gemini-breaker certs` output at that path.
+    made = make_certificates(tmp_path / "tls", ["127.0.0.1"], days=2)
+    config_map = rendered.get("ConfigMap")
+    mounted = rendered.config_text().replace(tls_dir, str(made["cert"].parent))
+    here = [d for d in rendered.docs if d is not config_map]
+    here.append({**config_map, "data": {"config.yaml": mounted}})
+    settings = settings_from(Rendered(here, rendered.notes), deployment, tmp_path)
+    assert settings.server.tls.cert_file == str(made["cert"])
+    assert settings.server.tls.key_file == str(made["key"])
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert proxy[probe]["exec"]["command"][-1] == f"https://127.0.0.1:8080{path}"
+    assert "https://127.0.0.1:8080" in rendered.notes and "appTrust" in rendered.notes
+
+
+def test_the_tls_probe_command_asks_a_tls_proxy(
+    helm: HelmResults, simulator_url: str, tmp_path: Path
+) -> None:
+    """The in-container probe of a TLS sidecar, run against a real proxy serving TLS with a
+    `gemini-breaker certs` pair: it passes, and fails where nothing answers."""
+    proxy = proxy_container(render(helm, "sidecar-tls").get("Deployment"))
+    command = proxy["readinessProbe"]["exec"]["command"]
+
+    def probe(url: str) -> int:
+        return subprocess.run([sys.executable, *command[1:-1], url], timeout=60).returncode
+
+    made = make_certificates(tmp_path, ["127.0.0.1"], days=2)
+    pair = (str(made["cert"]), str(made["key"]))
+    settings = proxy_settings(
+        simulator_url, server={"tls": {"cert_file": pair[0], "key_file": pair[1]}}
+    )
+    with serve(create_app(settings), tls=pair) as url:
+        assert url.startswith("https://")
+        assert probe(f"{url}/readyz") == 0
+        assert probe(f"{url.replace('https://', 'http://')}/readyz") != 0
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert probe(f"https://127.0.0.1:{port}/healthz") != 0
+
+
+def test_a_gateway_with_a_certificate(helm: HelmResults) -> None:
+    """Standalone with server.tls: the proxy mounts its pair, the kubelet probes over HTTPS,
+    Prometheus scrapes over HTTPS trusting the Secret's CA, and NOTES give an https:// URL."""
+    rendered, deployment = gateway(helm, "standalone-tls")
+    proxy = proxy_container(deployment)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert proxy[probe]["httpGet"]["scheme"] == "HTTPS"
+    (mount,) = [m for m in proxy["volumeMounts"] if m["mountPath"] == "/etc/gemini-breaker/tls"]
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == "gateway-tls"
+    assert "gemini-breaker-tls-ca" not in volumes  # no application container to trust it
+    (endpoint,) = rendered.get("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "gateway-tls", "key": "ca.pem"}},
+        "serverName": f"{FULLNAME}.default.svc",
+    }
+    assert f"GOOGLE_GEMINI_BASE_URL=https://{FULLNAME}.default.svc:" in rendered.notes
+
+
+def test_an_application_chart_gets_the_trust_from_the_template(helm: HelmResults) -> None:
+    """The example application chart, with a cert-manager Secret's keys: the same wiring
+    through "gemini-breaker.appTrust", "gemini-breaker.baseUrl" and the sidecar template."""
+    rendered = render(helm, "example-tls")
+    deployment = rendered.get("Deployment", f"{RELEASE}-app")
+    app, proxy = tls_pod(deployment)
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    assert env_of(app)["GOOGLE_GEMINI_BASE_URL"] == "https://127.0.0.1:8080"
+    (ca_mount,) = app["volumeMounts"]
+    assert env_of(app)["SSL_CERT_FILE"] == f"{ca_mount['mountPath']}/ca.crt"
+    assert volumes[ca_mount["name"]]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert proxy["readinessProbe"]["exec"]["command"][-1] == "https://127.0.0.1:8080/readyz"
+    config = yaml.safe_load(rendered.config_text())
+    assert config["server"]["tls"] == {
+        "cert_file": "/etc/gemini-breaker/tls/tls.crt",
+        "key_file": "/etc/gemini-breaker/tls/tls.key",
+    }
+
+
+def test_without_a_certificate_the_app_keeps_plain_http(helm: HelmResults) -> None:
+    app = pod_spec(render(helm, "example").get("Deployment", f"{RELEASE}-app"))["containers"][0]
+    assert env_of(app)["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:8080"
+    assert "SSL_CERT_FILE" not in env_of(app) and "volumeMounts" not in app
+
+
 def test_the_sidecar_template_serves_an_application_chart(
     helm: HelmResults, tmp_path: Path
 ) -> None:
@@ -564,7 +712,7 @@ def test_no_secret_without_values(helm: HelmResults) -> None:
         assert "Secret" not in render(helm, case).kinds(), case
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c != "sidecar"])
+@pytest.mark.parametrize("case", [c for c in CASES if c != "sidecar" and c not in NEEDS_MOUNTS])
 def test_the_proxy_accepts_the_rendered_configuration(
     helm: HelmResults, case: str, tmp_path: Path
 ) -> None:
@@ -708,7 +856,7 @@ def test_a_refused_url_is_not_echoed(helm: HelmResults) -> None:
 
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # The modes, and the sidecar injected into an application's chart.
-VALIDATED = [c for c in CASES if c != "sidecar"] + ["sidecar", "example"]
+VALIDATED = [c for c in CASES if c != "sidecar"] + ["sidecar", "example", "example-tls"]
 
 
 def template(helm: HelmResults, case: str, kube_version: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +17,23 @@ import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from proxy.app import ProxyApp, create_app
+from proxy.operators.admin_documents import breakers_document
 from proxy.operators.certs import make_certificates
 from proxy.simulator import create_simulator_app
 from proxy.simulator.app import SimulatorApp
 from proxy.simulator.live import LiveFault
+from proxy.telemetry import Telemetry
 
-from .conftest import proxy_settings
+from .conftest import ROUTES, proxy_settings
 from .support import eventually_async, serve
+from .tcp_gate import TcpGate
 
 pytestmark = pytest.mark.anyio
 
@@ -165,6 +172,193 @@ async def test_a_quota_close_is_backpressure_not_failover(
         async with client.aio.live.connect(model="gemini-2.5-flash-lite", config=TEXT):
             pass
     assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash-lite"]
+
+
+def sdk_client(base_url: str, api_key: str = "live-key") -> genai.Client:
+    return genai.Client(
+        api_key=api_key, http_options=types.HttpOptions(base_url=base_url, api_version="v1beta")
+    )
+
+
+def breaker(app: ProxyApp, model: str) -> dict[str, Any]:
+    coordinator = app.forwarder.coordinator
+    assert coordinator is not None
+    found: dict[str, Any] = breakers_document(coordinator)["breakers"][model]
+    return found
+
+
+async def test_a_refused_connection_at_setup_fails_over_to_the_next_model(
+    live_simulator: tuple[SimulatorApp, str],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream connection of the first model is reset before the upgrade (the proxy
+    reaches the simulator through a TCP gate): the session is served by the next model, and
+    the failed setup is counted, in the metric and against the first model's breaker."""
+    sim = live_simulator[0]
+    sim.live.setups.clear()
+    gate = TcpGate(int(live_simulator[1].rsplit(":", 1)[1]))
+    pair = (str(certificates["cert"]), str(certificates["key"]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    with gate.serve() as gate_url:
+        settings = proxy_settings(
+            gate_url,
+            server={"tls": {"cert_file": pair[0], "key_file": pair[1]}},
+            model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+        )
+        app = create_app(settings)
+        with serve(app, tls=pair) as url:
+            gate.reset_next(1)
+            client = sdk_client(url)
+            async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+                assert app.live.sessions.open["gemini-2.5-flash"] == 1
+                assert await turn(session, "hi") == "Live reply 1 to: hi"
+            assert gate.resets == 1
+            # The reset connection never carried a setup: the simulator saw flash's only.
+            assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+            assert app.live.sessions.setup_failures["gemini-2.5-pro"] == 1
+            async with httpx.AsyncClient(
+                verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+            ) as http:
+                metrics = (await http.get(f"{url}/metrics")).text
+            assert 'gemini_breaker_live_setup_failures_total{model="gemini-2.5-pro"} 1.0' in metrics
+            await eventually_async(
+                lambda: breaker(app, "gemini-2.5-pro")["failures"] == 1,
+                what="the failed setup in pro's breaker",
+            )
+
+
+async def test_a_429_on_the_upgrade_is_backpressure(
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 429 answering the upgrade: the client's session fails with the quota close as it
+    came, no breaker failure is counted, and the key cools down on that model: its next
+    session skips it for the next model of the chain. (A key of its own, so the cooldown
+    stays in this test.)"""
+    app, url = live_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    client = sdk_client(url, api_key="live-key-429")
+    sim.live.add_fault("gemini-2.5-pro", LiveFault("refuse", status=429))
+    failures = dict(app.live.sessions.setup_failures)
+    pro_failures = breaker(app, "gemini-2.5-pro")["failures"]
+    flash_calls = breaker(app, "gemini-2.5-flash")["calls"]
+    with pytest.raises(errors.APIError) as raised:
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT):
+            pass
+    assert raised.value.code == 1011
+    assert "RESOURCE_EXHAUSTED: upstream answered the upgrade with 429" in str(raised.value)
+    assert not sim.live.faults["gemini-2.5-pro"]  # the refusal was used
+    assert sim.live.setups == []  # the refused upgrade carried no setup; nothing failed over
+    async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+        assert app.live.sessions.open["gemini-2.5-flash"] >= 1
+        assert await turn(session, "again") == "Live reply 1 to: again"
+    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+    assert dict(app.live.sessions.setup_failures) == failures
+    # Once flash's success has reached its breaker, pro's failure would have too (failures
+    # are reported first): there is none.
+    await eventually_async(
+        lambda: breaker(app, "gemini-2.5-flash")["calls"] > flash_calls,
+        what="flash's success in its breaker",
+    )
+    assert breaker(app, "gemini-2.5-pro")["failures"] == pro_failures
+
+
+@pytest.fixture
+def observed_proxy(
+    live_simulator: tuple[SimulatorApp, str], certificates: dict[str, Path]
+) -> Iterator[tuple[ProxyApp, str, InMemorySpanExporter]]:
+    """A proxy of its own whose spans are kept, with a cluster budget of one session a
+    minute on gemini-2.0-flash."""
+    spans = InMemorySpanExporter()
+    pair = (str(certificates["cert"]), str(certificates["key"]))
+    settings = proxy_settings(
+        live_simulator[1],
+        server={"tls": {"cert_file": pair[0], "key_file": pair[1]}},
+        model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+        models={"gemini-2.0-flash": {"requests_per_minute": 1}},
+        routes={**ROUTES, "gemini-2.0-flash": ["gemini-2.0-flash", "gemini-2.0-flash-lite"]},
+    )
+    telemetry = Telemetry(span_exporter=spans, prometheus=True)
+    app = create_app(settings, telemetry=telemetry)
+    with serve(app, tls=pair) as url:
+        yield app, url, spans
+
+
+def session_spans(spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [span for span in spans.get_finished_spans() if span.name.startswith("WEBSOCKET ")]
+
+
+async def test_a_session_has_a_span_and_an_access_log_line(
+    sim: SimulatorApp,
+    observed_proxy: tuple[ProxyApp, str, InMemorySpanExporter],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One span and one access log line per session, at its end: the route, the requested
+    and the serving model, the close code and the resumptions; never the key."""
+    caplog.set_level(logging.INFO, logger="gemini_breaker.access")
+    _, url, spans = observed_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    secret = "AIzaSecretKeyOfTheCaller0123456789"
+    client = sdk_client(url, api_key=secret)
+    sim.live.add_fault("gemini-2.5-pro", LiveFault("close_at_setup"))
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("drop", after_turns=1))
+    config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
+    async with client.aio.live.connect(model="gemini-2.5-pro", config=config) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        assert await turn(session, "two") == "Live reply 2 to: two"
+    (span,) = await eventually_async(lambda: session_spans(spans), what="the session's span")
+    attributes = dict(span.attributes or {})
+    assert span.kind is SpanKind.SERVER
+    assert attributes["http.route"] == LIVE_PATH
+    assert attributes["gen_ai.request.model"] == "gemini-2.5-pro"
+    assert attributes["gen_ai.response.model"] == "gemini-2.5-flash"
+    assert attributes["gemini_breaker.close_code"] == 1000
+    assert attributes["gemini_breaker.resumptions"] == 1
+    assert span.status.status_code is not StatusCode.ERROR
+    lines = [r.getMessage() for r in caplog.records if r.name == "gemini_breaker.access"]
+    (line,) = lines
+    assert line.startswith(f"WEBSOCKET {LIVE_PATH} 1000 model=gemini-2.5-flash ")
+    assert "requested=gemini-2.5-pro resumptions=1 " in line
+    # A session that ends on the server's side: an error span, its code in the line.
+    spans.clear()
+    sim.live.add_fault("gemini-2.5-flash-lite", LiveFault("drop", after_turns=1))
+    async with client.aio.live.connect(model="gemini-2.5-flash-lite", config=TEXT) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        with pytest.raises(errors.APIError):
+            async for _ in session.receive():
+                pass
+    (span,) = await eventually_async(lambda: session_spans(spans), what="the second span")
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {})["gemini_breaker.close_code"] == 1011
+    lines = [r.getMessage() for r in caplog.records if r.name == "gemini_breaker.access"]
+    assert lines[-1].startswith(f"WEBSOCKET {LIVE_PATH} 1011 model=gemini-2.5-flash-lite ")
+    assert not any(secret in line for line in lines)
+    assert not any(secret in str(s.attributes) for s in spans.get_finished_spans())
+
+
+async def test_a_session_takes_one_request_of_the_cluster_budget(
+    sim: SimulatorApp,
+    observed_proxy: tuple[ProxyApp, str, InMemorySpanExporter],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gemini-2.0-flash may take one request a minute across the cluster: the first session
+    spends it, the second goes to the next model of the chain, as a cooling model is passed."""
+    url = observed_proxy[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    client = sdk_client(url)
+    for _ in range(2):
+        async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
+            assert await turn(session, "hi") == "Live reply 1 to: hi"
+    assert [setup["model"] for setup in sim.live.setups] == [
+        "models/gemini-2.0-flash",
+        "models/gemini-2.0-flash-lite",
+    ]
 
 
 async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 from starlette.types import Message, Receive, Scope, Send
@@ -23,10 +24,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
+from ..cluster.quota_gate import Shed
 from ..config import Settings
 from ..errors import PipelineError
 from ..gemini.quota import RateLimit
+from ..pipeline.breaker_report import BreakerReport
 from ..pipeline.outcomes import Verdict
+from ..telemetry import Telemetry
+from ..telemetry.names import label
+from ..telemetry.session_span import SessionSpan
 from ..transport.headers import Headers, credential_scope, upstream_request_headers
 from .sessions import LiveSessions
 from .wire import (
@@ -45,6 +51,7 @@ from .wire import (
 )
 
 log = logging.getLogger("gemini_breaker.live")
+access_log = logging.getLogger("gemini_breaker.access")
 
 Frame = str | bytes
 # Handshake headers the client library makes itself for the upstream connection.
@@ -76,6 +83,18 @@ class NoModel(PipelineError):
 
 
 @dataclass(slots=True)
+class _Ended:
+    """How a session ended, for its span and access log line: the close code of the
+    client's socket (1008 until a setup was read: a refused upgrade or none sent)."""
+
+    code: int = 1008
+    requested: str | None = None
+    model: str | None = None
+    """The serving model (the last one, after a failover at setup)."""
+    resumptions: int = 0
+
+
+@dataclass(slots=True)
 class Upstream:
     """The current upstream socket of a session and the model it serves."""
 
@@ -86,19 +105,51 @@ class Upstream:
 class LiveRelay:
     """ASGI app for ``websocket`` scopes; ``coordinator`` is set by the app's lifespan."""
 
-    def __init__(self, settings: Settings, sessions: LiveSessions) -> None:
+    def __init__(self, settings: Settings, sessions: LiveSessions, telemetry: Telemetry) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.telemetry = telemetry
         self.coordinator: Coordinator | None = None
         self.upstream_ssl = _upstream_ssl(settings)
         tokens = settings.server.client_tokens
         self.client_tokens = ClientTokens(tokens) if tokens else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         raw_path: bytes | None = scope.get("raw_path")
-        path = live_path(raw_path.decode("latin-1") if raw_path else scope["path"])
+        shown = raw_path.decode("latin-1") if raw_path else scope["path"]
+        path = live_path(shown)
         if (await receive())["type"] != "websocket.connect":
             return
+        # The path alone: a query may carry a key (``key=``, ``access_token=``). A path that is
+        # not a Live one is logged, but does not name a span (span names stay a small set).
+        route = path or (shown if len(shown) <= 200 else shown[:200] + "...")
+        span = self.telemetry.session(scope["headers"], path or "other")
+        ended = _Ended()
+        try:
+            await self._serve(scope, path, receive, send, span, ended)
+        finally:
+            span.end(ended.code, ended.model, ended.resumptions)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "WEBSOCKET %s %d model=%s requested=%s resumptions=%d %.1fms",
+                    route,
+                    ended.code,
+                    ended.model or "-",
+                    label(ended.requested) or "-",
+                    ended.resumptions,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    async def _serve(
+        self,
+        scope: Scope,
+        path: str | None,
+        receive: Receive,
+        send: Send,
+        span: SessionSpan,
+        ended: _Ended,
+    ) -> None:
         coordinator = self.coordinator
         if path is None or coordinator is None:
             # Before accept: the client sees the upgrade refused (403).
@@ -120,17 +171,22 @@ class LiveRelay:
             await _close(send, 1008, "DEADLINE_EXCEEDED: no setup message")
             return
         if first["type"] != "websocket.receive":
+            ended.code = first.get("code", 1005)
             return
         frame: Frame = first.get("bytes") or first.get("text") or b""
         try:
             setup = parse_setup(frame.encode() if isinstance(frame, str) else frame)
         except BadSetup as exc:
+            ended.code = 1007
             await _close(send, 1007, f"INVALID_ARGUMENT: {exc}")
             return
+        ended.requested = setup.model
+        span.requested(setup.model)
         credential = credential_scope(headers, query_string, self.settings.upstream.api_key)
         url = upstream_url(self.settings.upstream.base_url, path, query_string)
         session = _Session(self, coordinator, setup, credential, url, headers, receive, send)
         session.text = isinstance(frame, str)
+        session.ended = ended
         await session.run()
 
 
@@ -165,13 +221,16 @@ class _Session:
         self.handle: str | None = None
         self.resumes = 0
         self.client_gone = False
+        self.ended = _Ended()
 
     async def run(self) -> None:
         try:
             upstream, first = await self._open_by_chain()
         except NoModel as exc:
+            self.ended.code = exc.code
             await _close(self.send, exc.code, exc.reason)
             return
+        self.ended.model = upstream.model
         await self._to_client(first)
         sessions = self.relay.sessions
         key = id(self)
@@ -187,11 +246,16 @@ class _Session:
     # -- setup ----------------------------------------------------------------------------
 
     async def _open_by_chain(self) -> tuple[Upstream, Frame]:
+        """The chain as for any call: cooldowns and the cluster budget (a session is one
+        request of it), breakers, and the outcomes through the same ``BreakerReport``: a
+        failed setup is held, and counted against its model once the session's fate is known
+        (as a request's failed attempt is)."""
         coordinator = self.coordinator
         chain = coordinator.chain_for(self.setup.model)
         last = NoModel(1011, "UNAVAILABLE: no model of the chain is available; retry later.")
+        report = BreakerReport(coordinator, "LIVE", self.credential, None)
         for model in chain:
-            if coordinator.quota_gate(self.credential, model) is not None:
+            if await self._gate(model) is not None:
                 continue
             admission = await coordinator.admit(model)
             if admission is None:
@@ -202,17 +266,30 @@ class _Session:
             except NoModel as exc:
                 kind = classify_close(exc.code, exc.reason)
                 if kind is CloseKind.FAILURE:
-                    coordinator.record(admission, Verdict.FAILURE)
+                    report.hold(admission, str(exc.code))
                     self.relay.sessions.setup_failures[model] += 1
                     log.info("live setup on %s failed (%s); next model", model, exc.reason)
                     last = exc
                     continue
                 if kind is CloseKind.RATE_LIMITED:
                     coordinator.rate_limited(self.credential, model, RateLimit(None, False, "", ""))
+                report.settle()
                 raise
-            coordinator.record(admission, Verdict.SUCCESS)
+            report.outcome(admission, Verdict.SUCCESS)
+            report.settle(answered=True)
             return opened
+        report.settle()
         raise last
+
+    async def _gate(self, model: str) -> Shed | None:
+        """The quota checks before a model is tried, as for a call: cooldown, pacing,
+        throttle, then the model's cluster budget when it has one. The session's tokens are
+        not known ahead, so it spends one request and the least tokens."""
+        coordinator = self.coordinator
+        shed = coordinator.quota_gate(self.credential, model)
+        if shed is None and coordinator.has_budget(model):
+            shed = await coordinator.budget_gate(model, tokens=1)
+        return shed
 
     async def _open(self, model: str, handle: str | None) -> tuple[Upstream, Frame]:
         """Connect to ``model``, send the setup and wait for the first answer (normally
@@ -281,6 +358,7 @@ class _Session:
             if message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 code = message.get("code", 1000)
+                self.ended.code = code
                 await current[0].socket.close(code if code in (1000, 1001) else 1000)
                 return
             frame: Frame = message.get("bytes") or message.get("text") or b""
@@ -313,7 +391,9 @@ class _Session:
                     continue
                 rcvd = exc.rcvd
                 code, reason = (rcvd.code, rcvd.reason) if rcvd else (1011, "upstream dropped")
-                await _close(self.send, code if code not in (1005, 1006) else 1011, reason)
+                code = code if code not in (1005, 1006) else 1011
+                self.ended.code = code
+                await _close(self.send, code, reason)
                 return
             if resumable:
                 data = frame.encode() if isinstance(frame, str) else frame
@@ -336,6 +416,7 @@ class _Session:
             await self._to_client(first)
         current[0] = upstream
         self.relay.sessions.resumptions[model] += 1
+        self.ended.resumptions += 1
         log.info("live session resumed on %s", model)
         return True
 
@@ -347,6 +428,7 @@ class _Session:
 
     async def _shutdown(self, upstream: Upstream) -> None:
         """Shutdown: a close frame to the client (going away) and to the upstream."""
+        self.ended.code = 1001
         await _close(self.send, 1001, "the proxy is shutting down")
         await upstream.socket.close(1001)
 

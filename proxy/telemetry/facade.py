@@ -19,6 +19,7 @@ from ..dialects.base import RequestRoute
 from .exporters import Exposition, PrometheusEndpoint, otlp_exporters
 from .jsonlog import request_id_from
 from .metrics import MetricsRecorder
+from .session_span import SessionSpan, session_span
 from .tracing import AttemptSpan, RequestSpan, attempt_span, request_span, route_template
 
 SCOPE = "gemini_breaker"
@@ -108,6 +109,10 @@ class Telemetry(MetricsRecorder):
             requested_model=path.model if path else None,
             method=path.method if path else None,
         )
+
+    def session(self, headers: Iterable[tuple[bytes, bytes]], route: str) -> SessionSpan:
+        """The span of one Live API session on ``route``; ``end`` it at the close."""
+        return session_span(self._span_tracer, headers, route)
 
     def attempt(
         self,

@@ -68,6 +68,10 @@ ATTEMPT_OUTCOME: Final = "gemini_breaker.outcome"
 REQUEST_ID: Final = "gemini_breaker.request_id"
 REQUEST_ATTEMPTS: Final = "gemini_breaker.attempts"
 REQUEST_FALLBACKS: Final = "gemini_breaker.fallbacks"
+CLOSE_CODE: Final = "gemini_breaker.close_code"
+"""The WebSocket close code a Live session ended with (the client's socket)."""
+RESUMPTIONS: Final = "gemini_breaker.resumptions"
+"""Transparent resumptions a Live session used."""
 
 PROVIDER: Final = "gcp.gemini"
 """``gen_ai.provider.name`` of the Gemini Developer API in the GenAI conventions."""
@@ -91,6 +95,10 @@ _OPERATIONS: Final[Mapping[str, str]] = MappingProxyType(
         "countTokens": "count_tokens",
     }
 )
+
+
+LIVE_OPERATION: Final = "live"
+"""``gen_ai.operation.name`` of a Live API session."""
 
 
 def operation_name(method: str | None) -> str:

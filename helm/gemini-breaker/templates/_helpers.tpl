@@ -91,6 +91,10 @@ environment variables (see gemini-breaker.env).
 {{- with $tls.keyKey }}{{ $_ := set $t "key_file" (printf "%s/%s" $dir .) }}{{ end -}}
 {{- $_ := set $redis "tls" $t -}}
 {{- end -}}
+{{- with $v.server.tls.existingSecret -}}
+{{- $dir := "/etc/gemini-breaker/tls" -}}
+{{- $_ := set $server "tls" (dict "cert_file" (printf "%s/%s" $dir $v.server.tls.certKey) "key_file" (printf "%s/%s" $dir $v.server.tls.keyKey)) -}}
+{{- end -}}
 {{- $upstream := dict "base_url" $v.upstream.baseUrl -}}
 {{- $config := deepCopy ($v.config | default dict) -}}
 {{- $_ := set $config "server" (merge $server (get $config "server" | default dict)) -}}
@@ -171,17 +175,27 @@ asks the proxy directly (no HTTP_PROXY) and fails on any answer but 2xx. */}}
 {{- $path := index . 1 -}}
 {{- $settings := index . 2 -}}
 {{- $host := include "gemini-breaker.host" $root -}}
+{{- $tls := $root.Values.server.tls.existingSecret -}}
 {{- if or (eq $host "127.0.0.1") (eq $host "localhost") (eq $host "::1") -}}
 exec:
   command:
     - python
     - -c
+    {{- if $tls }}
+    {{- /* The probe asks whether the process serves; the certificate's names are the
+    clients' concern (a certificate need not name 127.0.0.1), so it is not verified. */}}
+    - "import sys, ssl, urllib.request as u; c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=c)).open(sys.argv[1], timeout=2)"
+    {{- else }}
     - "import sys, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=2)"
-    - {{ printf "http://127.0.0.1:%v%s" $root.Values.server.port $path | quote }}
+    {{- end }}
+    - {{ printf "%s%s" (include "gemini-breaker.baseUrl" $root) $path | quote }}
 {{- else -}}
 httpGet:
   path: {{ $path }}
   port: http
+  {{- if $tls }}
+  scheme: HTTPS
+  {{- end }}
 {{- end }}
 {{ toYaml $settings }}
 {{- end }}
@@ -214,6 +228,11 @@ and the pod annotation {{ include "gemini-breaker.checksums" $ctx }} to roll on 
       readOnly: true
     - name: gemini-breaker-tmp
       mountPath: /tmp
+    {{- if .Values.server.tls.existingSecret }}
+    - name: gemini-breaker-tls
+      mountPath: /etc/gemini-breaker/tls
+      readOnly: true
+    {{- end }}
     {{- if .Values.redis.tls.existingSecret }}
     - name: gemini-breaker-redis-tls
       mountPath: /etc/gemini-breaker/redis-tls
@@ -231,6 +250,39 @@ and the pod annotation {{ include "gemini-breaker.checksums" $ctx }} to roll on 
     {{- toYaml .Values.securityContext | nindent 4 }}
 {{- end }}
 
+{{/* The base URL an application in the pod uses for its sidecar: https:// when the
+listener has a certificate (the google-genai SDK opens Live sessions with wss:// only). */}}
+{{- define "gemini-breaker.baseUrl" -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.server.tls.existingSecret)) -}}
+{{ printf "%s://127.0.0.1:%v" $scheme .Values.server.port }}
+{{- end }}
+
+{{/*
+What an application container needs to trust the proxy's certificate: a map with the
+"volumeMounts" (the CA alone, from the gemini-breaker-tls-ca volume of
+"gemini-breaker.volumes") and the "env" (SSL_CERT_FILE, which the google-genai SDK reads for
+its HTTP and WebSocket connections); both empty when the listener has no certificate. Use it as
+  {{- $trust := include "gemini-breaker.appTrust" $ctx | fromYaml }}
+  env: {{- toYaml $trust.env | nindent 4 }}
+  volumeMounts: {{- toYaml $trust.volumeMounts | nindent 4 }}
+*/}}
+{{- define "gemini-breaker.appTrust" -}}
+{{- with .Values.server.tls }}
+{{- if .existingSecret }}
+volumeMounts:
+  - name: gemini-breaker-tls-ca
+    mountPath: /etc/gemini-breaker/tls-ca
+    readOnly: true
+env:
+  - name: SSL_CERT_FILE
+    value: {{ printf "/etc/gemini-breaker/tls-ca/%s" .caKey | quote }}
+{{- else }}
+volumeMounts: []
+env: []
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "gemini-breaker.sidecar" -}}
 {{- $values := merge (dict "mode" "sidecar") .Values -}}
 {{- include "gemini-breaker.container" (dict "Values" $values "Release" .Release "Chart" .Chart) }}
@@ -243,6 +295,30 @@ and the pod annotation {{ include "gemini-breaker.checksums" $ctx }} to roll on 
 - name: gemini-breaker-tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- with .Values.server.tls }}
+{{- if .existingSecret }}
+- name: gemini-breaker-tls
+  secret:
+    secretName: {{ .existingSecret }}
+    items:
+      - key: {{ .certKey }}
+        path: {{ .certKey }}
+      - key: {{ .keyKey }}
+        path: {{ .keyKey }}
+    # Readable by the proxy's user without an fsGroup; only the proxy container mounts it.
+    defaultMode: 0444
+{{- if eq $.Values.mode "sidecar" }}
+- name: gemini-breaker-tls-ca
+  secret:
+    secretName: {{ .existingSecret }}
+    # The application's containers get the CA alone, never the proxy's private key.
+    items:
+      - key: {{ .caKey }}
+        path: {{ .caKey }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .Values.redis.tls.existingSecret }}
 - name: gemini-breaker-redis-tls
   secret:
