@@ -157,7 +157,8 @@ class MetricsRecorder:
 
     def failover(self, route: str, from_model: str, to_model: str, reason: str) -> None:
         """A request of ``route`` left ``from_model`` for ``to_model`` (reason e.g. ``failure``,
-        ``breaker_open``, ``capability``, ``input_too_long``, ``spillover``, ``stream_break``)."""
+        ``breaker_open``, ``capability``, ``input_too_long``, ``spillover``, ``stream_break``,
+        ``rate_limited``: a 429 on shared capacity, to the model in another location)."""
         self._failovers.add(
             1,
             (
