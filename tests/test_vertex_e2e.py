@@ -268,10 +268,14 @@ def test_requests_during_a_shared_capacity_cooldown_go_to_the_next_region(
         response = client.models.generate_content(model=PRO, contents=f"request {n}")
         assert served_by(response) == f"{PRO}@{EU}"
         assert response.model_version == PRO
+    streamed = list(client.models.generate_content_stream(model=PRO, contents="a stream"))
+    assert "simulated answer" in "".join(chunk.text or "" for chunk in streamed)
     # Only the first request met the 429 upstream; the others skipped the cooling region
     # instead of being shed, and none went to the weaker model.
     assert len(calls(sims[US])) == 1
-    assert len(calls(sims[EU], PRO)) == 6
+    assert [seen["api_method"] for seen in calls(sims[EU], PRO)] == ["generateContent"] * 6 + [
+        "streamGenerateContent"
+    ]
     metrics = httpx.get(f"{proxy_moving_on_429}/metrics").text
     moved = [
         line
@@ -282,7 +286,7 @@ def test_requests_during_a_shared_capacity_cooldown_go_to_the_next_region(
         and f'route="{PRO}@{US}"' in line
         and f'to_model="{PRO}@{EU}"' in line
     ]
-    assert [float(line.rsplit(" ", 1)[1]) for line in moved] == [6.0]
+    assert [float(line.rsplit(" ", 1)[1]) for line in moved] == [7.0]
     # A 429 is no failure of the region: its breaker stays closed.
     breakers = httpx.get(f"{proxy_moving_on_429}/admin/breakers").json()["breakers"]
     assert breakers[f"{PRO}@{US}"]["state"] == "closed"
@@ -302,6 +306,23 @@ def test_a_shared_capacity_429_with_no_further_region_is_shed_not_sent_to_a_weak
     assert len(calls(sims[US], PRO)) == 1
     assert len(calls(sims[EU], PRO)) == 1
     assert calls(sims[US], FLASH) == []
+
+
+def test_a_cooldown_never_moves_past_an_unavailable_region_to_a_weaker_model(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 429, "times": 1}])
+    client = vertex(proxy_moving_on_429)
+    assert served_by(client.models.generate_content(model=PRO, contents="one")) == f"{PRO}@{EU}"
+    forced = httpx.post(
+        f"{proxy_moving_on_429}/admin/breakers/{PRO}@{EU}/force_open", json={"reason": "drill"}
+    )
+    assert forced.status_code == 200, forced.text
+    with pytest.raises(errors.ClientError) as raised:
+        client.models.generate_content(model=PRO, contents="two")
+    assert raised.value.code == 429  # the cooldown's answer, not the weaker model's
+    assert calls(sims[US], FLASH) == []
+    assert len(calls(sims[US], PRO)) == 1
 
 
 def test_a_project_quota_429_stays_backpressure_even_when_the_route_allows_moving(
