@@ -32,6 +32,7 @@ from proxy.pipeline.policy import (
     after_attempt,
     backoff_ceiling,
     continues_broken_stream,
+    next_location_on_429,
     rate_limit_wait,
     when_chain_ends,
 )
@@ -203,3 +204,27 @@ def test_a_broken_stream_continues_only_when_asked_and_replayable(
     setting: str, body_in_hand: bool, continues: bool
 ) -> None:
     assert continues_broken_stream(setting, body_in_hand) is continues
+
+
+CHAIN = ("pro@us-central1", "pro@europe-west4", "pro@asia-east1", "flash@us-central1")
+
+
+@pytest.mark.parametrize(
+    ("position", "moves", "shared", "expected"),
+    [
+        (0, True, True, True),  # the same model in the next location
+        (1, True, True, True),
+        (2, True, True, False),  # the next entry is a weaker model: a 429 never goes there
+        (3, True, True, False),  # the end of the chain
+        (0, True, False, False),  # a per-project quota is backpressure
+        (0, False, True, False),  # the route did not ask (on_429: backoff)
+    ],
+)
+def test_a_shared_capacity_429_moves_only_to_the_same_model_elsewhere(
+    position: int, moves: bool, shared: bool, expected: bool
+) -> None:
+    assert next_location_on_429(CHAIN, position, moves, shared) is expected
+
+
+def test_the_same_location_twice_is_not_another_location() -> None:
+    assert not next_location_on_429(("pro@us-central1", "pro@us-central1"), 0, True, True)

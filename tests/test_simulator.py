@@ -1377,3 +1377,67 @@ def test_invalid_yaml_file(tmp_path: Path) -> None:
         load_simulator_config(str(path))
     with pytest.raises(ConfigError, match="cannot read"):
         load_simulator_config(str(tmp_path / "missing.yaml"))
+
+
+VERTEX = f"/v1beta1/projects/p/locations/us-central1/publishers/google/models/{FLASH}"
+VERTEX_AUTH = {"authorization": "Bearer vertex-token"}
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code"),
+    [
+        (
+            429,
+            "Resource exhausted. Please try again later. Please refer to "
+            "https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more "
+            "details.",
+            "RESOURCE_EXHAUSTED",
+        ),
+        (500, "Internal error encountered.", "INTERNAL"),
+        (503, "The service is currently unavailable.", "UNAVAILABLE"),
+    ],
+)
+def test_vertex_paths_get_vertexs_error_bodies(
+    base_url: str, sim: SimulatorControl, status: int, message: str, code: str
+) -> None:
+    sim.set_faults(FLASH, [{"kind": "error", "status": status}])
+    answer = httpx.post(f"{base_url}{VERTEX}:generateContent", json=HELLO, headers=VERTEX_AUTH)
+    assert answer.status_code == status
+    assert answer.json() == {"error": {"code": status, "message": message, "status": code}}
+    # A stream's in-band error is worded the same way.
+    sim.set_faults(FLASH, [{"kind": "error", "status": status, "after_chunks": 1}])
+    streamed = httpx.post(
+        f"{base_url}{VERTEX}:streamGenerateContent?alt=sse", json=HELLO, headers=VERTEX_AUTH
+    )
+    assert message in streamed.text
+    # The Developer API keeps its own wording.
+    sim.set_faults(FLASH, [{"kind": "error", "status": status}])
+    developer = httpx.post(f"{base_url}{GENERATE}", json=HELLO, headers={"x-goog-api-key": KEY})
+    assert developer.json()["error"]["message"] != message
+
+
+@pytest.mark.parametrize("per", ["minute", "day"])
+def test_vertexs_project_quota_429_names_the_quota_in_the_message_only(
+    base_url: str, sim: SimulatorControl, per: str
+) -> None:
+    sim.set_quota(FLASH, requests_per_minute=1, per=per)
+    url = f"{base_url}{VERTEX}:generateContent"
+    assert httpx.post(url, json=HELLO, headers=VERTEX_AUTH).status_code == 200
+    over = httpx.post(url, json=HELLO, headers=VERTEX_AUTH)
+    assert over.status_code == 429
+    assert "retry-after" not in over.headers
+    assert over.json() == {
+        "error": {
+            "code": 429,
+            "message": "Quota exceeded for aiplatform.googleapis.com/generate_content_requests_"
+            f"per_{per}_per_project_per_base_model with base model: {FLASH}. Please submit a "
+            "quota increase request. "
+            "https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai.",
+            "status": "RESOURCE_EXHAUSTED",
+        }
+    }
+    # A rate_limited fault on a Vertex path is the same per-project 429.
+    sim.clear_quotas()
+    sim.set_faults(FLASH, [{"kind": "rate_limited", "per": per}])
+    fault = httpx.post(url, json=HELLO, headers=VERTEX_AUTH)
+    assert fault.json() == over.json()

@@ -1,26 +1,37 @@
 """Credentials for Vertex requests: the client's own token passes through untouched; a request
-with none gets a token from Application Default Credentials, here GKE-style from a fake
-metadata server (google-auth reads ``GCE_METADATA_HOST`` at import, so the proxy runs as its
-own process). Tokens are reused while valid, replaced before they expire, and never logged."""
+with none gets a token from Application Default Credentials, GKE-style from a fake metadata
+server or from a service-account file (a key made for the test, its grants checked by the
+simulator's token endpoint). google-auth reads ``GCE_METADATA_HOST`` at import, so the proxy
+runs as its own process. Tokens are reused while valid, replaced before they expire, fetched
+off the event loop, and never logged."""
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import crypt
+from google.auth import jwt as google_jwt
 from google.genai import Client, types
 from google.oauth2.credentials import Credentials
 
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
-from proxy.simulator.metadata import create_metadata_app
+from proxy.simulator.metadata import TokenIssuer, create_metadata_app
 
 from .conftest import calls
-from .support import free_port, running, serve
+from .support import eventually, free_port, running, serve
 
 FLASH, EU, PROJECT = "gemini-2.5-flash", "europe-west4", "test-project"
 
@@ -98,3 +109,199 @@ def test_a_client_token_is_never_replaced(
     [attempt] = calls(simulator)
     assert attempt["key_digest"] == key_digest("the-clients-own")
     assert httpx.get(f"{metadata}/_control").json()["issued"] == 0
+
+
+# -- a service-account file -------------------------------------------------------------------
+
+SERVICE_ACCOUNT = "proxy-sa@test-project.iam.gserviceaccount.com"
+
+
+@dataclass(frozen=True)
+class ServiceAccountStack:
+    proxy: str
+    simulator: SimulatorControl
+    issuer: TokenIssuer
+    log: list[str]
+    private_key: str
+
+
+def rsa_key() -> tuple[str, str]:
+    """A fresh RSA key, as (private PKCS#8 PEM, public PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+@pytest.fixture
+def sa_stack(tmp_path: Path) -> Iterator[ServiceAccountStack]:
+    """The proxy with ADC from a service-account file whose ``token_uri`` is the simulator's
+    token endpoint; no metadata server is reachable."""
+    private, public = rsa_key()
+    issuer = TokenIssuer(service_accounts={SERVICE_ACCOUNT: public})
+    with (
+        serve(create_simulator_app(SimulatorConfig())) as region,
+        serve(create_metadata_app(issuer)) as oauth,
+        SimulatorControl(region) as simulator,
+    ):
+        account = tmp_path / "service-account.json"
+        account.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": PROJECT,
+                    "private_key_id": "test-key-1",
+                    "private_key": private,
+                    "client_email": SERVICE_ACCOUNT,
+                    "client_id": "1234567890",
+                    "token_uri": f"{oauth}/token",
+                }
+            )
+        )
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    # The most verbose logging: not even a debug line may hold a token.
+                    "server": {"log_level": "debug"},
+                    "upstream": {"base_url": "http://127.0.0.1:9"},
+                    "vertex": {"project": PROJECT, "location": EU, "origins": {EU: region}},
+                    "routes": {},
+                }
+            )
+        )
+        env = {
+            "GOOGLE_APPLICATION_CREDENTIALS": str(account),
+            "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9",
+            "NO_GCE_CHECK": "True",
+            "CLOUDSDK_CONFIG": str(tmp_path),
+        }
+        port = free_port()
+        with running(["serve", "--config", str(config), "--port", str(port)], env) as log:
+            yield ServiceAccountStack(f"http://127.0.0.1:{port}", simulator, issuer, log, private)
+
+
+def test_a_service_account_file_gets_tokens_from_its_token_uri_refreshed_before_expiry(
+    sa_stack: ServiceAccountStack,
+) -> None:
+    client = short_form(sa_stack.proxy)
+    sa_stack.issuer.expires_in = 60  # inside google-auth's refresh margin: stale at once
+    client.models.generate_content(model=FLASH, contents="one")
+    client.models.generate_content(model=FLASH, contents="two")
+    sa_stack.issuer.expires_in = 3600
+    client.models.generate_content(model=FLASH, contents="three")
+    client.models.generate_content(model=FLASH, contents="four")  # token 3 is still good
+    seen = [attempt["key_digest"] for attempt in calls(sa_stack.simulator)]
+    assert seen == [key_digest(f"sa-token-{n}") for n in (1, 2, 3, 3)]
+    # Every grant's assertion was a JWT signed by the account's key (else invalid_grant).
+    assert (sa_stack.issuer.issued, sa_stack.issuer.rejected) == (3, 0)
+    log = "".join(sa_stack.log)
+    assert "sa-token" not in log
+    assert sa_stack.private_key.splitlines()[1] not in log
+
+
+def test_a_client_token_passes_through_unchanged_beside_a_service_account(
+    sa_stack: ServiceAccountStack,
+) -> None:
+    client = Client(
+        vertexai=True,
+        project=PROJECT,
+        location=EU,
+        credentials=Credentials(token="the-clients-own"),
+        http_options=types.HttpOptions(base_url=sa_stack.proxy),
+    )
+    client.models.generate_content(model=FLASH, contents="hello")
+    [attempt] = calls(sa_stack.simulator)
+    assert attempt["key_digest"] == key_digest("the-clients-own")
+    assert sa_stack.issuer.issued == 0
+
+
+def test_a_token_fetch_does_not_hold_up_other_requests(sa_stack: ServiceAccountStack) -> None:
+    """google-auth fetches synchronously: the proxy does it off its event loop, so a request
+    that brings its own token is served while another waits for a slow token endpoint."""
+    sa_stack.issuer.hold = threading.Event()
+    results: list[str] = []
+    client = short_form(sa_stack.proxy)
+
+    def needs_a_token() -> None:
+        answer = client.models.generate_content(model=FLASH, contents="a")
+        results.append(answer.text or "")
+
+    waiting = threading.Thread(target=needs_a_token)
+    waiting.start()
+    try:
+        eventually(lambda: sa_stack.issuer.waiting == 1, what="a token request held")
+        own = httpx.post(
+            f"{sa_stack.proxy}/v1beta1/projects/{PROJECT}/locations/{EU}/publishers/google/"
+            f"models/{FLASH}:generateContent",
+            json={"contents": [{"parts": [{"text": "b"}]}]},
+            headers={"authorization": "Bearer the-clients-own"},
+            timeout=5,
+        )
+        assert own.status_code == 200
+        assert sa_stack.issuer.waiting == 1  # the other request's token is still on its way
+    finally:
+        sa_stack.issuer.hold.set()
+        waiting.join(30)
+    assert len(results) == 1 and "simulated answer" in results[0]
+    assert [a["key_digest"] for a in calls(sa_stack.simulator)] == [
+        key_digest("the-clients-own"),
+        key_digest("sa-token-1"),
+    ]
+
+
+def grant(private_key: str, **claims: object) -> dict[str, str]:
+    """A JWT-bearer grant as google-auth posts it, signed with ``private_key``."""
+    now = int(time.time())
+    payload = {
+        "iss": SERVICE_ACCOUNT,
+        "aud": "https://oauth2.googleapis.com/token",
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+        "iat": now,
+        "exp": now + 3600,
+        **claims,
+    }
+    signer = crypt.RSASigner.from_string(private_key, "test-key-1")
+    assertion = google_jwt.encode(signer, payload).decode()
+    return {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
+
+
+def test_the_token_endpoint_checks_the_assertion() -> None:
+    private, public = rsa_key()
+    stranger, _ = rsa_key()
+    issuer = TokenIssuer(service_accounts={SERVICE_ACCOUNT: public})
+    good = grant(private)
+    header, claims, signature = good["assertion"].split(".")
+    unsigned_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
+    refused = {
+        "not a JWT": {**good, "assertion": "not-a-jwt"},
+        "no RS256": {**good, "assertion": f"{unsigned_header}.{claims}."},
+        "another key": grant(stranger),
+        "tampered": {**good, "assertion": f"{header}.{claims}.{signature[:-4]}AAAA"},
+        "unknown account": grant(private, iss="someone@else.iam.gserviceaccount.com"),
+        "another audience": grant(private, aud="https://example.com/token"),
+        "expired": grant(private, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
+        "another grant": {**good, "grant_type": "client_credentials"},
+    }
+    with serve(create_metadata_app(issuer)) as oauth:
+        for why, form in refused.items():
+            answer = httpx.post(f"{oauth}/token", data=form)
+            assert answer.status_code == 400, why
+            assert answer.json()["error"] == "invalid_grant", why
+        answer = httpx.post(f"{oauth}/token", data=good)
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "access_token": "sa-token-1",
+            "expires_in": 3600,
+            "token_type": "Bearer",
+        }
+    assert (issuer.issued, issuer.rejected) == (1, len(refused))

@@ -8,7 +8,13 @@ import pytest
 from proxy.config import VertexSettings
 from proxy.config_load import build_settings
 from proxy.dialects import GEMINI
-from proxy.dialects.vertex import VertexDialect, origin_for, parse_vertex_path
+from proxy.dialects.vertex import (
+    VertexDialect,
+    origin_for,
+    parse_vertex_path,
+    shared_capacity,
+)
+from proxy.gemini.quota import RateLimit, parse_rate_limit
 from proxy.validation import ConfigError
 
 FULL = "/v1beta1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-pro"
@@ -141,3 +147,57 @@ def test_on_429_is_a_route_option() -> None:
     )
     with pytest.raises(ConfigError, match="on_429"):
         build_settings({"routes": {"gemini-2.5-pro": {"chain": chain, "on_429": "spill"}}})
+
+
+# Vertex's 429 bodies, verbatim: the dynamic shared quota names no quota; a per-project quota
+# is named in the message only (no QuotaFailure, no RetryInfo).
+SHARED_QUOTA_429 = (
+    b'{"error": {"code": 429, "message": "Resource exhausted. Please try again later. Please '
+    b"refer to https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more "
+    b'details.", "status": "RESOURCE_EXHAUSTED"}}'
+)
+PROJECT_QUOTA_429 = (
+    b'{"error": {"code": 429, "message": "Quota exceeded for aiplatform.googleapis.com/'
+    b"generate_content_requests_per_minute_per_project_per_base_model with base model: "
+    b"gemini-2.5-pro. Please submit a quota increase request. "
+    b'https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai.", '
+    b'"status": "RESOURCE_EXHAUSTED"}}'
+)
+
+
+def test_vertexs_shared_quota_429_is_shared_capacity() -> None:
+    limit = parse_rate_limit(SHARED_QUOTA_429, None)
+    assert shared_capacity(limit)
+    assert limit == RateLimit(None, False, "", "")
+    # The JSON-array stream form carries the same body.
+    assert shared_capacity(parse_rate_limit(b"[" + SHARED_QUOTA_429 + b"]", None))
+
+
+def test_vertexs_project_quota_429_names_its_quota_and_is_backpressure() -> None:
+    limit = parse_rate_limit(PROJECT_QUOTA_429, None)
+    assert not shared_capacity(limit)
+    assert limit.quota_id == "generate_content_requests_per_minute_per_project_per_base_model"
+    assert limit.quota_metric == (
+        "aiplatform.googleapis.com/generate_content_requests_per_minute_per_project_per_base_model"
+    )
+    assert not limit.per_day
+    assert not shared_capacity(parse_rate_limit(b"[" + PROJECT_QUOTA_429 + b"]", None))
+
+
+def test_a_per_day_vertex_quota_is_per_day() -> None:
+    body = PROJECT_QUOTA_429.replace(b"per_minute", b"per_day")
+    assert parse_rate_limit(body, None).per_day
+
+
+def test_the_developer_apis_quota_failure_still_names_the_quota() -> None:
+    body = (
+        b'{"error": {"code": 429, "message": "You exceeded your current quota.", "status": '
+        b'"RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.'
+        b'QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/'
+        b'generate_content_requests", "quotaId": "GenerateRequestsPerMinutePerProjectPerModel"}]}'
+        b', {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "15s"}]}}'
+    )
+    limit = parse_rate_limit(body, None)
+    assert limit.quota_id == "GenerateRequestsPerMinutePerProjectPerModel"
+    assert limit.retry_delay == 15.0
+    assert not shared_capacity(limit)

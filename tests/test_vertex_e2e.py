@@ -71,13 +71,17 @@ def proxy(regions: dict[str, str]) -> Iterator[str]:
 def proxy_moving_on_429(regions: dict[str, str]) -> Iterator[str]:
     """As ``proxy``, with a route whose 429s on shared capacity move to the next region."""
     chain = [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]
-    with serve(
-        create_app(vertex_settings(regions, {PRO: {"chain": chain, "on_429": "next_location"}}))
-    ) as url:
+    routes = {PRO: {"chain": chain, "on_429": "next_location"}}
+    # Vertex's 429s state no delay: the cooldown is the default one, long enough here that
+    # every request of a test meets it.
+    quota = {"max_retry_wait": 0, "default_cooldown": 120}
+    with serve(create_app(vertex_settings(regions, routes, quota=quota))) as url:
         yield url
 
 
-def vertex_settings(regions: dict[str, str], routes: dict[str, Any] | None = None) -> Any:
+def vertex_settings(
+    regions: dict[str, str], routes: dict[str, Any] | None = None, **sections: Any
+) -> Any:
     return proxy_settings(
         regions[DEVELOPER],
         vertex={"project": PROJECT, "location": EU, "origins": regions},
@@ -93,6 +97,7 @@ def vertex_settings(regions: dict[str, str], routes: dict[str, Any] | None = Non
         redis={"flush_interval": 0.02},
         # The Developer API key is never sent with (nor in place of) a Vertex request's token.
         upstream={"api_key": "developer-api-key"},
+        **sections,
     )
 
 
@@ -254,6 +259,72 @@ def test_a_shared_capacity_429_moves_to_the_next_region_when_the_route_allows(
     assert response.model_version == PRO
 
 
+def test_requests_during_a_shared_capacity_cooldown_go_to_the_next_region(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 429, "times": 1}])
+    client = vertex(proxy_moving_on_429)
+    for n in range(6):
+        response = client.models.generate_content(model=PRO, contents=f"request {n}")
+        assert served_by(response) == f"{PRO}@{EU}"
+        assert response.model_version == PRO
+    streamed = list(client.models.generate_content_stream(model=PRO, contents="a stream"))
+    assert "simulated answer" in "".join(chunk.text or "" for chunk in streamed)
+    # Only the first request met the 429 upstream; the others skipped the cooling region
+    # instead of being shed, and none went to the weaker model.
+    assert len(calls(sims[US])) == 1
+    assert [seen["api_method"] for seen in calls(sims[EU], PRO)] == ["generateContent"] * 6 + [
+        "streamGenerateContent"
+    ]
+    metrics = httpx.get(f"{proxy_moving_on_429}/metrics").text
+    moved = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gemini_breaker_failover_events_total")
+        and 'reason="rate_limited"' in line
+        and f'from_model="{PRO}@{US}"' in line
+        and f'route="{PRO}@{US}"' in line
+        and f'to_model="{PRO}@{EU}"' in line
+    ]
+    assert [float(line.rsplit(" ", 1)[1]) for line in moved] == [7.0]
+    # A 429 is no failure of the region: its breaker stays closed.
+    breakers = httpx.get(f"{proxy_moving_on_429}/admin/breakers").json()["breakers"]
+    assert breakers[f"{PRO}@{US}"]["state"] == "closed"
+
+
+def test_a_shared_capacity_429_with_no_further_region_is_shed_not_sent_to_a_weaker_model(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    for location in (US, EU):
+        sims[location].set_faults(PRO, [{"kind": "error", "status": 429, "times": 1}])
+    client = vertex(proxy_moving_on_429)
+    for _ in range(3):
+        with pytest.raises(errors.ClientError) as raised:
+            client.models.generate_content(model=PRO, contents="hello")
+        assert raised.value.code == 429
+    # The first request met both 429s; the next ones were shed during both cooldowns.
+    assert len(calls(sims[US], PRO)) == 1
+    assert len(calls(sims[EU], PRO)) == 1
+    assert calls(sims[US], FLASH) == []
+
+
+def test_a_cooldown_never_moves_past_an_unavailable_region_to_a_weaker_model(
+    proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
+) -> None:
+    sims[US].set_faults(PRO, [{"kind": "error", "status": 429, "times": 1}])
+    client = vertex(proxy_moving_on_429)
+    assert served_by(client.models.generate_content(model=PRO, contents="one")) == f"{PRO}@{EU}"
+    forced = httpx.post(
+        f"{proxy_moving_on_429}/admin/breakers/{PRO}@{EU}/force_open", json={"reason": "drill"}
+    )
+    assert forced.status_code == 200, forced.text
+    with pytest.raises(errors.ClientError) as raised:
+        client.models.generate_content(model=PRO, contents="two")
+    assert raised.value.code == 429  # the cooldown's answer, not the weaker model's
+    assert calls(sims[US], FLASH) == []
+    assert len(calls(sims[US], PRO)) == 1
+
+
 def test_a_project_quota_429_stays_backpressure_even_when_the_route_allows_moving(
     proxy_moving_on_429: str, sims: dict[str, SimulatorControl]
 ) -> None:
@@ -263,6 +334,13 @@ def test_a_project_quota_429_stays_backpressure_even_when_the_route_allows_movin
     with pytest.raises(errors.ClientError) as raised:
         client.models.generate_content(model=PRO, contents="over the quota")
     assert raised.value.code == 429
+    # During the quota's cooldown the proxy sheds the project's requests itself: they neither
+    # reach the region nor move to another one.
+    for _ in range(3):
+        with pytest.raises(errors.ClientError) as raised:
+            client.models.generate_content(model=PRO, contents="still over the quota")
+        assert raised.value.code == 429
+    assert len(calls(sims[US])) == 2
     assert calls(sims[EU]) == []
 
 

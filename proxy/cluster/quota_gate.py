@@ -36,6 +36,9 @@ class Shed:
     retry_after: float
     quota_id: str
     message: str
+    shared_capacity: bool = False
+    """The 429 behind it named no quota of the project's (Vertex's dynamic shared quota):
+    the model in another location may have capacity."""
 
 
 class QuotaGate:
@@ -56,6 +59,7 @@ class QuotaGate:
         again (a new cooldown still stops it)."""
         now = self.mirror.store_now_ms()
         quota = self.mirror.quotas.get((scope, model))
+        shared = quota is not None and not (quota.quota_id or quota.per_day)
         if quota is not None:
             if now < quota.until_ms - (CLOCK_TOLERANCE * 1000 if waited else 0):
                 kind = "per-day quota exhausted" if quota.per_day else "cooling down after a 429"
@@ -64,6 +68,7 @@ class QuotaGate:
                     (quota.until_ms - now) / 1000,
                     quota.quota_id,
                     f"{kind} from the upstream",
+                    shared,
                 )
             if not waited:
                 scale = quota.scale_at(now, self.quota.recovery_per_second)
@@ -73,6 +78,7 @@ class QuotaGate:
                         1.0,
                         quota.quota_id,
                         f"resuming at {scale:.0%} of the rate after a 429",
+                        shared,
                     )
         if not waited and self.throttle.rejects((scope, model)):
             return Shed(
@@ -80,6 +86,7 @@ class QuotaGate:
                 1.0,
                 quota.quota_id if quota else "",
                 "most recent requests were rejected upstream; throttling locally",
+                shared,
             )
         return None
 

@@ -18,6 +18,10 @@ from typing import Any
 from .errors import error_body
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
+# Vertex names a project's quota only in the message ("Quota exceeded for
+# aiplatform.googleapis.com/generate_content_requests_per_minute_per_project_per_base_model
+# with base model: ..."), with no QuotaFailure; its dynamic shared quota names none at all.
+_VERTEX_QUOTA = re.compile(r"\bQuota exceeded for (?P<metric>[\w.-]+\.googleapis\.com/(?P<id>\w+))")
 QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
@@ -56,7 +60,8 @@ def parse_rate_limit(body: bytes, retry_after_header: str | None) -> RateLimit:
     """Read a 429's body (and header). Anything unreadable leaves the fields empty."""
     delay = parse_retry_after(retry_after_header) if retry_after_header else None
     quota_id = metric = ""
-    for detail in _details(body):
+    error = _error(body)
+    for detail in _details(error):
         kind = detail.get("@type")
         if kind == RETRY_INFO and isinstance(detail.get("retryDelay"), str):
             parsed = parse_duration(detail["retryDelay"])
@@ -67,19 +72,28 @@ def parse_rate_limit(body: bytes, retry_after_header: str | None) -> RateLimit:
                 if isinstance(violation, dict):
                     quota_id = quota_id or str(violation.get("quotaId", ""))
                     metric = metric or str(violation.get("quotaMetric", ""))
+    if not (quota_id or metric) and isinstance(error.get("message"), str):
+        named = _VERTEX_QUOTA.search(error["message"])
+        if named is not None:
+            quota_id, metric = named["id"], named["metric"]
     per_day = "perday" in quota_id.lower() or "per_day" in metric.lower()
     return RateLimit(delay, per_day, quota_id, metric)
 
 
-def _details(body: bytes) -> list[dict[str, Any]]:
+def _error(body: bytes) -> dict[str, Any]:
+    """The body's ``error`` object; empty when there is none."""
     try:
         parsed = json.loads(body)
     except ValueError:
-        return []
+        return {}
     if isinstance(parsed, list) and len(parsed) == 1:  # the JSON-array stream form
         parsed = parsed[0]
     error = parsed.get("error") if isinstance(parsed, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _details(error: dict[str, Any]) -> list[dict[str, Any]]:
+    details = error.get("details")
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
 

@@ -23,7 +23,7 @@ from ..cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
-from ..dialects.vertex import same_model_elsewhere, shared_capacity
+from ..dialects.vertex import shared_capacity
 from ..gemini.features import RequestNeeds
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
@@ -58,6 +58,7 @@ from .policy import (
     WaitOut,
     after_attempt,
     backoff_ceiling,
+    next_location_on_429,
     when_chain_ends,
 )
 from .respond import (
@@ -136,6 +137,8 @@ class Exchange:
             body if isinstance(body, bytes) else None,
         )
         self.sse = services.dialect.framing(route, scope["query_string"]) is not Framing.NONE
+        self._moved_on_429 = False
+        """The last model's 429 moved the request to the same model in the next location."""
         self._passed_over: str | None = None
         """Why the chain's first model did not serve (for the failover metric)."""
         self.last_model: str | None = None
@@ -221,10 +224,16 @@ class Exchange:
         skipped: list[str] = []
         spill_to: str | None = None
         jumped_to: str | None = None
+        # After a 429 moved the request to another location: the model it may not leave, and
+        # the cooldown it moved away from (answered if no location of the model takes it).
+        held_to: str | None = None
+        held_shed: tuple[str, Shed] | None = None
         position = -1
         while position + 1 < len(chain) and self.remaining() > 0:
             position += 1
             model = chain[position]
+            if held_to is not None and model.partition("@")[0] != held_to:
+                break  # a 429 never moves to a weaker model
             if position > 0 and model != jumped_to:
                 reason = capabilities.registry.can_serve(model, self.needs)
                 if reason is not None:  # semantic drift: never a degraded answer
@@ -232,6 +241,12 @@ class Exchange:
                     continue
             if model != spill_to:
                 shed = await self._gate(model)
+                if shed is not None and self._next_location(position, shed.shared_capacity):
+                    # Cooling down after a 429 on shared capacity: the same model in the next
+                    # location may have it (no attempt here, so nothing for the breaker).
+                    self._passed_over = self._passed_over or "rate_limited"
+                    held_to, held_shed = model.partition("@")[0], (model, shed)
+                    continue
                 if shed is not None:
                     # A quota condition is backpressure: answer 429, and move to another model
                     # only as opt-in spillover that the next model's own budget admits.
@@ -251,7 +266,12 @@ class Exchange:
                 skipped.append(model)
                 self._passed_over = self._passed_over or "breaker_open"
                 continue
+            self._moved_on_429 = False
             decision = await self._try_model(admission, position, jumped_to is not None)
+            # Once a location was tried, its outcome decides (a failure there fails over as
+            # any failure does); a 429 that moves again holds the request to the model.
+            held_to = model.partition("@")[0] if self._moved_on_429 else None
+            held_shed = None
             if isinstance(decision, Done):
                 self.fallbacks = position
                 if model != chain[0]:
@@ -269,6 +289,9 @@ class Exchange:
                 position = chain.index(decision.model) - 1
             assert not isinstance(decision, (Done, Retry, WaitOut))
             last = decision.reply
+        if last is None and held_shed is not None:
+            await self._shed(*held_shed)
+            return
         end = when_chain_ends(last, self.remaining())
         if end == "deadline":
             await self.client.error(504, "The request's deadline passed before any model answered.")
@@ -323,7 +346,11 @@ class Exchange:
                 longest_wait=self.settings.quota.max_retry_wait,
             )
             decision = after_attempt(outcome, now)
-            if isinstance(outcome, RateLimited) and self._next_location(model, position, outcome):
+            if isinstance(outcome, RateLimited) and self._next_location(
+                position, shared_capacity(outcome.limit)
+            ):
+                self._passed_over = self._passed_over or "rate_limited"
+                self._moved_on_429 = True
                 return NextModel(outcome.reply)
             if isinstance(decision, WaitOut):
                 assert isinstance(outcome, RateLimited)
@@ -351,18 +378,17 @@ class Exchange:
             else:
                 return decision
 
-    def _next_location(self, target: str, position: int, outcome: RateLimited) -> bool:
-        """A Vertex 429 on shared capacity moves to the same model in the next location, when
-        the route allows it (``on_429: next_location``)."""
+    def _next_location(self, position: int, shared: bool) -> bool:
+        """Whether a 429 (``shared``: on Vertex's shared capacity) at ``position`` of the chain
+        moves to the same model in the next location (``policy.next_location_on_429``)."""
         requested = self.route.model
-        if requested is None or not self.settings.moves_location_on_429(requested):
+        if requested is None:
             return False
-        chain = self.coordinator.chain_for(requested)
-        following = chain[position + 1] if position + 1 < len(chain) else None
-        return (
-            following is not None
-            and same_model_elsewhere(target, following)
-            and shared_capacity(outcome.limit)
+        return next_location_on_429(
+            self.coordinator.chain_for(requested),
+            position,
+            self.settings.moves_location_on_429(requested),
+            shared,
         )
 
     async def _wait_out(self, model: str, wait: WaitOut) -> bool:

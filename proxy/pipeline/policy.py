@@ -17,13 +17,19 @@ outcome                   decision
                           last try, a breaker that moved on, a spent budget or a backoff past
                           the deadline; else ``Retry`` after the backoff
 ========================  ==================================================================
+
+On a route with ``on_429: next_location``, a 429 on shared capacity (met upstream, or the
+cooldown, pacing or throttle that follows one) moves to the same model in the next location of
+the chain instead (``next_location_on_429``): never to another model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..dialects.vertex import same_model_elsewhere
 from ..gemini.quota import RateLimit
 from .outcomes import (
     AttemptOutcome,
@@ -159,6 +165,18 @@ def rate_limit_wait(limit: RateLimit, now: Situation) -> float | None:
     if wait > longest or not now.budget_left:
         return None
     return wait
+
+
+def next_location_on_429(
+    chain: Sequence[str], position: int, moves_on_429: bool, shared_capacity: bool
+) -> bool:
+    """Whether a 429 for ``chain[position]`` moves the request to the next entry of the chain:
+    only on a route that asks for it (``on_429: next_location``), only for a 429 on shared
+    capacity (a per-project quota is backpressure), and only when the next entry is the same
+    model in another location (a 429 never moves to a weaker model)."""
+    if not (moves_on_429 and shared_capacity) or position + 1 >= len(chain):
+        return False
+    return same_model_elsewhere(chain[position], chain[position + 1])
 
 
 def _longest_wait(now: Situation) -> float:

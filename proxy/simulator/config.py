@@ -46,7 +46,8 @@ Faults from the file count as installed when the server starts. Kinds:
   ``after_chunks``, a stream sends that many chunks, then an in-band ``data: {"error": ...}``.
 - ``input_too_long``: 400 "The input token count (N) exceeds ... (M)".
 - ``rate_limited {per=minute, retry_delay=15, retry_info=true, retry_after_header=false,
-  message}``: 429 RESOURCE_EXHAUSTED with QuotaFailure, Help and RetryInfo.
+  message}``: 429 RESOURCE_EXHAUSTED with QuotaFailure, Help and RetryInfo (on a Vertex path,
+  Vertex's per-project quota 429, which names the quota in its message only).
 - ``reset``: TCP reset before any response byte. ``hang``: no answer until the client leaves.
 - Streams only, after ``after_chunks`` (default 1; 0: the headers, then nothing) chunks,
   always before the last one:

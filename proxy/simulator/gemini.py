@@ -29,10 +29,17 @@ from proxy.simulator.faults import RequestTraits, Selection
 from proxy.simulator.files import MAX_FILE_BYTES
 from proxy.simulator.paging import PageError, paginate
 from proxy.simulator.state import SimulatorState
-from proxy.simulator.vertex import vertex_model_not_found, vertex_path
+from proxy.simulator.vertex import (
+    is_vertex,
+    vertex_error_message,
+    vertex_model_not_found,
+    vertex_path,
+    vertex_quota_exceeded,
+)
 from proxy.simulator.wire import (
     SSE_CONTENT_TYPE,
     Reply,
+    error_reply,
     json_reply,
     pretty_json,
     sse_event,
@@ -231,18 +238,22 @@ class GeminiApi:
         rejection = state.quotas.admit(identity, model, verb, now)
         if rejection is not None:
             ex.attempt.fault = "quota"
-            reply = replies.rate_limited(
-                model,
-                per=rejection.spec.per,
-                retry_delay=rejection.retry_delay,
-                quota_value=rejection.spec.limit,
-                retry_after_header=rejection.spec.retry_after_header,
-            )
+            if is_vertex(ex.attempt.path):
+                retry_after = rejection.retry_delay if rejection.spec.retry_after_header else None
+                reply = vertex_quota_exceeded(model, rejection.spec.per, retry_after=retry_after)
+            else:
+                reply = replies.rate_limited(
+                    model,
+                    per=rejection.spec.per,
+                    retry_delay=rejection.retry_delay,
+                    quota_value=rejection.spec.limit,
+                    retry_after_header=rejection.spec.retry_after_header,
+                )
             await self._fail(ex, mode, reply)
             return
         if isinstance(outcome, Answer) and content.poisoned(body.get("contents") or ()):
             ex.attempt.fault = "poison"
-            await self._fail(ex, mode, replies.fault_error(500, None))
+            await self._fail(ex, mode, _fault_error(ex, 500, None))
             return
         traits = RequestTraits(stream=stream)
         if isinstance(outcome, Answer):
@@ -323,7 +334,7 @@ class GeminiApi:
             return
         generating = 0.0
         if fault is not None:
-            reply = self._fault_reply(fault, outcome, input_limit, ex.attempt.model or "")
+            reply = self._fault_reply(fault, outcome, input_limit, ex)
         elif isinstance(outcome, Answer):
             reply = json_reply(outcome.response())
             generating = self._generation_time(outcome)
@@ -342,10 +353,14 @@ class GeminiApi:
         return interval * (len(answer.chunks(self.state.config.chunk_words)) - 1)
 
     def _fault_reply(
-        self, fault: FaultSpec, outcome: Answer | Reply, input_limit: int, model: str
+        self, fault: FaultSpec, outcome: Answer | Reply, input_limit: int, ex: Exchange
     ) -> Reply:
+        model = ex.attempt.model or ""
         if fault.kind == "error":
-            return replies.fault_error(fault.status, fault.message)
+            return _fault_error(ex, fault.status, fault.message)
+        if fault.kind == "rate_limited" and is_vertex(ex.attempt.path):
+            retry_after = fault.retry_delay if fault.retry_after_header else None
+            return vertex_quota_exceeded(model, fault.per, fault.message, retry_after)
         if fault.kind == "rate_limited":
             return replies.rate_limited(
                 model,
@@ -414,7 +429,11 @@ class GeminiApi:
             else:
                 await ex.write((opener or b",\r\n") + _MALFORMED_JSON, more=False)
         else:
-            status, message = fault.status, replies.error_message(fault.status, fault.message)
+            status = fault.status
+            if is_vertex(ex.attempt.path):
+                message = vertex_error_message(status, fault.message)
+            else:
+                message = replies.error_message(status, fault.message)
             if sse:
                 await ex.write(sse_error_event(status, message), more=False)
             else:
@@ -563,3 +582,10 @@ def _server_netloc(scope: Scope) -> str:
         return "localhost"
     host, port = server
     return f"{host}:{port}"
+
+
+def _fault_error(ex: Exchange, status: int, message: str | None) -> Reply:
+    """Google's error for ``status``, worded as the API the path belongs to words it."""
+    if is_vertex(ex.attempt.path):
+        return error_reply(status, vertex_error_message(status, message))
+    return replies.fault_error(status, message)

@@ -12,7 +12,7 @@ from .names import label
 Labels = tuple[tuple[str, str | bool], ...]
 
 #: Why a request leaves its route's first model (``failover``'s reasons on the request path).
-FAILOVER_REASONS = ("failure", "breaker_open", "input_too_long", "spillover")
+FAILOVER_REASONS = ("failure", "breaker_open", "input_too_long", "spillover", "rate_limited")
 #: Why the proxy answers for a model itself (``shed``'s reasons).
 SHED_REASONS = ("cooldown", "pacing", "throttle", "budget", "breakers_open")
 #: Statuses the proxy itself answers with when no model served (shed, all breakers open,

@@ -156,9 +156,10 @@ class MetricsRecorder:
         )
 
     def failover(self, route: str, from_model: str, to_model: str, reason: str) -> None:
-        """A request of ``route`` left ``from_model`` for ``to_model`` (reason ``failure``,
-        ``breaker_open``, ``input_too_long`` or ``spillover``: why ``from_model`` did not serve;
-        a broken stream finished elsewhere counts in ``stream_continuation`` instead)."""
+        """A request of ``route`` left ``from_model`` for ``to_model``; ``reason``, why
+        ``from_model`` did not serve: ``failure``, ``breaker_open``, ``input_too_long``,
+        ``spillover`` or ``rate_limited`` (a 429 on shared capacity, to the model in another
+        location). A broken stream finished elsewhere counts in ``stream_continuation``."""
         self._failovers.add(
             1,
             (
