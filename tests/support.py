@@ -1,5 +1,5 @@
-"""Real servers on loopback for the tests (uvicorn in a background thread, on a free port), and
-``eventually``: polling, with a deadline, for a moment nothing signals."""
+"""Real servers on loopback for the tests (uvicorn in a background thread, on a free port; proxy
+processes), and ``eventually``: polling, with a deadline, for a moment nothing signals."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 import uvicorn
+import yaml
 from starlette.types import ASGIApp
 
 T = TypeVar("T")
@@ -70,6 +72,36 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# Redis timings that let replicas of a test agree within a fraction of a second.
+QUICK_REDIS = {
+    "flush_interval": 0.02,
+    "reconcile_interval": 0.2,
+    "retry_seconds": 0.3,
+    "operation_timeout": 0.2,
+}
+# Attempt limits that keep a failing model from holding a test for long.
+QUICK_ATTEMPTS = {
+    "max_attempts": 2,
+    "backoff_initial": 0.01,
+    "backoff_max": 0.02,
+    "headers_timeout": 5,
+    "first_event_timeout": 5,
+    "unary_timeout": 5,
+}
+
+
+def serve_replicas(stack: ExitStack, config: dict[str, Any], path: Path, count: int) -> list[str]:
+    """``count`` proxy processes with ``config`` (written to ``path``), each on a port of its
+    own, stopped when ``stack`` closes; their URLs."""
+    path.write_text(yaml.safe_dump(config))
+    urls = []
+    for _ in range(count):
+        port = free_port()
+        stack.enter_context(running(["serve", "--config", str(path), "--port", str(port)], {}))
+        urls.append(f"http://127.0.0.1:{port}")
+    return urls
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import yaml
 from google.genai import errors
 
 from proxy.cluster.keys import Keys
@@ -27,7 +26,7 @@ from .conftest import calls
 from .redis_support import RedisServer, require_redis
 from .redis_support import redis_server as redis_server  # the fixture
 from .redis_topologies import start_cluster
-from .support import eventually, free_port, running
+from .support import QUICK_ATTEMPTS, QUICK_REDIS, eventually, serve_replicas
 from .test_sdk_e2e import sdk
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
@@ -58,34 +57,13 @@ def replica_starter(
     ) -> list[str]:
         config = {
             "upstream": {"base_url": simulator_url},
-            "redis": {
-                **redis_section,
-                "flush_interval": 0.02,
-                "reconcile_interval": 0.2,
-                "retry_seconds": 0.3,
-                "operation_timeout": 0.2,
-            },
-            "model_defaults": {
-                "max_attempts": 2,
-                "backoff_initial": 0.01,
-                "backoff_max": 0.02,
-                "headers_timeout": 5,
-                "first_event_timeout": 5,
-                "unary_timeout": 5,
-                "breaker": {**BREAKER, **breaker},
-            },
+            "redis": {**redis_section, **QUICK_REDIS},
+            "model_defaults": {**QUICK_ATTEMPTS, "breaker": {**BREAKER, **breaker}},
             "models": models or {},
             "routes": {PRO: [PRO, FLASH]},
             "admin": {"allow_unauthenticated_loopback": True, **(admin or {})},
         }
-        path = tmp_path / "cluster.yaml"
-        path.write_text(yaml.safe_dump(config))
-        urls = []
-        for _ in range(count):
-            port = free_port()
-            stack.enter_context(running(["serve", "--config", str(path), "--port", str(port)], {}))
-            urls.append(f"http://127.0.0.1:{port}")
-        return urls
+        return serve_replicas(stack, config, tmp_path / "cluster.yaml", count)
 
     return start
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from google.genai import errors
 
 from proxy.app import create_app
@@ -25,7 +24,7 @@ from proxy.simulator.content import POISON_MARKER
 from .conftest import calls, proxy_settings
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import eventually, free_port, running, serve
+from .support import eventually, serve, serve_replicas
 from .test_sdk_e2e import sdk
 
 PRO, FLASH, LITE = "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"
@@ -55,14 +54,7 @@ def start_replicas(
         "routes": {PRO: CHAIN},
         "admin": {"allow_unauthenticated_loopback": True},
     }
-    path = tmp_path / "poison.yaml"
-    path.write_text(yaml.safe_dump(config))
-    urls = []
-    for _ in range(count):
-        port = free_port()
-        stack.enter_context(running(["serve", "--config", str(path), "--port", str(port)], {}))
-        urls.append(f"http://127.0.0.1:{port}")
-    return urls
+    return serve_replicas(stack, config, tmp_path / "poison.yaml", count)
 
 
 @pytest.fixture

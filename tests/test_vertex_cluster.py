@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from google.genai import Client, types
 from google.oauth2.credentials import Credentials
 
@@ -23,7 +22,7 @@ from proxy.simulator.client import SimulatorControl
 from .conftest import calls
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import free_port, running, serve
+from .support import QUICK_ATTEMPTS, QUICK_REDIS, serve, serve_replicas
 from .test_cluster_e2e import BREAKER, state, wait_all
 
 PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
@@ -57,34 +56,16 @@ def replicas(
             "project": PROJECT,
             "origins": origins,
         },
-        "redis": {
-            "url": redis_server.url,
-            "flush_interval": 0.02,
-            "reconcile_interval": 0.2,
-            "retry_seconds": 0.3,
-            "operation_timeout": 0.2,
-        },
+        "redis": {"url": redis_server.url, **QUICK_REDIS},
         "model_defaults": {
-            "max_attempts": 2,
-            "backoff_initial": 0.01,
-            "backoff_max": 0.02,
-            "headers_timeout": 5,
-            "first_event_timeout": 5,
-            "unary_timeout": 5,
+            **QUICK_ATTEMPTS,
             "breaker": {**BREAKER, "open_seconds": 1.0, "open_max_seconds": 2.0},
         },
         "routes": {PRO: [PRO_US, PRO_EU, FLASH_US]},
         "admin": {"allow_unauthenticated_loopback": True},
     }
-    path = tmp_path / "vertex.yaml"
-    path.write_text(yaml.safe_dump(config))
     with contextlib.ExitStack() as stack:
-        urls = []
-        for _ in range(3):
-            port = free_port()
-            stack.enter_context(running(["serve", "--config", str(path), "--port", str(port)], {}))
-            urls.append(f"http://127.0.0.1:{port}")
-        yield urls
+        yield serve_replicas(stack, config, tmp_path / "vertex.yaml", 3)
 
 
 def clients(replicas: list[str]) -> list[Client]:
