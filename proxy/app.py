@@ -116,6 +116,7 @@ def create_app(
         coordinator.sync.tallies = telemetry.tallies
         await coordinator.start()
         telemetry.watch_cluster(lambda: view_of(forwarder.coordinator))
+        telemetry.watch_resends(forwarder.resends)
         log.info(
             "admin API: %s",
             {

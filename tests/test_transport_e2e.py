@@ -230,9 +230,11 @@ def test_a_stream_continued_on_the_connection_the_upstream_closed(
     with proxy_with(simulator_url) as url:
         chunks = list(sdk(url).models.generate_content_stream(model=PRO, contents=PROMPT))
         breakers = httpx.get(f"{url}/admin/breakers").json()["breakers"]
+        metrics = httpx.get(f"{url}/metrics").text
     assert text_of(chunks) == whole_answer(simulator_url)
     assert [c["model"] for c in calls(simulator)][:2] == [PRO, FLASH]
     assert breakers.get(FLASH, {"failures": 0})["failures"] == 0
+    assert "\ngemini_breaker_upstream_resends_total 1.0\n" in metrics  # what operators see
 
 
 def test_no_request_is_lost_when_the_upstream_recycles_connections() -> None:

@@ -179,6 +179,11 @@ class Forwarder:
         await exchange.run_cancelling_on_disconnect(receive)
         return exchange.status, exchange.served_by, exchange.attempts, exchange.fallbacks
 
+    def resends(self) -> int:
+        """Requests resent on a new connection because a reused one had closed under them."""
+        main = self.upstream.stale_retries if self.upstream is not None else 0
+        return main + self.origins.stale_retries
+
     def _parse(
         self, path: str, query: bytes, headers: Headers
     ) -> tuple[Dialect, RequestRoute | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -101,6 +101,13 @@ class MetricsRecorder:
             "Upstream waits that ran out, by the limit that fired (headers, first_event, "
             "learned, gap).",
         )
+        self._resends: Callable[[], int] | None = None
+        meter.create_observable_counter(
+            names.UPSTREAM_RESENDS,
+            [self._observe_resends],
+            description="Requests sent once more on a new connection because the reused one "
+            "had closed before answering (not counted against any model).",
+        )
         self._per_model: dict[tuple[str, str], dict[str, str]] = {}
         """Histogram attributes by (model label, operation), built once: the SDK hashes them
         anyway."""
@@ -128,6 +135,14 @@ class MetricsRecorder:
         """Feed the active-model, breaker-state and store-degraded gauges from ``source``
         (for example ``lambda: view_of(coordinator)``); None stops reporting them."""
         self._cluster = source
+
+    def watch_resends(self, source: Callable[[], int] | None) -> None:
+        """Feed the resend counter from ``source`` (the upstreams' running total)."""
+        self._resends = source
+
+    def _observe_resends(self, options: CallbackOptions) -> Iterable[Observation]:
+        source = self._resends
+        return [Observation(source() if source is not None else 0)]
 
     def _cluster_view(self) -> ClusterView | None:
         source = self._cluster

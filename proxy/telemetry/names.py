@@ -30,6 +30,7 @@ QUOTA_ALERTS: Final = "gemini_breaker_quota_alerts"
 SCHEMA_DRIFT: Final = "gemini_breaker_schema_drift"
 STREAM_CONTINUATIONS: Final = "gemini_breaker_stream_continuations"
 DEADLINE_MISSES: Final = "gemini_breaker_deadline_misses"
+UPSTREAM_RESENDS: Final = "gemini_breaker_upstream_resends"
 
 # -- attribute keys: the proxy's own label names first, then semantic conventions -------------
 MODEL: Final = "model"

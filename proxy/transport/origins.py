@@ -30,6 +30,11 @@ class OriginPools:
             found = self._upstreams[origin] = Upstream(settings, Upstream.new_pool(settings))
         return found
 
+    @property
+    def stale_retries(self) -> int:
+        """Requests resent because a reused connection had closed (see ``Upstream``)."""
+        return sum(upstream.stale_retries for upstream in self._upstreams.values())
+
     async def aclose(self) -> None:
         upstreams, self._upstreams = self._upstreams, {}
         for upstream in upstreams.values():
