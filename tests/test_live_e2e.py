@@ -33,6 +33,7 @@ from proxy.simulator.app import SimulatorApp
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.live import LiveFault
 from proxy.telemetry import Telemetry
+from proxy.telemetry.jsonlog import JsonFormatter
 
 from .conftest import ROUTES, proxy_settings
 from .support import eventually_async, serve
@@ -708,3 +709,42 @@ async def test_a_probe_that_is_the_clients_fault_hands_its_permit_back(
         await eventually_async(
             lambda: breaker(app, model)["state"] == "closed", what="the probe closing it"
         )
+
+
+class _Lines(logging.Handler):
+    """Records formatted as the JSON log formats them, when they are emitted (the trace
+    context is read then)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_the_relays_log_lines_carry_the_sessions_trace(
+    sim: SimulatorApp,
+    observed_proxy: tuple[ProxyApp, str, InMemorySpanExporter],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, url, spans = observed_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    sim.live.add_fault("gemini-2.5-pro", LiveFault("close_at_setup"))
+    live_log = logging.getLogger("gemini_breaker.live")
+    lines = _Lines()
+    level = live_log.level
+    live_log.addHandler(lines)
+    live_log.setLevel(logging.INFO)
+    try:
+        client = sdk_client(url)
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+            assert await turn(session, "hi") == "Live reply 1 to: hi"
+    finally:
+        live_log.removeHandler(lines)
+        live_log.setLevel(level)
+    (span,) = await eventually_async(lambda: session_spans(spans), what="the session's span")
+    (failed,) = [line for line in lines.lines if "live setup on gemini-2.5-pro" in line["message"]]
+    assert failed["trace_id"] == format(span.context.trace_id, "032x")

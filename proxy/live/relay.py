@@ -169,8 +169,8 @@ class LiveRelay:
         try:
             await self._serve(scope, path, receive, send, span, ended)
         finally:
-            context_api.detach(token)
             span.end(ended.code, ended.model, ended.resumptions)
+            context_api.detach(token)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "WEBSOCKET %s %d model=%s requested=%s resumptions=%d %.1fms",
