@@ -7,10 +7,9 @@ for the credential and model) and reaches the client as it came, and a model the
 sheds (cooling down, paced, throttled, its cluster budget spent) closes the session as Google
 closes a quota-exhausted one, unless the route spills over to the next model, as for a call.
 Vertex sessions go to the origin of each target's location, their setup's resource rewritten
-for it. Mid-session, when the client
-enabled session resumption and a handle was seen, an upstream ``goAway`` or drop is resumed on
-the same model with the last handle, the client seeing nothing of it; otherwise the client's
-socket closes with the upstream's code and reason.
+for it. Mid-session, when the client enabled session resumption and a handle was seen, an
+upstream ``goAway`` or drop is resumed on the same model with the last handle, the client
+seeing nothing of it; otherwise the client's socket closes with the upstream's code and reason.
 """
 
 from __future__ import annotations
@@ -234,7 +233,7 @@ class LiveRelay:
         # Vertex never gets the Developer API's key; a session with no credential of its own
         # gets an ADC token, as a Vertex call does.
         api_key = self.settings.upstream.api_key if vertex is None else None
-        if vertex is not None and not has_credential(headers, scope):
+        if vertex is not None and not has_credential(headers, {"query_string": query_string}):
             try:
                 headers = [*headers, (b"authorization", await self.adc.authorization())]
             except CredentialsUnavailable as exc:
