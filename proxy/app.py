@@ -93,7 +93,7 @@ def create_app(
     telemetry.declare(settings.routes)
     telemetry.vocabulary.know(settings.named_models)
     forwarder = Forwarder(settings, telemetry)
-    live = LiveRelay(settings, LiveSessions(), telemetry)
+    live = LiveRelay(settings, LiveSessions(), telemetry, forwarder.adc)
     watch_sessions(telemetry.meter_provider.get_meter("gemini_breaker.live"), live.sessions)
     auth = AdminAuth(settings.admin.token, settings.admin.allow_unauthenticated_loopback)
     admin = AdminApi(

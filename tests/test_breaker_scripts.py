@@ -539,6 +539,28 @@ async def test_failed_probe_reopens_with_doubled_wait(store: BreakerStore) -> No
     assert (b.trips, wait_ms(b), b.reason) == (2, 20, "half-open probe failed")
 
 
+async def test_a_released_probe_permit_goes_to_the_next_request(store: BreakerStore) -> None:
+    """A probe whose request was the client's fault hands its permit back: the next request
+    gets it, and the breaker is not taken to have lost a probe."""
+    p = params(open_seconds=0.01, half_open_probes=1, half_open_timeout=60)
+    tripped = opened(await trip(store, "a", p))
+    half = (await until_half_open(store, "a", p)).change.breaker
+    assert half is not None and half.probes_issued == 1
+    assert not (await store.acquire("a", p)).permit
+    stale = await store.probe_release("a", tripped.epoch)  # another epoch's: ignored
+    assert stale.breaker is not None and stale.breaker.probes_issued == 1
+    released = await store.probe_release("a", half.epoch)
+    assert not released.changed and released.breaker is not None
+    assert (released.breaker.state, released.breaker.probes_issued) == (HALF_OPEN, 0)
+    again = await store.probe_release("a", half.epoch)  # nothing outstanding: ignored
+    assert again.breaker is not None and again.breaker.probes_issued == 0
+    acquired = await store.acquire("a", p)
+    assert acquired.permit and acquired.change.breaker is not None
+    assert acquired.change.breaker.probes_issued == 1
+    closed = (await store.probe_done("a", half.epoch, True, p)).breaker
+    assert closed is not None and closed.state == CLOSED
+
+
 async def test_lost_probes_reopen_after_the_timeout(store: BreakerStore) -> None:
     patient = params(open_seconds=0.01, half_open_probes=2, half_open_timeout=60)
     hasty = replace(patient, half_open_timeout=0.05)

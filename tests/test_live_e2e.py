@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from google import genai
 from google.genai import errors, types
+from google.oauth2.credentials import Credentials
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -28,8 +30,10 @@ from proxy.operators.admin_documents import breakers_document
 from proxy.operators.certs import make_certificates
 from proxy.simulator import create_simulator_app
 from proxy.simulator.app import SimulatorApp
+from proxy.simulator.attempts import key_digest
 from proxy.simulator.live import LiveFault
 from proxy.telemetry import Telemetry
+from proxy.telemetry.jsonlog import JsonFormatter
 
 from .conftest import ROUTES, proxy_settings
 from .support import eventually_async, serve
@@ -228,6 +232,22 @@ async def test_a_refused_connection_at_setup_fails_over_to_the_next_model(
             )
 
 
+async def metrics_of(url: str, certificates: dict[str, Path]) -> str:
+    async with httpx.AsyncClient(
+        verify=ssl.create_default_context(cafile=str(certificates["ca"]))
+    ) as http:
+        return (await http.get(f"{url}/metrics")).text
+
+
+def sheds(metrics: str, model: str, reason: str) -> float:
+    prefix = f'gemini_breaker_sheds_total{{model="{model}",reason="{reason}"}} '
+    found = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(found[0].removeprefix(prefix)) if found else 0.0
+
+
+SHED_REASON = "RESOURCE_EXHAUSTED: the proxy shed this session ("
+
+
 async def test_a_429_on_the_upgrade_is_backpressure(
     sim: SimulatorApp,
     live_proxy: tuple[ProxyApp, str],
@@ -236,15 +256,15 @@ async def test_a_429_on_the_upgrade_is_backpressure(
 ) -> None:
     """A 429 answering the upgrade: the client's session fails with the quota close as it
     came, no breaker failure is counted, and the key cools down on that model: its next
-    session skips it for the next model of the chain. (A key of its own, so the cooldown
-    stays in this test.)"""
+    session is shed by the proxy, closed as Google closes a quota-exhausted session, without
+    reaching any upstream, and counted as a shed; it never moves to a weaker model. (A key
+    of its own, so the cooldown stays in this test.)"""
     app, url = live_proxy
     monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
     client = sdk_client(url, api_key="live-key-429")
     sim.live.add_fault("gemini-2.5-pro", LiveFault("refuse", status=429))
     failures = dict(app.live.sessions.setup_failures)
     pro_failures = breaker(app, "gemini-2.5-pro")["failures"]
-    flash_calls = breaker(app, "gemini-2.5-flash")["calls"]
     with pytest.raises(errors.APIError) as raised:
         async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT):
             pass
@@ -252,17 +272,20 @@ async def test_a_429_on_the_upgrade_is_backpressure(
     assert "RESOURCE_EXHAUSTED: upstream answered the upgrade with 429" in str(raised.value)
     assert not sim.live.faults["gemini-2.5-pro"]  # the refusal was used
     assert sim.live.setups == []  # the refused upgrade carried no setup; nothing failed over
-    async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
-        assert app.live.sessions.open["gemini-2.5-flash"] >= 1
-        assert await turn(session, "again") == "Live reply 1 to: again"
-    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.5-flash"]
+    shed_before = sheds(await metrics_of(url, certificates), "gemini-2.5-pro", "cooldown")
+    upgrades = len(sim.live.paths)
+    with pytest.raises(errors.APIError) as raised:
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT):
+            pass
+    assert raised.value.code == 1011
+    reason = str(raised.value)
+    assert f"{SHED_REASON}cooldown); retry in " in reason
+    assert reason.endswith("s (gemini-2.5-pro)")
+    assert len(sim.live.paths) == upgrades and sim.live.setups == []  # no upstream connection
+    assert not app.live.sessions.open
     assert dict(app.live.sessions.setup_failures) == failures
-    # Once flash's success has reached its breaker, pro's failure would have too (failures
-    # are reported first): there is none.
-    await eventually_async(
-        lambda: breaker(app, "gemini-2.5-flash")["calls"] > flash_calls,
-        what="flash's success in its breaker",
-    )
+    metrics = await metrics_of(url, certificates)
+    assert sheds(metrics, "gemini-2.5-pro", "cooldown") == shed_before + 1
     assert breaker(app, "gemini-2.5-pro")["failures"] == pro_failures
 
 
@@ -348,17 +371,58 @@ async def test_a_session_takes_one_request_of_the_cluster_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """gemini-2.0-flash may take one request a minute across the cluster: the first session
-    spends it, the second goes to the next model of the chain, as a cooling model is passed."""
+    spends it, the second is shed (the budget's own reason), not moved to the next model."""
     url = observed_proxy[1]
     monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
     client = sdk_client(url)
-    for _ in range(2):
-        async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
-            assert await turn(session, "hi") == "Live reply 1 to: hi"
+    async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
+        assert await turn(session, "hi") == "Live reply 1 to: hi"
+    with pytest.raises(errors.APIError) as raised:
+        async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT):
+            pass
+    assert raised.value.code == 1011
+    assert f"{SHED_REASON}budget); retry in " in str(raised.value)
+    assert [setup["model"] for setup in sim.live.setups] == ["models/gemini-2.0-flash"]
+    metrics = await metrics_of(url, certificates)
+    assert sheds(metrics, "gemini-2.0-flash", "budget") == 1
+
+
+async def test_with_spillover_a_shed_session_moves_when_the_next_models_budget_admits_it(
+    live_simulator: tuple[SimulatorApp, str],
+    sim: SimulatorApp,
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route opts into spillover: a session the first model's budget sheds goes to the
+    next model while that model's own budget admits it, and is shed once that is spent."""
+    pair = (str(certificates["cert"]), str(certificates["key"]))
+    settings = proxy_settings(
+        live_simulator[1],
+        server={"tls": {"cert_file": pair[0], "key_file": pair[1]}},
+        model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+        quota={"spillover_share": 1.0},
+        models={
+            "gemini-2.0-flash": {"requests_per_minute": 1},
+            "gemini-2.0-flash-lite": {"requests_per_minute": 1},
+        },
+        routes={**ROUTES, "gemini-2.0-flash": ["gemini-2.0-flash", "gemini-2.0-flash-lite"]},
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    with serve(create_app(settings), tls=pair) as url:
+        client = sdk_client(url)
+        for _ in range(2):
+            async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT) as session:
+                assert await turn(session, "hi") == "Live reply 1 to: hi"
+        with pytest.raises(errors.APIError) as raised:
+            async with client.aio.live.connect(model="gemini-2.0-flash", config=TEXT):
+                pass
+        metrics = await metrics_of(url, certificates)
+    assert f"{SHED_REASON}budget); retry in " in str(raised.value)
     assert [setup["model"] for setup in sim.live.setups] == [
         "models/gemini-2.0-flash",
         "models/gemini-2.0-flash-lite",
     ]
+    assert sheds(metrics, "gemini-2.0-flash", "budget") == 1
 
 
 async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(
@@ -488,3 +552,199 @@ async def test_with_client_tokens_a_caller_without_one_is_refused(
         ) as socket:
             await socket.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash"}}))
             assert json.loads(await socket.recv()) == {"setupComplete": {}}
+
+
+US, EU, PROJECT = "us-central1", "europe-west4", "live-project"
+VERTEX_PATH = "/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent"
+VERTEX_TOKEN = "vertex-live-oauth-token"
+
+
+@pytest.fixture(scope="module")
+def regions() -> Iterator[dict[str, tuple[SimulatorApp, str]]]:
+    """One simulator per location, standing for that region's Vertex origin."""
+    us, eu = create_simulator_app(), create_simulator_app()
+    with serve(us) as us_url, serve(eu) as eu_url:
+        yield {US: (us, us_url), EU: (eu, eu_url)}
+
+
+@pytest.fixture
+def vertex_proxy(
+    regions: dict[str, tuple[SimulatorApp, str]], certificates: dict[str, Path]
+) -> Iterator[str]:
+    """A replica whose Developer API upstream is neither region (Vertex sessions must never
+    go there), with the route ``[pro@us-central1, pro@europe-west4]``."""
+    for sim, _ in regions.values():
+        sim.live.faults.clear()
+        sim.live.setups.clear()
+        sim.live.paths.clear()
+        sim.live.credentials.clear()
+    developer = create_simulator_app()
+    pair = (str(certificates["cert"]), str(certificates["key"]))
+    with serve(developer) as developer_url:
+        settings = proxy_settings(
+            developer_url,
+            server={"tls": {"cert_file": pair[0], "key_file": pair[1]}},
+            model_defaults={"connect_timeout": 5, "first_event_timeout": 5},
+            vertex={
+                "project": PROJECT,
+                "location": US,
+                "origins": {location: url for location, (_, url) in regions.items()},
+            },
+            routes={"gemini-2.5-pro": [f"gemini-2.5-pro@{US}", f"gemini-2.5-pro@{EU}"]},
+            upstream={"api_key": "developer-api-key"},
+        )
+        with serve(create_app(settings), tls=pair) as url:
+            yield url
+        assert developer.live.paths == []
+
+
+def vertex_client(url: str, location: str = US) -> genai.Client:
+    """The SDK in Vertex mode, pointed at the proxy: it opens ``wss://{base}/ws/...
+    LlmBidiService/BidiGenerateContent`` with the client's bearer token, naming the model
+    ``projects/P/locations/L/publishers/google/models/M`` in the setup."""
+    return genai.Client(
+        vertexai=True,
+        project=PROJECT,
+        location=location,
+        credentials=Credentials(token=VERTEX_TOKEN),
+        http_options=types.HttpOptions(base_url=url),
+    )
+
+
+def resource(location: str, model: str = "gemini-2.5-pro") -> str:
+    return f"projects/{PROJECT}/locations/{location}/publishers/google/models/{model}"
+
+
+async def test_a_vertex_session_goes_to_the_origin_of_its_location(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    vertex_proxy: str,
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model with no route is its own target in the client's location: served by that
+    location's origin with the client's token, never by the Developer API upstream."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    client = vertex_client(vertex_proxy, EU)
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=TEXT) as session:
+        assert await turn(session, "hello") == "Live reply 1 to: hello"
+    us, eu = regions[US][0], regions[EU][0]
+    assert eu.live.paths == [VERTEX_PATH]
+    assert [setup["model"] for setup in eu.live.setups] == [resource(EU, "gemini-2.5-flash")]
+    assert eu.live.credentials == [key_digest(VERTEX_TOKEN)]  # the client's own token
+    assert us.live.paths == []
+
+
+async def test_a_vertex_setup_failure_moves_to_the_same_model_in_the_next_location(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    vertex_proxy: str,
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pro@us-central1 refuses the upgrade (503): the session is served by
+    pro@europe-west4, at that region's origin, its setup naming that location."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    us, eu = regions[US][0], regions[EU][0]
+    us.live.add_fault("gemini-2.5-pro", LiveFault("refuse", status=503))
+    client = vertex_client(vertex_proxy, US)
+    async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+        assert await turn(session, "hi") == "Live reply 1 to: hi"
+    assert not us.live.faults["gemini-2.5-pro"]  # the refusal was used
+    assert us.live.setups == []
+    assert eu.live.paths == [VERTEX_PATH]
+    assert [setup["model"] for setup in eu.live.setups] == [resource(EU)]
+    assert eu.live.credentials == [key_digest(VERTEX_TOKEN)]
+
+
+async def test_a_probe_that_is_the_clients_fault_hands_its_permit_back(
+    live_simulator: tuple[SimulatorApp, str],
+) -> None:
+    """A half-open breaker with one probe permit: the session it admits names an unknown
+    resumption handle (the upstream closes 1008 INVALID_ARGUMENT, the session's own fault).
+    The permit is handed back uncounted, so a later session probes and closes the breaker;
+    without that, the breaker would admit nothing until the probe is taken as lost and then
+    reopen it."""
+    model = "gemini-2.5-flash-lite"  # a model of the routes, so the admin API knows it
+    settings = proxy_settings(
+        live_simulator[1],
+        model_defaults={
+            "connect_timeout": 5,
+            "first_event_timeout": 5,
+            "breaker": {"open_seconds": 0, "half_open_probes": 1, "half_open_timeout": 60},
+        },
+    )
+    app = create_app(settings)
+    with serve(app) as base:
+        async with httpx.AsyncClient() as http:
+            opened = await http.post(f"{base}/admin/breakers/{model}/open", json={"reason": "t"})
+        assert opened.status_code == 200, opened.text
+        url = base.replace("http://", "ws://") + LIVE_PATH
+        key = {"x-goog-api-key": "probe-key"}
+        bad = {"setup": {"model": f"models/{model}", "sessionResumption": {"handle": "nope"}}}
+        async with connect(url, additional_headers=key) as socket:
+            await socket.send(json.dumps(bad))
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason.split(":")[0]) == (
+            1008,
+            "INVALID_ARGUMENT",
+        )
+        await eventually_async(
+            lambda: breaker(app, model)["probes_issued"] == 0, what="the permit handed back"
+        )
+        assert breaker(app, model)["state"] == "half_open"
+
+        async def served() -> bool:
+            async with connect(url, additional_headers=key) as socket:
+                await socket.send(json.dumps({"setup": {"model": f"models/{model}"}}))
+                try:
+                    return json.loads(await socket.recv()) == {"setupComplete": {}}
+                except ConnectionClosed:  # this replica asks for a permit at most every 0.1 s
+                    return False
+
+        for _ in range(100):
+            if await served():
+                break
+            await anyio.sleep(0.05)
+        await eventually_async(
+            lambda: breaker(app, model)["state"] == "closed", what="the probe closing it"
+        )
+
+
+class _Lines(logging.Handler):
+    """Records formatted as the JSON log formats them, when they are emitted (the trace
+    context is read then)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_the_relays_log_lines_carry_the_sessions_trace(
+    sim: SimulatorApp,
+    observed_proxy: tuple[ProxyApp, str, InMemorySpanExporter],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, url, spans = observed_proxy
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    sim.live.add_fault("gemini-2.5-pro", LiveFault("close_at_setup"))
+    live_log = logging.getLogger("gemini_breaker.live")
+    lines = _Lines()
+    level = live_log.level
+    live_log.addHandler(lines)
+    live_log.setLevel(logging.INFO)
+    try:
+        client = sdk_client(url)
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+            assert await turn(session, "hi") == "Live reply 1 to: hi"
+    finally:
+        live_log.removeHandler(lines)
+        live_log.setLevel(level)
+    (span,) = await eventually_async(lambda: session_spans(spans), what="the session's span")
+    (failed,) = [line for line in lines.lines if "live setup on gemini-2.5-pro" in line["message"]]
+    assert failed["trace_id"] == format(span.context.trace_id, "032x")

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
+from proxy.config import VertexSettings
+from proxy.live.vertex import VertexModel, is_vertex, parse_vertex_model
 from proxy.live.wire import (
     BadSetup,
     CloseKind,
@@ -107,6 +109,48 @@ def test_the_upstream_url_takes_the_websocket_scheme() -> None:
     assert upstream_url("http://127.0.0.1:1", DEVELOPER, b"a=1") == (
         f"ws://127.0.0.1:1{DEVELOPER}?a=1"
     )
+
+
+FULL = "projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-pro"
+
+
+def test_a_vertex_setup_names_its_target_and_is_rewritten_per_location() -> None:
+    settings = VertexSettings(project="p0", location="europe-west4")
+    vertex = parse_vertex_model(FULL, settings, express=False)
+    assert vertex == VertexModel("p1", "us-central1", "gemini-2.5-pro")
+    assert vertex.target == "gemini-2.5-pro@us-central1"
+    assert vertex.resource_for("gemini-2.5-flash@europe-west4") == (
+        "projects/p1/locations/europe-west4/publishers/google/models/gemini-2.5-flash"
+    )
+    assert vertex.resource_for("gemini-2.5-flash") == (
+        "projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-flash"
+    )
+    # The origin is the HTTP dialect's: configured, then Google's endpoints.
+    with_origin = VertexSettings(origins={"europe-west4": "http://127.0.0.1:9"})
+    assert vertex.origin_for("m@europe-west4", with_origin) == "http://127.0.0.1:9"
+    assert vertex.origin_for("m@global", settings) == "https://aiplatform.googleapis.com"
+    setup = parse_setup(json.dumps({"setup": {"model": FULL}}).encode())
+    sent = setup_for(setup, "m@europe-west4", None, vertex.resource_for("m@europe-west4"))
+    assert json.loads(sent)["setup"]["model"].endswith("/locations/europe-west4/"
+                                                       "publishers/google/models/m")  # fmt: skip
+    assert setup_for(setup, vertex.target, None, FULL) is setup.raw
+
+
+def test_a_short_vertex_model_takes_the_configured_project_or_express_mode() -> None:
+    settings = VertexSettings(project="p0", location="europe-west4")
+    short = "publishers/google/models/gemini-2.5-pro"
+    assert parse_vertex_model(short, settings, express=False) == VertexModel(
+        "p0", "europe-west4", "gemini-2.5-pro"
+    )
+    express = parse_vertex_model(short, VertexSettings(), express=True)
+    assert express == VertexModel(None, "global", "gemini-2.5-pro")
+    assert express.resource_for(express.target) == short
+    with pytest.raises(BadSetup):
+        parse_vertex_model(short, VertexSettings(), express=False)
+    with pytest.raises(BadSetup):
+        parse_vertex_model("projects/p/models/x", settings, express=False)
+    assert is_vertex("/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent")
+    assert not is_vertex(DEVELOPER)
 
 
 def test_certs_makes_a_ca_that_verifies_the_proxy_certificate(

@@ -158,6 +158,12 @@ class Admissions:
             if tally[1] >= self.params(admission.model).burst_failures:
                 self._flush_now.set()
 
+    def release(self, admission: Admission) -> None:
+        """An admission whose outcome is not counted (the client's fault): a probe's permit is
+        handed back; an ordinary admission holds nothing. Never waits on Redis."""
+        if admission.probe:
+            self._tasks.spawn(self._probe_release(admission))
+
     def serving(self, model: str) -> bool:
         """Whether ``model`` answered a request on this replica within its burst window (read
         when a failure is judged: the successes come from the outcome tallies)."""
@@ -176,6 +182,17 @@ class Admissions:
             )
         except StoreUnavailable:
             # The permit is lost; the half-open deadline reopens the breaker in time.
+            return
+        self.mirror.apply(change)
+
+    async def _probe_release(self, admission: Admission) -> None:
+        try:
+            change = await self._link.call(
+                lambda store: store.probe_release(admission.model, admission.epoch),
+                self._link.background_timeout,
+            )
+        except StoreUnavailable:
+            # As a lost probe: the half-open deadline reopens the breaker in time.
             return
         self.mirror.apply(change)
 

@@ -61,6 +61,7 @@ class Coordinator:
         self.admit = self.admission.admit
         self.still_admits = self.admission.still_admits
         self.record = self.admission.record
+        self.release = self.admission.release
         self.serving = self.admission.serving
         self.chain_for = self.admission.chain_for
         self.quota_gate = self.quotas.check

@@ -88,6 +88,7 @@ class BreakerStore:
         self._report = redis.register_script(script_source("report"))
         self._acquire = redis.register_script(script_source("acquire"))
         self._probe_done = redis.register_script(script_source("probe_done"))
+        self._probe_release = redis.register_script(script_source("probe_release"))
         self._force = redis.register_script(script_source("force"))
         self._register_routes = redis.register_script(script_source("register_routes"))
         self._snapshot = redis.register_script(script_source("snapshot"))
@@ -162,6 +163,12 @@ class BreakerStore:
         """Report the result of the probe a permit of ``epoch`` allowed."""
         args = {"model": model, "epoch": epoch, "ok": ok, "params": _params(params)}
         reply = await self._call(self._probe_done, args)
+        return _parse(reply, Change)
+
+    async def probe_release(self, model: str, epoch: int) -> Change:
+        """Hand back the permit of ``epoch``'s probe, unreported: its request was the client's
+        fault, which says nothing about the model."""
+        reply = await self._call(self._probe_release, {"model": model, "epoch": epoch})
         return _parse(reply, Change)
 
     async def force(

@@ -3,10 +3,13 @@ breakers, then frames go both ways unchanged, with back-pressure on both sockets
 
 At setup, a refused connection, a 5xx on the upgrade or a close before ``setupComplete``
 counts against the model and the next one is tried; a quota close is backpressure (a cooldown
-for the credential and model) and reaches the client as it came. Mid-session, when the client
-enabled session resumption and a handle was seen, an upstream ``goAway`` or drop is resumed on
-the same model with the last handle, the client seeing nothing of it; otherwise the client's
-socket closes with the upstream's code and reason.
+for the credential and model) and reaches the client as it came, and a model the quota gate
+sheds (cooling down, paced, throttled, its cluster budget spent) closes the session as Google
+closes a quota-exhausted one, unless the route spills over to the next model, as for a call.
+Vertex sessions go to the origin of each target's location, their setup's resource rewritten
+for it. Mid-session, when the client enabled session resumption and a handle was seen, an
+upstream ``goAway`` or drop is resumed on the same model with the last handle, the client
+seeing nothing of it; otherwise the client's socket closes with the upstream's code and reason.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 from dataclasses import dataclass
 
+from opentelemetry import context as context_api
+from opentelemetry.trace import set_span_in_context
 from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -25,16 +31,19 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..cluster.quota_gate import Shed
-from ..config import Settings
+from ..config import Settings, VertexSettings
 from ..errors import PipelineError
 from ..gemini.quota import RateLimit
 from ..pipeline.breaker_report import BreakerReport
+from ..pipeline.forwarding import has_credential
 from ..pipeline.outcomes import Verdict
 from ..telemetry import Telemetry
 from ..telemetry.names import label
 from ..telemetry.session_span import SessionSpan
+from ..transport.adc import AdcTokens, CredentialsUnavailable
 from ..transport.headers import Headers, credential_scope, upstream_request_headers
 from .sessions import LiveSessions
+from .vertex import VertexModel, is_vertex, parse_vertex_model
 from .wire import (
     BadSetup,
     CloseKind,
@@ -94,6 +103,26 @@ class _Ended:
     resumptions: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where each target of a session's chain is served, and the model field its setup
+    names: the Developer API's one origin, or a Vertex origin per location."""
+
+    path: str
+    query: bytes
+    base_url: str
+    vertex: VertexModel | None
+    vertex_settings: VertexSettings
+
+    def url(self, target: str) -> str:
+        vertex, settings = self.vertex, self.vertex_settings
+        origin = self.base_url if vertex is None else vertex.origin_for(target, settings)
+        return upstream_url(origin, self.path, self.query)
+
+    def name(self, target: str) -> str | None:
+        return None if self.vertex is None else self.vertex.resource_for(target)
+
+
 @dataclass(slots=True)
 class Upstream:
     """The current upstream socket of a session and the model it serves."""
@@ -105,10 +134,18 @@ class Upstream:
 class LiveRelay:
     """ASGI app for ``websocket`` scopes; ``coordinator`` is set by the app's lifespan."""
 
-    def __init__(self, settings: Settings, sessions: LiveSessions, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: LiveSessions,
+        telemetry: Telemetry,
+        adc: AdcTokens | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.telemetry = telemetry
+        self.adc = adc or AdcTokens()
+        """Tokens for Vertex sessions that bring no credential (shared with HTTP calls)."""
         self.coordinator: Coordinator | None = None
         self.upstream_ssl = _upstream_ssl(settings)
         tokens = settings.server.client_tokens
@@ -126,10 +163,13 @@ class LiveRelay:
         route = path or (shown if len(shown) <= 200 else shown[:200] + "...")
         span = self.telemetry.session(scope["headers"], path or "other")
         ended = _Ended()
+        # The session's span is current while it runs, so the relay's log lines carry its trace.
+        token = context_api.attach(set_span_in_context(span.span))
         try:
             await self._serve(scope, path, receive, send, span, ended)
         finally:
             span.end(ended.code, ended.model, ended.resumptions)
+            context_api.detach(token)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "WEBSOCKET %s %d model=%s requested=%s resumptions=%d %.1fms",
@@ -174,17 +214,37 @@ class LiveRelay:
             ended.code = first.get("code", 1005)
             return
         frame: Frame = first.get("bytes") or first.get("text") or b""
+        vertex_settings = self.settings.vertex
+        vertex: VertexModel | None = None
         try:
             setup = parse_setup(frame.encode() if isinstance(frame, str) else frame)
+            if is_vertex(path):
+                express = any(name == b"x-goog-api-key" for name, _ in headers) or (
+                    b"key=" in query_string
+                )
+                vertex = parse_vertex_model(setup.model, vertex_settings, express)
         except BadSetup as exc:
             ended.code = 1007
             await _close(send, 1007, f"INVALID_ARGUMENT: {exc}")
             return
-        ended.requested = setup.model
-        span.requested(setup.model)
-        credential = credential_scope(headers, query_string, self.settings.upstream.api_key)
-        url = upstream_url(self.settings.upstream.base_url, path, query_string)
-        session = _Session(self, coordinator, setup, credential, url, headers, receive, send)
+        route = setup.model if vertex is None else vertex.target
+        ended.requested = route
+        span.requested(route)
+        # Vertex never gets the Developer API's key; a session with no credential of its own
+        # gets an ADC token, as a Vertex call does.
+        api_key = self.settings.upstream.api_key if vertex is None else None
+        if vertex is not None and not has_credential(headers, {"query_string": query_string}):
+            try:
+                headers = [*headers, (b"authorization", await self.adc.authorization())]
+            except CredentialsUnavailable as exc:
+                ended.code = 1008
+                await _close(send, 1008, f"UNAUTHENTICATED: No credentials: {exc.args[0]}")
+                return
+        credential = credential_scope(headers, query_string, api_key)
+        where = _Where(path, query_string, self.settings.upstream.base_url, vertex, vertex_settings)
+        session = _Session(
+            self, coordinator, setup, route, credential, where, headers, api_key, receive, send
+        )
         session.text = isinstance(frame, str)
         session.ended = ended
         await session.run()
@@ -198,18 +258,21 @@ class _Session:
         relay: LiveRelay,
         coordinator: Coordinator,
         setup: Setup,
+        route: str,
         credential: str,
-        url: str,
+        where: _Where,
         headers: Headers,
+        api_key: str | None,
         receive: Receive,
         send: Send,
     ) -> None:
         self.relay = relay
         self.coordinator = coordinator
         self.setup = setup
+        self.route = route
+        """The chain's key: the model (a Vertex session's ``model@location`` target)."""
         self.credential = credential
-        self.url = url
-        api_key = relay.settings.upstream.api_key
+        self.where = where
         self.headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in upstream_request_headers(headers, b"", api_key)
@@ -246,17 +309,37 @@ class _Session:
     # -- setup ----------------------------------------------------------------------------
 
     async def _open_by_chain(self) -> tuple[Upstream, Frame]:
-        """The chain as for any call: cooldowns and the cluster budget (a session is one
-        request of it), breakers, and the outcomes through the same ``BreakerReport``: a
-        failed setup is held, and counted against its model once the session's fate is known
-        (as a request's failed attempt is)."""
+        """The chain as for any call: the quota gate (a session is one request of the cluster
+        budget), breakers, and the outcomes through the same ``BreakerReport``: a failed setup
+        is held, and counted against its model once the session's fate is known (as a
+        request's failed attempt is)."""
+        report = BreakerReport(self.coordinator, "LIVE", self.credential, None)
+        try:
+            return await self._walk(report)
+        finally:
+            report.settle()
+
+    async def _walk(self, report: BreakerReport) -> tuple[Upstream, Frame]:
         coordinator = self.coordinator
-        chain = coordinator.chain_for(self.setup.model)
+        chain = coordinator.chain_for(self.route)
         last = NoModel(1011, "UNAVAILABLE: no model of the chain is available; retry later.")
-        report = BreakerReport(coordinator, "LIVE", self.credential, None)
-        for model in chain:
-            if await self._gate(model) is not None:
-                continue
+        spill_to: str | None = None
+        for position, model in enumerate(chain):
+            if model != spill_to:
+                shed = await self._gate(model)
+                if shed is not None:
+                    # Backpressure, as for a call: the session is shed, and moves to another
+                    # model only as opt-in spillover that the next model's own gate admits.
+                    following = chain[position + 1] if position + 1 < len(chain) else None
+                    if (
+                        following is None
+                        or not coordinator.may_spill(following)
+                        or await self._gate(following) is not None
+                    ):
+                        self.relay.telemetry.shed(model, shed.reason)
+                        raise NoModel(1011, shed_reason(model, shed))
+                    spill_to = following
+                    continue
             admission = await coordinator.admit(model)
             if admission is None:
                 continue
@@ -273,12 +356,13 @@ class _Session:
                     continue
                 if kind is CloseKind.RATE_LIMITED:
                     coordinator.rate_limited(self.credential, model, RateLimit(None, False, "", ""))
-                report.settle()
+                # Neither a quota close nor the session's own fault says anything of the
+                # model: not counted, and a probe's permit is handed back.
+                report.release(admission)
                 raise
             report.outcome(admission, Verdict.SUCCESS)
             report.settle(answered=True)
             return opened
-        report.settle()
         raise last
 
     async def _gate(self, model: str) -> Shed | None:
@@ -295,14 +379,15 @@ class _Session:
         """Connect to ``model``, send the setup and wait for the first answer (normally
         ``setupComplete``); NoModel with the code and reason the attempt ended with."""
         limits = self.relay.settings.model_settings(model)
+        url = self.where.url(model)
         try:
             socket = await connect(
-                self.url,
+                url,
                 additional_headers=self.headers,
                 open_timeout=limits.connect_timeout,
                 compression=None,
                 max_size=self.relay.settings.server.max_body_bytes,
-                ssl=self.relay.upstream_ssl if self.url.startswith("wss://") else None,
+                ssl=self.relay.upstream_ssl if url.startswith("wss://") else None,
                 # The client's own pings keep the session; the proxy does not add its own.
                 ping_interval=None,
                 user_agent_header=None,
@@ -320,7 +405,8 @@ class _Session:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise NoModel(1011, f"UNAVAILABLE: upstream connection failed ({exc})") from exc
         try:
-            await socket.send(setup_for(self.setup, model, handle), text=self.text)
+            setup = setup_for(self.setup, model, handle, self.where.name(model))
+            await socket.send(setup, text=self.text)
             async with asyncio.timeout(self.relay.settings.first_event_ceiling(model)):
                 first = await socket.recv()
         except ConnectionClosed as exc:
@@ -431,6 +517,17 @@ class _Session:
         self.ended.code = 1001
         await _close(self.send, 1001, "the proxy is shutting down")
         await upstream.socket.close(1001)
+
+
+def shed_reason(model: str, shed: Shed) -> str:
+    """The close reason of a session the proxy shed, as Google closes a quota-exhausted one:
+    the status first (the SDK raises it as an ``APIError`` with the close code), then the
+    retry delay, well within a close frame's 123 bytes."""
+    seconds = max(1, math.ceil(shed.retry_after))
+    return (
+        f"RESOURCE_EXHAUSTED: the proxy shed this session ({shed.reason}); "
+        f"retry in {seconds}s ({model})"
+    )
 
 
 async def _close(send: Send, code: int, reason: str) -> None:

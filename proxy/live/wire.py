@@ -60,15 +60,19 @@ def parse_setup(raw: bytes) -> Setup:
     return Setup(raw, body, route, "sessionResumption" in setup)
 
 
-def setup_for(setup: Setup, model: str, handle: str | None = None) -> bytes:
+def setup_for(
+    setup: Setup, model: str, handle: str | None = None, name: str | None = None
+) -> bytes:
     """The setup message to send for ``model``: the client's bytes untouched when nothing
-    changes, else rewritten with the model (and the resumption handle to resume with)."""
-    if model == setup.model and handle is None:
-        return setup.raw
+    changes, else rewritten with the model (``name``, the model field to send, when the
+    caller knows it: a Vertex resource name) and the resumption handle to resume with."""
     inner = dict(setup.body["setup"])
     original: str = inner["model"]
-    if model != setup.model:
-        inner["model"] = original.replace(setup.model, model)
+    if name is None:
+        name = original if model == setup.model else original.replace(setup.model, model)
+    if name == original and handle is None:
+        return setup.raw
+    inner["model"] = name
     if handle is not None:
         inner["sessionResumption"] = {**(inner.get("sessionResumption") or {}), "handle": handle}
     return json.dumps({**setup.body, "setup": inner}).encode()

@@ -37,6 +37,11 @@ class BreakerReport:
         client's answer started)."""
         self._coordinator.record(admission, verdict)
 
+    def release(self, admission: Admission) -> None:
+        """An attempt whose outcome is the client's fault: not counted, and a probe's permit
+        is handed back (the breaker's question is still open)."""
+        self._coordinator.release(admission)
+
     @property
     def request(self) -> bytes | None:
         """The request's fingerprint, taken at its first failure; None for a body that was

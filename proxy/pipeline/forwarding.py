@@ -126,7 +126,7 @@ class Forwarder:
                 return refusal.code, None, 0, None
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
-        if isinstance(dialect, VertexDialect) and not _has_credential(headers, scope):
+        if isinstance(dialect, VertexDialect) and not has_credential(headers, scope):
             try:
                 token = await self.adc.authorization()
             except CredentialsUnavailable as exc:
@@ -210,7 +210,7 @@ class Forwarder:
         return deadline
 
 
-def _has_credential(headers: Headers, scope: Scope) -> bool:
+def has_credential(headers: Headers, scope: Scope) -> bool:
     """The request carries a token or an API key of its own."""
     if any(name in (b"authorization", b"x-goog-api-key") for name, _ in headers):
         return True

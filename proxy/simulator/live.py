@@ -3,6 +3,8 @@
 (``modelTurn`` parts, ``generationComplete``, ``turnComplete`` with ``usageMetadata``); a tool
 call round trip; ``sessionResumptionUpdate`` handles when the client asked for resumption;
 ``goAway``; errors as a 1011 close with the status in the reason. Frames are binary JSON.
+Vertex AI's path (``LlmBidiService``) takes a setup naming the model's full resource,
+``projects/P/locations/L/publishers/google/models/M``; faults are keyed by ``M`` there too.
 
 Faults (``LiveFault``) are queued per model and each used once, in order."""
 
@@ -10,12 +12,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from .attempts import key_digest
+
+_VERTEX_MODEL = re.compile(
+    r"^projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/]+)$"
+)
 LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "go_away")
 
 
@@ -44,6 +52,10 @@ class LiveSimulator:
         self.faults: dict[str, deque[LiveFault]] = {}
         self.setups: list[dict[str, Any]] = []
         """Every setup message received, in order."""
+        self.paths: list[str] = []
+        """The path of every upgrade accepted, in order."""
+        self.credentials: list[str] = []
+        """For every upgrade accepted, a digest of its API key or bearer token ("" if none)."""
         self._resumable: dict[str, _Conversation] = {}
         self._ids = itertools.count(1)
 
@@ -69,15 +81,22 @@ class LiveSimulator:
             await _refuse(scope, send, self.faults[refusal].popleft().status)
             return
         await send({"type": "websocket.accept"})
+        self.paths.append(path)
+        self.credentials.append(_credential(scope))
         first = await receive()
         if first["type"] != "websocket.receive":
             return
         try:
             setup = json.loads(first.get("bytes") or first.get("text") or "")["setup"]
-            model = str(setup["model"]).removeprefix("models/")
+            name = str(setup["model"])
         except (ValueError, KeyError, TypeError):
             await _close(send, 1007, "INVALID_ARGUMENT: Invalid JSON payload received.")
             return
+        vertex = _VERTEX_MODEL.match(name)
+        if "aiplatform" in path and vertex is None:
+            await _close(send, 1007, f"INVALID_ARGUMENT: model {name!r} is not a full resource.")
+            return
+        model = vertex["model"] if vertex is not None else name.removeprefix("models/")
         self.setups.append(setup)
         at_setup = self._next_fault(model, ("close_at_setup", "quota"))
         if at_setup is not None:
@@ -153,6 +172,15 @@ class LiveSimulator:
                 return
             if fault is not None:
                 self.faults[model].appendleft(fault)
+
+
+def _credential(scope: Scope) -> str:
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    key = headers.get("x-goog-api-key")
+    if key:
+        return key_digest(key)
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return key_digest(token.strip()) if scheme.lower() == "bearer" and token.strip() else ""
 
 
 def _field(body: dict[str, Any], name: str) -> Any:
