@@ -573,6 +573,20 @@ def vertex_proxy(
 ) -> Iterator[str]:
     """A replica whose Developer API upstream is neither region (Vertex sessions must never
     go there), with the route ``[pro@us-central1, pro@europe-west4]``."""
+    with vertex_proxy_with(
+        regions, certificates, [f"gemini-2.5-pro@{US}", f"gemini-2.5-pro@{EU}"]
+    ) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def vertex_proxy_with(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    certificates: dict[str, Path],
+    route: Any,
+    **settings: Any,
+) -> Iterator[str]:
+    """The Vertex replica of ``vertex_proxy``, with ``route`` for gemini-2.5-pro."""
     for sim, _ in regions.values():
         sim.live.faults.clear()
         sim.live.setups.clear()
@@ -590,8 +604,9 @@ def vertex_proxy(
                 "location": US,
                 "origins": {location: url for location, (_, url) in regions.items()},
             },
-            routes={"gemini-2.5-pro": [f"gemini-2.5-pro@{US}", f"gemini-2.5-pro@{EU}"]},
+            routes={"gemini-2.5-pro": route},
             upstream={"api_key": "developer-api-key"},
+            **settings,
         )
         with serve(create_app(settings), tls=pair) as url:
             yield url
@@ -653,6 +668,48 @@ async def test_a_vertex_setup_failure_moves_to_the_same_model_in_the_next_locati
     assert eu.live.paths == [VERTEX_PATH]
     assert [setup["model"] for setup in eu.live.setups] == [resource(EU)]
     assert eu.live.credentials == [key_digest(VERTEX_TOKEN)]
+
+
+async def test_a_quota_close_on_shared_capacity_moves_to_the_next_location(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``on_429: next_location``, pro@us-central1 closing the setup RESOURCE_EXHAUSTED
+    (naming no quota of the project's) moves the session to pro@europe-west4; the next session,
+    while us-central1 cools down, goes to europe-west4 without reaching us-central1."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    us, eu = regions[US][0], regions[EU][0]
+    route = {"chain": [f"gemini-2.5-pro@{US}", f"gemini-2.5-pro@{EU}"], "on_429": "next_location"}
+    quota = {"max_retry_wait": 0, "default_cooldown": 120}
+    with vertex_proxy_with(regions, certificates, route, quota=quota) as url:
+        us.live.add_fault("gemini-2.5-pro", LiveFault("quota"))
+        for n in range(2):
+            client = vertex_client(url, US)
+            async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+                assert await turn(session, "hi") == "Live reply 1 to: hi"
+            assert [setup["model"] for setup in eu.live.setups] == [resource(EU)] * (n + 1)
+        assert us.live.paths == [VERTEX_PATH]  # the first session only
+        trust = ssl.create_default_context(cafile=str(certificates["ca"]))
+        async with httpx.AsyncClient(verify=trust) as http:
+            breakers = (await http.get(f"{url}/admin/breakers")).json()
+    assert breakers["breakers"].get(f"gemini-2.5-pro@{US}", {"failures": 0})["failures"] == 0
+
+
+async def test_without_next_location_a_quota_close_reaches_the_client(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    vertex_proxy: str,
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    us, eu = regions[US][0], regions[EU][0]
+    us.live.add_fault("gemini-2.5-pro", LiveFault("quota"))
+    client = vertex_client(vertex_proxy, US)
+    with pytest.raises(errors.APIError, match="RESOURCE_EXHAUSTED"):
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+            await turn(session, "hi")
+    assert eu.live.paths == []
 
 
 async def test_a_probe_that_is_the_clients_fault_hands_its_permit_back(

@@ -73,9 +73,24 @@ def parse_rate_limit(body: bytes, retry_after_header: str | None) -> RateLimit:
                     quota_id = quota_id or str(violation.get("quotaId", ""))
                     metric = metric or str(violation.get("quotaMetric", ""))
     if not (quota_id or metric) and isinstance(error.get("message"), str):
-        named = _VERTEX_QUOTA.search(error["message"])
-        if named is not None:
-            quota_id, metric = named["id"], named["metric"]
+        quota_id, metric = _quota_named_in(error["message"])
+    return _rate_limit(delay, quota_id, metric)
+
+
+def rate_limit_of_close(reason: str) -> RateLimit:
+    """What a Live session's quota close (``RESOURCE_EXHAUSTED``) says: its reason is the only
+    text, and names the quota when a project's quota ran out."""
+    return _rate_limit(None, *_quota_named_in(reason))
+
+
+def _quota_named_in(message: str) -> tuple[str, str]:
+    """(quota id, metric) that a Vertex message names (``Quota exceeded for ...``), else
+    empty strings."""
+    named = _VERTEX_QUOTA.search(message)
+    return (named["id"], named["metric"]) if named is not None else ("", "")
+
+
+def _rate_limit(delay: float | None, quota_id: str, metric: str) -> RateLimit:
     per_day = "perday" in quota_id.lower() or "per_day" in metric.lower()
     return RateLimit(delay, per_day, quota_id, metric)
 

@@ -32,11 +32,13 @@ from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..cluster.quota_gate import Shed
 from ..config import Settings, VertexSettings
+from ..dialects.vertex import shared_capacity
 from ..errors import PipelineError
-from ..gemini.quota import RateLimit
+from ..gemini.quota import rate_limit_of_close
 from ..pipeline.breaker_report import BreakerReport
 from ..pipeline.forwarding import has_credential
 from ..pipeline.outcomes import Verdict
+from ..pipeline.policy import next_location_on_429
 from ..telemetry import Telemetry
 from ..telemetry.names import label
 from ..telemetry.session_span import SessionSpan
@@ -324,9 +326,19 @@ class _Session:
         chain = coordinator.chain_for(self.route)
         last = NoModel(1011, "UNAVAILABLE: no model of the chain is available; retry later.")
         spill_to: str | None = None
+        # After a quota condition on shared capacity moved the session to the model's next
+        # location (``on_429: next_location``): the model it may not leave, and the close the
+        # client gets if no location takes it.
+        held_to: str | None = None
+        held: NoModel | tuple[str, Shed] | None = None
         for position, model in enumerate(chain):
+            if held_to is not None and model.partition("@")[0] != held_to:
+                break  # a quota condition never moves to a weaker model
             if model != spill_to:
                 shed = await self._gate(model)
+                if shed is not None and self._next_location(chain, position, shed.shared_capacity):
+                    held_to, held = model.partition("@")[0], (model, shed)
+                    continue
                 if shed is not None:
                     # Backpressure, as for a call: the session is shed, and moves to another
                     # model only as opt-in spillover that the next model's own gate admits.
@@ -344,6 +356,7 @@ class _Session:
             if admission is None:
                 continue
             coordinator.quota_requested(self.credential, model)
+            held_to = held = None  # a location was tried: its outcome decides
             try:
                 opened = await self._open(model, None)
             except NoModel as exc:
@@ -354,16 +367,29 @@ class _Session:
                     log.info("live setup on %s failed (%s); next model", model, exc.reason)
                     last = exc
                     continue
-                if kind is CloseKind.RATE_LIMITED:
-                    coordinator.rate_limited(self.credential, model, RateLimit(None, False, "", ""))
                 # Neither a quota close nor the session's own fault says anything of the
                 # model: not counted, and a probe's permit is handed back.
                 report.release(admission)
+                if kind is CloseKind.RATE_LIMITED:
+                    limit = rate_limit_of_close(exc.reason)
+                    coordinator.rate_limited(self.credential, model, limit)
+                    if self._next_location(chain, position, shared_capacity(limit)):
+                        held_to, held = model.partition("@")[0], exc
+                        continue
                 raise
             report.outcome(admission, Verdict.SUCCESS)
             report.settle(answered=True)
             return opened
-        raise last
+        if isinstance(held, tuple):
+            self.relay.telemetry.shed(held[0], held[1].reason)
+            raise NoModel(1011, shed_reason(*held))
+        raise held or last
+
+    def _next_location(self, chain: tuple[str, ...], position: int, shared: bool) -> bool:
+        """Whether a quota condition on ``chain[position]`` moves the session to the same
+        model in the next location, as for a call (``policy.next_location_on_429``)."""
+        moves = self.relay.settings.moves_location_on_429(self.route)
+        return next_location_on_429(chain, position, moves, shared)
 
     async def _gate(self, model: str) -> Shed | None:
         """The quota checks before a model is tried, as for a call: cooldown, pacing,
