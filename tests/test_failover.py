@@ -246,3 +246,49 @@ def test_logs_say_the_store_is_not_shared(
     with serve(create_app(proxy_settings(simulator_url))):
         pass
     assert any("NOT shared" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ({"kind": "error", "status": 400}, 400),
+        ({"kind": "error", "status": 401}, 401),
+        ({"kind": "error", "status": 404}, 404),
+        ({"kind": "error", "status": 429}, 429),
+    ],
+    ids=["400", "401", "404", "429"],
+)
+def test_a_probe_that_learns_nothing_hands_its_permit_back(
+    simulator_url: str, simulator: SimulatorControl, fault: dict[str, Any], code: int
+) -> None:
+    """A half-open breaker with one probe permit: the request it admits is answered with an
+    error that says nothing of the model's health. The permit is handed back uncounted, so
+    the next request probes and closes the breaker (rather than the breaker admitting nothing
+    until the permit is taken as lost, and then reopening)."""
+    settings = proxy_settings(
+        simulator_url,
+        model_defaults={
+            "max_attempts": 1,
+            "breaker": {
+                **BREAKER,
+                "open_seconds": 0,
+                "half_open_probes": 1,
+                "half_open_timeout": 60,
+            },
+        },
+    )
+    with serve(create_app(settings)) as url:
+        opened = httpx.post(f"{url}/admin/breakers/{PRO}/open", json={"reason": "test"})
+        assert opened.status_code == 200, opened.text
+        simulator.set_faults(PRO, [{**fault, "times": 1}])
+        with pytest.raises(errors.APIError) as caught:
+            sdk(url, key="probe-key").models.generate_content(model=PRO, contents="hello")
+        assert caught.value.code == code
+        # The permit goes back as the first request ends, just after its answer: until then
+        # the next requests go to flash. (Another key: a 429 cools the first key down on pro.)
+        other = sdk(url, key="other-key")
+        eventually(
+            lambda: served(other.models.generate_content(model=PRO, contents="hi"))[0] == PRO,
+            what="a request served by pro, the probe",
+        )
+        wait_for_state(url, lambda s: s["breakers"][PRO]["state"] == "closed")

@@ -319,7 +319,7 @@ class _Session:
         try:
             return await self._walk(report)
         finally:
-            report.settle()
+            report.finish()
 
     async def _walk(self, report: BreakerReport) -> tuple[Upstream, Frame]:
         coordinator = self.coordinator
@@ -355,6 +355,7 @@ class _Session:
             admission = await coordinator.admit(model)
             if admission is None:
                 continue
+            report.admitted(admission)
             coordinator.quota_requested(self.credential, model)
             held_to = held = None  # a location was tried: its outcome decides
             try:
@@ -368,8 +369,7 @@ class _Session:
                     last = exc
                     continue
                 # Neither a quota close nor the session's own fault says anything of the
-                # model: not counted, and a probe's permit is handed back.
-                report.release(admission)
+                # model: not counted (a probe's permit is handed back as the walk ends).
                 if kind is CloseKind.RATE_LIMITED:
                     limit = rate_limit_of_close(exc.reason)
                     coordinator.rate_limited(self.credential, model, limit)

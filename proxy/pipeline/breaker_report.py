@@ -6,7 +6,10 @@ started is held back until the request's fate is known: reported when the reques
 to be fine elsewhere (another model answered, or the chain ran out), judged by ``evidence``
 first; dropped when the request failed the same way on two models (the request is poison).
 The request's fingerprint is taken only when it first fails, so a request that succeeds at
-once costs nothing here but the recording.
+once costs nothing here but the recording. A half-open probe's permit that the request used
+without an outcome that counts (a 400, 401, 403, 404 or 429: nothing about the model's health)
+is handed back when the request ends, so the next request probes instead of the breaker waiting
+for the permit to be taken as lost.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .outcomes import Verdict
 class BreakerReport:
     """One request's reports to the breakers, and its held failures."""
 
-    __slots__ = ("_body", "_coordinator", "_credential", "_held", "_method", "_request")
+    __slots__ = ("_body", "_coordinator", "_credential", "_held", "_method", "_probes", "_request")
 
     def __init__(
         self, coordinator: Coordinator, method: str, credential: str, body: bytes | None
@@ -31,16 +34,34 @@ class BreakerReport:
         self._request: bytes | None = None
         self._held: list[tuple[Admission, HeldFailure]] | None = None
         """None until an attempt failed."""
+        self._probes: list[Admission] | None = None
+        """Probe permits taken and not yet answered by an outcome that counts."""
+
+    def admitted(self, admission: Admission) -> None:
+        """A model admitted the request; a probe's permit is followed until it is answered."""
+        if admission.probe:
+            if self._probes is None:
+                self._probes = []
+            self._probes.append(admission)
 
     def outcome(self, admission: Admission, verdict: Verdict) -> None:
         """Record an outcome that is evidence in itself (an answer, or a failure after the
         client's answer started)."""
         self._coordinator.record(admission, verdict)
+        if admission.probe and verdict.counts_for_breaker:
+            self._answered(admission)
 
-    def release(self, admission: Admission) -> None:
-        """An attempt whose outcome is the client's fault: not counted, and a probe's permit
-        is handed back (the breaker's question is still open)."""
-        self._coordinator.release(admission)
+    def finish(self, answered: bool = False) -> None:
+        """The request ended: ``settle``, and hand back the probe permits it used without an
+        outcome that counts (the breaker's question is still open)."""
+        self.settle(answered)
+        probes, self._probes = self._probes, None
+        for admission in probes or ():
+            self._coordinator.release(admission)
+
+    def _answered(self, admission: Admission) -> None:
+        if self._probes:
+            self._probes = [probe for probe in self._probes if probe is not admission]
 
     @property
     def request(self) -> bytes | None:
@@ -65,6 +86,7 @@ class BreakerReport:
         if admission.probe:
             # A half-open probe's result is the breaker's own question: it is never held.
             self._coordinator.record(admission, Verdict.FAILURE)
+            self._answered(admission)
             return self.known_poison
         poison = self.known_poison
         if not poison:

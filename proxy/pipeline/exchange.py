@@ -190,7 +190,7 @@ class Exchange:
         except ClientDisconnected:
             self.client.status = CLIENT_CLOSED
         finally:
-            self.report.settle()
+            self.report.finish()
 
     async def _pass_through(self) -> None:
         """A call no route applies to: to the model (or resource) the client named, once."""
@@ -266,6 +266,7 @@ class Exchange:
                 skipped.append(model)
                 self._passed_over = self._passed_over or "breaker_open"
                 continue
+            self.report.admitted(admission)
             self._moved_on_429 = False
             decision = await self._try_model(admission, position, jumped_to is not None)
             # Once a location was tried, its outcome decides (a failure there fails over as

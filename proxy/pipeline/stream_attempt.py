@@ -113,6 +113,7 @@ async def _continue(
         admission = await _admit(exchange, model)
         if admission is None:
             continue
+        report.admitted(admission)
         limits = settings.model_settings(model)
         exchange.attempts += 1
         wait = stream_first_event_wait(settings, exchange.services.deadlines, model)
