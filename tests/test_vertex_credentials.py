@@ -8,6 +8,7 @@ off the event loop, and never logged."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from google.auth import crypt
 from google.auth import jwt as google_jwt
 from google.genai import Client, types
 from google.oauth2.credentials import Credentials
+from websockets.asyncio.client import connect
 
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.attempts import key_digest
@@ -34,6 +36,7 @@ from .conftest import calls
 from .support import eventually, free_port, running, serve
 
 FLASH, EU, PROJECT = "gemini-2.5-flash", "europe-west4", "test-project"
+VERTEX_LIVE_PATH = "/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent"
 
 
 @pytest.fixture
@@ -43,28 +46,60 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, SimulatorControl, str, list[str
         serve(create_simulator_app(SimulatorConfig())) as region,
         serve(create_metadata_app()) as metadata,
         SimulatorControl(region) as simulator,
+        proxy_on_metadata(tmp_path, region, metadata) as (proxy, log),
     ):
-        config = tmp_path / "config.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "upstream": {"base_url": "http://127.0.0.1:9"},
-                    "vertex": {"project": PROJECT, "location": EU, "origins": {EU: region}},
-                    "routes": {},
-                }
-            )
+        yield proxy, simulator, metadata, log
+
+
+@contextlib.contextmanager
+def proxy_on_metadata(
+    tmp_path: Path, region: str, metadata: str
+) -> Iterator[tuple[str, list[str]]]:
+    """A proxy process whose Application Default Credentials come from the metadata server at
+    ``metadata``, serving the Vertex location EU at ``region``; (its URL, its log)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": {"base_url": "http://127.0.0.1:9"},
+                "vertex": {"project": PROJECT, "location": EU, "origins": {EU: region}},
+                "routes": {},
+            }
         )
-        host = metadata.removeprefix("http://")
-        env = {
-            "GCE_METADATA_HOST": host,
-            "GCE_METADATA_IP": host,
-            "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "absent.json"),
-            "CLOUDSDK_CONFIG": str(tmp_path),
-        }
-        env.pop("GOOGLE_APPLICATION_CREDENTIALS")
-        port = free_port()
-        with running(["serve", "--config", str(config), "--port", str(port)], env) as log:
-            yield f"http://127.0.0.1:{port}", simulator, metadata, log
+    )
+    host = metadata.removeprefix("http://")
+    env = {
+        "GCE_METADATA_HOST": host,
+        "GCE_METADATA_IP": host,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "absent.json"),
+        "CLOUDSDK_CONFIG": str(tmp_path),
+    }
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS")
+    port = free_port()
+    with running(["serve", "--config", str(config), "--port", str(port)], env) as log:
+        yield f"http://127.0.0.1:{port}", log
+
+
+@pytest.mark.anyio
+async def test_a_vertex_live_session_without_credentials_gets_a_metadata_token(
+    tmp_path: Path,
+) -> None:
+    """A Live session with no credential of its own (a client speaking the frames itself: the
+    SDK would fetch a token first) is opened upstream with the pod's token, never logged."""
+    region = create_simulator_app(SimulatorConfig())
+    resource = f"projects/{PROJECT}/locations/{EU}/publishers/google/models/{FLASH}"
+    with (
+        serve(region) as region_url,
+        serve(create_metadata_app()) as metadata,
+        proxy_on_metadata(tmp_path, region_url, metadata) as (proxy, log),
+    ):
+        url = proxy.replace("http://", "ws://") + VERTEX_LIVE_PATH
+        async with connect(url) as session:
+            await session.send(json.dumps({"setup": {"model": resource}}))
+            assert "setupComplete" in json.loads(await session.recv())
+    assert region.live.paths == [VERTEX_LIVE_PATH]
+    assert region.live.credentials == [key_digest("metadata-token-1")]
+    assert not any("metadata-token" in line for line in log)
 
 
 def short_form(proxy: str) -> Client:
