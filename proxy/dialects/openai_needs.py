@@ -44,6 +44,7 @@ from ..gemini.features import (
     VIDEO_INPUT,
     RequestNeeds,
     ResponseSchema,
+    Tally,
     parse_request,
 )
 
@@ -64,7 +65,7 @@ def needs_of_chat_body(body: bytes) -> RequestNeeds:
 def chat_request_needs(request: Mapping[str, Any]) -> RequestNeeds:
     """What a parsed chat completion request needs. Fields of the wrong shape are skipped,
     never raised on."""
-    tally = _Tally()
+    tally = _MessageTally()
     messages = request.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -88,13 +89,10 @@ def chat_request_needs(request: Mapping[str, Any]) -> RequestNeeds:
     return RequestNeeds(tokens, frozenset(tally.features), schema, _max_output(request))
 
 
-class _Tally:
-    __slots__ = ("chars", "features", "media_tokens")
+class _MessageTally(Tally):
+    """The totals while walking a chat completion's messages."""
 
-    def __init__(self) -> None:
-        self.chars = 0
-        self.media_tokens = 0
-        self.features: set[str] = set()
+    __slots__ = ()
 
     def message(self, message: Mapping[str, Any]) -> None:
         role = message.get("role")

@@ -171,7 +171,7 @@ def request_needs(request: Mapping[str, Any]) -> RequestNeeds:
     wrapped = get_field(request, "generateContentRequest")
     if isinstance(wrapped, Mapping) and "contents" not in request:
         request = wrapped
-    tally = _Tally()
+    tally = ContentTally()
     contents = request.get("contents")
     if isinstance(contents, list):
         for content in contents:
@@ -229,8 +229,8 @@ def continuation_body(body: bytes, delivered_text: str) -> bytes:
     return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class _Tally:
-    """Running totals while walking a request's contents."""
+class Tally:
+    """Running totals of a request's size and features, whatever API shaped it."""
 
     __slots__ = ("chars", "features", "media_tokens")
 
@@ -238,6 +238,12 @@ class _Tally:
         self.chars = 0
         self.media_tokens = 0
         self.features: set[str] = set()
+
+
+class ContentTally(Tally):
+    """The totals while walking a Gemini request's contents."""
+
+    __slots__ = ()
 
     def content(self, content: Any) -> None:
         if isinstance(content, Mapping) and isinstance(content.get("parts"), list):
