@@ -83,7 +83,8 @@ class CacheStore:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return error_reply(400, "* CreateCachedContentRequest.cached_content.model: required\n")
-        bare = model.removeprefix("models/")
+        # Vertex AI names it ``projects/P/locations/L/publishers/google/models/M``.
+        bare = model.rpartition("models/")[2]
         if not known_model(bare):
             return error_reply(404, f"models/{bare} is not found for createCachedContent.")
         try:

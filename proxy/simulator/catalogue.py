@@ -15,7 +15,13 @@ GENERATIVE_METHODS = (
 EMBEDDING_METHODS = ("embedContent", "countTextTokens", "countTokens", "asyncBatchEmbedContent")
 
 # Calls that ride on another listed method: Google lists neither of these itself.
-_IMPLIED_BY = {"streamGenerateContent": "generateContent", "batchEmbedContents": "embedContent"}
+_IMPLIED_BY = {
+    "streamGenerateContent": "generateContent",
+    "batchEmbedContents": "embedContent",
+    # Vertex AI's: a Gemini model's tokenizer, and an embedding model's prediction.
+    "computeTokens": "generateContent",
+    "predict": "embedContent",
+}
 
 _MILLION = 1_048_576
 
@@ -95,6 +101,18 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="gemini-embedding-001",
         display_name="Gemini Embedding 001",
+        description="Obtain a distributed representation of a text.",
+        input_token_limit=2048,
+        output_token_limit=1,
+        temperature=None,
+        max_temperature=None,
+        top_p=None,
+        top_k=None,
+    ),
+    # An older embedding model, which Vertex AI serves with ``predict``.
+    ModelSpec(
+        name="text-embedding-004",
+        display_name="Text Embedding 004",
         description="Obtain a distributed representation of a text.",
         input_token_limit=2048,
         output_token_limit=1,

@@ -125,7 +125,15 @@ CONTINUATION_ONLY_KINDS = frozenset({"reject_continuation"})
 JSON_ONLY_KINDS = frozenset({"json_drift"})
 
 GENERATE_METHODS = ("generateContent", "streamGenerateContent")
-API_METHODS = (*GENERATE_METHODS, "countTokens", "embedContent", "batchEmbedContents")
+API_METHODS = (
+    *GENERATE_METHODS,
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+    # Vertex AI only.
+    "computeTokens",
+    "predict",
+)
 
 SCHEDULE_FIELDS = frozenset({"kind", "after_seconds", "for_seconds", "times", "probability"})
 KIND_FIELDS: dict[str, frozenset[str]] = {

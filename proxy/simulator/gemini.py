@@ -33,8 +33,15 @@ from proxy.simulator.vertex import (
     is_vertex,
     vertex_error_message,
     vertex_model_not_found,
+    vertex_parent,
     vertex_path,
     vertex_quota_exceeded,
+)
+from proxy.simulator.vertex_jobs import FAMILIES
+from proxy.simulator.vertex_methods import (
+    VERTEX_ONLY_METHODS,
+    compute_tokens,
+    predict_embeddings,
 )
 from proxy.simulator.wire import (
     SSE_CONTENT_TYPE,
@@ -130,6 +137,9 @@ class GeminiApi:
         if call.path.upload:
             await self._upload(ex, call)
             return
+        if is_vertex(ex.attempt.path) and call.path.resource.partition("/")[0] in FAMILIES:
+            await self._vertex_job(ex, call)
+            return
         resolved = self._resolve(call)
         if resolved is None:
             await ex.reply(replies.not_found())
@@ -140,6 +150,22 @@ class GeminiApi:
             await ex.reply(identity)
             return
         await handler(ex, call, identity)
+
+    async def _vertex_job(self, ex: Exchange, call: Call) -> None:
+        ex.attempt.api_method = f"{call.path.resource.partition('/')[0]}.{call.method.lower()}"
+        identity = self._authenticate(ex, call)
+        if isinstance(identity, Reply):
+            await ex.reply(identity)
+            return
+        try:
+            body = _json_object(call.body)
+        except ValueError:
+            await ex.reply(replies.invalid_json())
+            return
+        parent = vertex_parent(ex.attempt.path)
+        now = self.state.wall_clock()
+        reply = self.state.jobs.answer(call.method, parent, call.path.resource, body, now)
+        await ex.reply(reply or replies.not_found())
 
     def _resolve(self, call: Call) -> tuple[str, Handler] | None:
         """The API method name and handler for a path and HTTP method."""
@@ -214,7 +240,8 @@ class GeminiApi:
         mode = ("sse" if call.query.get("alt") == "sse" else "array") if stream else "unary"
         ex.attempt.stream = stream
         spec = state.catalogue.get(model)
-        if spec is None or verb not in API_METHODS or not spec.supports(verb):
+        vertex_only = verb in VERTEX_ONLY_METHODS and not is_vertex(ex.attempt.path)
+        if spec is None or verb not in API_METHODS or not spec.supports(verb) or vertex_only:
             reply = vertex_model_not_found(ex.attempt.path) or replies.model_not_found(
                 model, version, verb
             )
@@ -293,6 +320,10 @@ class GeminiApi:
             return json_reply({"totalTokens": total, "promptTokensDetails": details})
         if verb == "embedContent":
             return json_reply({"embedding": _embed(body, model, "EmbedContentRequest")})
+        if verb == "computeTokens":
+            return json_reply(compute_tokens(body))
+        if verb == "predict":
+            return json_reply(predict_embeddings(body))
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
             raise RequestError("* BatchEmbedContentsRequest.requests: requests is not specified\n")
@@ -569,7 +600,10 @@ def _embed(request: Any, model: str, where: str) -> dict[str, Any]:
             f"Model {named!r} in {where} does not match the model in the URL (models/{model})."
         )
     text = content.embed_text(request.get("content"), f"{where}.content")
-    return {"values": content.embedding(text, content.dimensions(request, where))}
+    # Vertex AI nests the options in ``embedContentConfig``.
+    config = request.get("embedContentConfig", request.get("embed_content_config"))
+    options = config if isinstance(config, dict) else request
+    return {"values": content.embedding(text, content.dimensions(options, where))}
 
 
 def _item(call: Call) -> str:

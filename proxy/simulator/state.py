@@ -13,6 +13,7 @@ from proxy.simulator.config import SimulatorConfig
 from proxy.simulator.faults import FaultBook
 from proxy.simulator.files import FileStore
 from proxy.simulator.quota import QuotaBook
+from proxy.simulator.vertex_jobs import VertexJobs
 
 
 class SimulatorState:
@@ -33,6 +34,7 @@ class SimulatorState:
         self.quotas = QuotaBook()
         self.files = FileStore(seed=config.seed)
         self.caches = CacheStore(seed=config.seed)
+        self.jobs = VertexJobs(seed=config.seed)
         self.attempts = AttemptLog(max_entries=config.max_attempts)
         self.install_configured()
 

@@ -28,6 +28,14 @@ _VERTEX = re.compile(
     r"^/(?P<version>v1|v1beta1)/(?:projects/[^/]+/locations/(?P<location>[^/]+)/)?"
     r"(?P<rest>.+)$"
 )
+# Collections express mode serves without a project (the API key names it).
+EXPRESS_COLLECTIONS = (
+    "publishers",
+    "cachedContents",
+    "batchPredictionJobs",
+    "tuningJobs",
+    "endpoints",
+)
 _MODEL = re.compile(r"^publishers/google/models/(?P<model>[^/:]+)(?::(?P<method>[A-Za-z]+))?$")
 
 
@@ -37,7 +45,7 @@ def vertex_path(path: str) -> GeminiPath | None:
     if match is None:
         return None
     rest = match["rest"]
-    if match["location"] is None and not rest.startswith("publishers/"):
+    if match["location"] is None and rest.split("/")[0].split(":")[0] not in EXPRESS_COLLECTIONS:
         return None
     model = _MODEL.match(rest)
     if model is not None:
@@ -66,6 +74,14 @@ def vertex_model_not_found(path: str) -> Reply | None:
         "Please ensure you are using a valid model version. For more information, see: "
         "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions",
     )
+
+
+def vertex_parent(path: str) -> str:
+    """``projects/P/locations/L/`` of a Vertex path; empty in express mode."""
+    match = _VERTEX.match(path)
+    if match is None or match["location"] is None:
+        return ""
+    return path.split("/", 2)[2].removesuffix(match["rest"])
 
 
 def is_vertex(path: str) -> bool:
