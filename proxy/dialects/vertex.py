@@ -30,6 +30,14 @@ _FULL = re.compile(
 _SHORT = re.compile(
     r"^(?P<prefix>(?:/[^/]+)*?)(?:/(?P<version>v1|v1beta1))?/(?P<rest>publishers/google/.+)$"
 )
+# Collections served without a project in express mode and completed with the configured
+# project and location in the short form. ``cachedContents`` under ``/v1`` is also the
+# Developer API's, so only ``/v1beta1`` (or no version, in the short form) means Vertex's.
+_COLLECTIONS = re.compile(
+    r"^(?P<prefix>(?:/[^/]+)*?)(?:/(?P<version>v1|v1beta1))?"
+    r"/(?P<rest>(?P<family>cachedContents|batchPredictionJobs|tuningJobs|endpoints)(?:[/:].*)?)$"
+)
+_DEVELOPER_VERSIONS = ("v1", "v1beta", "v1alpha")
 _MODEL = re.compile(r"^publishers/google/models/(?P<model>[^/:@]+)(?::(?P<method>[A-Za-z]+))?$")
 
 GLOBAL_ORIGIN = "https://aiplatform.googleapis.com"
@@ -127,7 +135,7 @@ def parse_vertex_path(path: str, headers: Headers, settings: VertexSettings) -> 
         project: str | None = full["project"]
         location = full["location"]
     else:
-        short = _SHORT.match(path)
+        short = _SHORT.match(path) or _collection(path)
         if short is None:
             return None
         prefix, rest = short["prefix"], short["rest"]
@@ -148,6 +156,19 @@ def parse_vertex_path(path: str, headers: Headers, settings: VertexSettings) -> 
         base_model=model["model"] if model else None,
         method=model["method"] if model else None,
     )
+
+
+def _collection(path: str) -> re.Match[str] | None:
+    """A Vertex collection (cached contents, jobs, endpoints) in the short or express form;
+    None for what is the Developer API's own path."""
+    match = _COLLECTIONS.match(path)
+    if match is None:
+        return None
+    if match["prefix"].rpartition("/")[2] in _DEVELOPER_VERSIONS:
+        return None  # /v1beta/cachedContents and the like
+    if match["version"] == "v1" and match["family"] == "cachedContents":
+        return None
+    return match
 
 
 def _has_api_key(headers: Headers) -> bool:
