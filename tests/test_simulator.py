@@ -247,6 +247,7 @@ def test_models_list_and_get(base_url: str, http: httpx.Client) -> None:
         "gemini-3.5-flash-lite",
         "gemini-3.8-flash",
         "gemini-embedding-001",
+        "text-embedding-004",
     ]
     assert names == [f"models/{name}" for name in expected]
     model = client.models.get(model=PRO)
@@ -1441,3 +1442,78 @@ def test_vertexs_project_quota_429_names_the_quota_in_the_message_only(
     sim.set_faults(FLASH, [{"kind": "rate_limited", "per": per}])
     fault = httpx.post(url, json=HELLO, headers=VERTEX_AUTH)
     assert fault.json() == over.json()
+
+
+VERTEX_PARENT = "/v1beta1/projects/p/locations/us-central1"
+
+
+def test_vertex_compute_tokens_cuts_the_text_as_count_tokens_counts_it(base_url: str) -> None:
+    text = "hello there, world"
+    body = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+    answer = httpx.post(f"{base_url}{VERTEX}:computeTokens", json=body, headers=VERTEX_AUTH)
+    assert answer.status_code == 200, answer.text
+    [info] = answer.json()["tokensInfo"]
+    assert info["role"] == "user"
+    assert b"".join(base64.b64decode(token) for token in info["tokens"]) == text.encode()
+    assert len(info["tokenIds"]) == len(info["tokens"])
+    counted = httpx.post(f"{base_url}{VERTEX}:countTokens", json=body, headers=VERTEX_AUTH)
+    assert counted.json()["totalTokens"] == len(info["tokens"])
+    # The Developer API has no such method.
+    developer = httpx.post(
+        f"{base_url}/v1beta/models/{FLASH}:computeTokens",
+        json=body,
+        headers={"x-goog-api-key": KEY},
+    )
+    assert developer.status_code == 404
+
+
+def test_vertex_predict_embeds_each_instance_of_a_text_embedding_model(base_url: str) -> None:
+    model = f"{VERTEX_PARENT}/publishers/google/models/text-embedding-004"
+    body = {
+        "instances": [{"content": "first"}, {"content": "second text"}],
+        "parameters": {"outputDimensionality": 16},
+    }
+    answer = httpx.post(f"{base_url}{model}:predict", json=body, headers=VERTEX_AUTH)
+    assert answer.status_code == 200, answer.text
+    payload = answer.json()
+    assert payload["metadata"] == {"billableCharacterCount": len("first") + len("second text")}
+    first, second = (p["embeddings"] for p in payload["predictions"])
+    assert len(first["values"]) == len(second["values"]) == 16
+    assert first["values"] != second["values"]
+    assert first["statistics"] == {"token_count": 2, "truncated": False}
+    # A generative model has no predict.
+    generative = httpx.post(f"{base_url}{VERTEX}:predict", json=body, headers=VERTEX_AUTH)
+    assert generative.status_code == 404
+
+
+def test_vertex_jobs_are_kept_per_location_and_unknown_ones_get_googles_404(
+    base_url: str,
+) -> None:
+    created = httpx.post(
+        f"{base_url}{VERTEX_PARENT}/batchPredictionJobs",
+        json={"displayName": "nightly", "model": "publishers/google/models/gemini-2.5-flash"},
+        headers=VERTEX_AUTH,
+    )
+    assert created.status_code == 200, created.text
+    job = created.json()
+    assert job["name"].startswith("projects/p/locations/us-central1/batchPredictionJobs/")
+    assert (job["displayName"], job["state"]) == ("nightly", "JOB_STATE_PENDING")
+    fetched = httpx.get(f"{base_url}/v1beta1/{job['name']}", headers=VERTEX_AUTH)
+    assert fetched.json() == job
+    listed = httpx.get(f"{base_url}{VERTEX_PARENT}/batchPredictionJobs", headers=VERTEX_AUTH)
+    assert job in listed.json()["batchPredictionJobs"]
+    elsewhere = httpx.get(
+        f"{base_url}/v1beta1/projects/p/locations/europe-west4/batchPredictionJobs",
+        headers=VERTEX_AUTH,
+    )
+    assert elsewhere.json() == {}
+    for family, kind in [("tuningJobs", "TuningJob"), ("endpoints", "Endpoint")]:
+        missing = httpx.get(f"{base_url}{VERTEX_PARENT}/{family}/404", headers=VERTEX_AUTH)
+        assert missing.json() == {
+            "error": {"code": 404, "message": f"The {kind} does not exist.", "status": "NOT_FOUND"}
+        }
+    # Express mode (no project) serves them too; the Developer API has no such collection.
+    express = httpx.get(f"{base_url}/v1beta1/tuningJobs", headers={"x-goog-api-key": KEY})
+    assert express.status_code == 200 and express.json() == {}
+    developer = httpx.get(f"{base_url}/v1beta/tuningJobs", headers={"x-goog-api-key": KEY})
+    assert developer.status_code == 404

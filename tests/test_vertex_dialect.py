@@ -77,6 +77,62 @@ def test_other_resources_pass_through_and_developer_paths_are_not_vertex() -> No
     assert GEMINI.origin(GEMINI.parse("/v1beta/models/m:generateContent", b"", []), "m") is None  # type: ignore[arg-type]
 
 
+KEY = [(b"x-goog-api-key", b"k")]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "upstream", "location"),
+    [
+        # Express mode: no project, the global endpoint.
+        ("/v1beta1/cachedContents", KEY, "/v1beta1/cachedContents", "global"),
+        ("/v1beta1/cachedContents/abc", KEY, "/v1beta1/cachedContents/abc", "global"),
+        ("/v1/batchPredictionJobs", KEY, "/v1/batchPredictionJobs", "global"),
+        ("/v1beta1/tuningJobs/7", KEY, "/v1beta1/tuningJobs/7", "global"),
+        # The short form: the configured project and location.
+        (
+            "/cachedContents",
+            [],
+            "/v1beta1/projects/cfg/locations/europe-west4/cachedContents",
+            None,
+        ),
+        (
+            "/gw/batchPredictionJobs/12",
+            [],
+            "/v1beta1/projects/cfg/locations/europe-west4/batchPredictionJobs/12",
+            None,
+        ),
+        (
+            "/endpoints/5:predict",
+            [],
+            "/v1beta1/projects/cfg/locations/europe-west4/endpoints/5:predict",
+            None,
+        ),
+        ("/v1/tuningJobs", [], "/v1/projects/cfg/locations/europe-west4/tuningJobs", None),
+    ],
+)
+def test_collections_are_served_in_express_mode_and_in_the_short_form(
+    path: str, headers: list[tuple[bytes, bytes]], upstream: str, location: str | None
+) -> None:
+    route = parse_vertex_path(path, headers, SETTINGS)
+    assert route is not None and route.model is None
+    assert route.path_for(None) == upstream
+    assert route.location == (location or SETTINGS.location)
+    assert route.project == (None if location else SETTINGS.project)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1beta/cachedContents", "/v1/cachedContents", "/v1alpha/cachedContents/abc"],
+)
+def test_developer_api_cached_contents_stay_the_developer_apis(path: str) -> None:
+    assert parse_vertex_path(path, KEY, SETTINGS) is None
+    assert GEMINI.parse(path, b"", KEY) is not None
+
+
+def test_short_form_collections_need_a_configured_project() -> None:
+    assert parse_vertex_path("/cachedContents", [], VertexSettings()) is None
+
+
 @pytest.mark.parametrize(
     ("location", "origin"),
     [
