@@ -417,3 +417,120 @@ def test_an_unknown_model_gets_vertexs_404(proxy: str, sims: dict[str, Simulator
         f"Publisher Model `projects/{PROJECT}/locations/{US}/publishers/google/models/"
         "gemini-0-nonexistent` was not found"
     )
+
+
+EMBEDDING, OLD_EMBEDDING = "gemini-embedding-001", "text-embedding-004"
+TEXT = "hello there, world"  # 18 characters: 5 tokens at the simulator's four a token
+
+
+def check_count(client: Client) -> str:
+    response = client.models.count_tokens(model=PRO, contents=TEXT)
+    assert response.total_tokens == 5
+    return f"{PRO}:countTokens"
+
+
+def check_compute(client: Client) -> str:
+    response = client.models.compute_tokens(model=PRO, contents=TEXT)
+    [info] = response.tokens_info or []
+    assert info.role == "user"
+    assert b"".join(info.tokens or []) == TEXT.encode()
+    assert info.token_ids is not None and len(info.token_ids) == 5
+    return f"{PRO}:computeTokens"
+
+
+def check_embed(client: Client) -> str:
+    config = types.EmbedContentConfig(output_dimensionality=8)
+    response = client.models.embed_content(model=EMBEDDING, contents=TEXT, config=config)
+    [embedding] = response.embeddings or []
+    assert embedding.values is not None and len(embedding.values) == 8
+    return f"{EMBEDDING}:embedContent"
+
+
+def check_predict(client: Client) -> str:
+    response = client.models.embed_content(model=OLD_EMBEDDING, contents=[TEXT, "another"])
+    first, second = response.embeddings or []
+    assert first.values is not None and second.values is not None
+    assert len(first.values) == 768 and first.values != second.values
+    assert first.statistics is not None and first.statistics.token_count == 5
+    assert response.metadata is not None
+    assert response.metadata.billable_character_count == len(TEXT) + len("another")
+    return f"{OLD_EMBEDDING}:predict"
+
+
+@pytest.mark.parametrize("check", [check_count, check_compute, check_embed, check_predict])
+def test_every_model_method_is_served_in_the_requested_region(
+    proxy: str, sims: dict[str, SimulatorControl], check: Any
+) -> None:
+    model_and_method = check(vertex(proxy))
+    [seen] = calls(sims[US])
+    assert seen["path"] == (
+        f"/v1beta1/projects/{PROJECT}/locations/{US}/publishers/google/models/{model_and_method}"
+    )
+    assert seen["status"] == 200 and seen["key_digest"] == key_digest(TOKEN)
+    assert calls(sims[EU]) == [] and calls(sims["global"]) == []
+
+
+def test_every_model_method_is_served_to_the_async_client(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    # Models without a route: each is its own target in the client's region.
+    client = vertex(proxy, EU)
+
+    async def run() -> None:
+        counted = await client.aio.models.count_tokens(model=FLASH, contents=TEXT)
+        assert counted.total_tokens == 5
+        computed = await client.aio.models.compute_tokens(model=FLASH, contents=TEXT)
+        assert b"".join((computed.tokens_info or [])[0].tokens or []) == TEXT.encode()
+        embedded = await client.aio.models.embed_content(model=EMBEDDING, contents=TEXT)
+        assert len((embedded.embeddings or [])[0].values or []) == 768
+        predicted = await client.aio.models.embed_content(model=OLD_EMBEDDING, contents=TEXT)
+        assert len((predicted.embeddings or [])[0].values or []) == 768
+
+    asyncio.run(run())
+    assert [seen["api_method"] for seen in calls(sims[EU])] == [
+        "countTokens",
+        "computeTokens",
+        "embedContent",
+        "predict",
+    ]
+    assert calls(sims[US]) == []
+
+
+@pytest.fixture
+def proxy_routing_embeddings(regions: dict[str, str]) -> Iterator[str]:
+    """As ``proxy``, with routes over both regions for the embedding models too."""
+    routes = {
+        PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"],
+        EMBEDDING: [f"{EMBEDDING}@{US}", f"{EMBEDDING}@{EU}"],
+        OLD_EMBEDDING: [f"{OLD_EMBEDDING}@{US}", f"{OLD_EMBEDDING}@{EU}"],
+    }
+    with serve(create_app(vertex_settings(regions, routes))) as url:
+        yield url
+
+
+@pytest.mark.parametrize("check", [check_count, check_embed])
+def test_count_and_embed_calls_fail_over_to_the_next_region(
+    proxy_routing_embeddings: str, sims: dict[str, SimulatorControl], check: Any
+) -> None:
+    for model in (PRO, EMBEDDING):
+        sims[US].set_faults(model, [{"kind": "error", "status": 503}])
+    model_and_method = check(vertex(proxy_routing_embeddings))
+    assert [seen["status"] for seen in calls(sims[US])] == [503, 503]  # max_attempts
+    [seen] = calls(sims[EU])
+    assert seen["path"].endswith(f"/locations/{EU}/publishers/google/models/{model_and_method}")
+    assert seen["status"] == 200
+
+
+@pytest.mark.parametrize("check", [check_compute, check_predict])
+def test_compute_tokens_and_predict_go_once_to_the_named_region(
+    proxy_routing_embeddings: str, sims: dict[str, SimulatorControl], check: Any
+) -> None:
+    # No route applies to them (as to any call other than generate, count and embed): an
+    # outage of the region is the client's to see, the next region is never tried.
+    for model in (PRO, OLD_EMBEDDING):
+        sims[US].set_faults(model, [{"kind": "error", "status": 503}])
+    with pytest.raises(errors.ServerError) as raised:
+        check(vertex(proxy_routing_embeddings))
+    assert raised.value.code == 503
+    assert len(calls(sims[US])) == 1
+    assert calls(sims[EU]) == []
