@@ -101,13 +101,13 @@ def vertex_settings(
     )
 
 
-def vertex(proxy: str, location: str = US) -> Client:
+def vertex(proxy: str, location: str = US, **options: Any) -> Client:
     return Client(
         vertexai=True,
         project=PROJECT,
         location=location,
         credentials=Credentials(token=TOKEN),
-        http_options=types.HttpOptions(base_url=proxy),
+        http_options=types.HttpOptions(base_url=proxy, **options),
     )
 
 
@@ -367,22 +367,34 @@ def test_a_stream_cut_in_one_region_is_continued_in_the_next(
     )
 
 
+@pytest.mark.parametrize("version", ["v1beta1", "v1"])
 @pytest.mark.parametrize("form", ["full", "short", "express"])
 def test_every_form_serves_sync_async_and_stream_calls(
-    proxy: str, sims: dict[str, SimulatorControl], form: str
+    proxy: str, sims: dict[str, SimulatorControl], form: str, version: str
 ) -> None:
+    # The SDK's default version is v1beta1; naming it explicitly sends the same requests.
+    options = {"api_version": version}
     if form == "full":
-        client, location = vertex(proxy, EU), EU
+        client, location = vertex(proxy, EU, **options), EU
     elif form == "short":
-        client, location = short_form(proxy), EU
+        # A collection-scoped base URL carries the version itself (the SDK ignores
+        # api_version there); without one the proxy sends v1beta1.
+        base = proxy if version == "v1beta1" else f"{proxy}/{version}"
+        client, location = short_form(base, **options), EU
     else:
         client = Client(
-            vertexai=True, api_key="express-key", http_options=types.HttpOptions(base_url=proxy)
+            vertexai=True,
+            api_key="express-key",
+            http_options=types.HttpOptions(base_url=proxy, **options),
         )
         location = "global"
 
     async def unary() -> str:
         return (await client.aio.models.generate_content(model=FLASH, contents="hi")).text or ""
+
+    async def stream() -> str:
+        chunks = await client.aio.models.generate_content_stream(model=FLASH, contents="hi")
+        return "".join([chunk.text or "" async for chunk in chunks])
 
     assert "simulated answer" in (
         client.models.generate_content(model=FLASH, contents="hi").text or ""
@@ -390,11 +402,21 @@ def test_every_form_serves_sync_async_and_stream_calls(
     assert "simulated answer" in asyncio.run(unary())
     streamed = client.models.generate_content_stream(model=FLASH, contents="hi")
     assert "simulated answer" in "".join(chunk.text or "" for chunk in streamed)
-    methods = [seen["api_method"] for seen in calls(sims[location])]
-    assert methods == ["generateContent", "generateContent", "streamGenerateContent"]
+    assert "simulated answer" in asyncio.run(stream())
+    seen = calls(sims[location])
+    assert [call["api_method"] for call in seen] == [
+        "generateContent",
+        "generateContent",
+        "streamGenerateContent",
+        "streamGenerateContent",
+    ]
+    where = "" if form == "express" else f"projects/{PROJECT}/locations/{EU}/"
+    for call in seen:
+        assert call["path"].startswith(f"/{version}/{where}publishers/google/models/{FLASH}:")
+    assert all(calls(sims[other]) == [] for other in (US, EU, "global") if other != location)
 
 
-def short_form(proxy: str) -> Client:
+def short_form(proxy: str, **options: Any) -> Client:
     return Client(
         vertexai=True,
         credentials=Credentials(token=TOKEN),
@@ -403,6 +425,7 @@ def short_form(proxy: str) -> Client:
             base_url_resource_scope=types.ResourceScope.COLLECTION,
             # In this form the SDK sends no token of its own.
             headers={"Authorization": f"Bearer {TOKEN}"},
+            **options,
         ),
     )
 
