@@ -38,14 +38,25 @@ BREAKER = {
 
 @pytest.fixture(scope="module")
 def regions() -> Iterator[dict[str, str]]:
-    """One simulator per location (plus one for the global endpoint)."""
+    """One simulator per location (plus one for the global endpoint and one per
+    multi-region)."""
     with (
         serve(create_simulator_app(SimulatorConfig())) as us,
         serve(create_simulator_app(SimulatorConfig())) as eu,
         serve(create_simulator_app(SimulatorConfig())) as world,
         serve(create_simulator_app(SimulatorConfig())) as developer,
+        serve(create_simulator_app(SimulatorConfig())) as multi_us,
+        serve(create_simulator_app(SimulatorConfig())) as multi_eu,
     ):
-        yield {US: us, EU: eu, "global": world, DEVELOPER: developer}
+        yield {
+            US: us,
+            EU: eu,
+            "global": world,
+            DEVELOPER: developer,
+            # The multi-regions, whose origins are Google's own unless configured.
+            "us": multi_us,
+            "eu": multi_eu,
+        }
 
 
 @pytest.fixture
@@ -557,3 +568,137 @@ def test_compute_tokens_and_predict_go_once_to_the_named_region(
     assert raised.value.code == 503
     assert len(calls(sims[US])) == 1
     assert calls(sims[EU]) == []
+
+
+def attempts_at(sims: dict[str, SimulatorControl]) -> dict[str, list[tuple[str, str]]]:
+    """Every location's attempts, as (HTTP method, path), leaving out the empty ones."""
+    seen = {
+        location: [(attempt["method"], attempt["path"]) for attempt in control.attempts()]
+        for location, control in sims.items()
+    }
+    return {location: paths for location, paths in seen.items() if paths}
+
+
+def test_caches_and_batch_jobs_pass_through_to_the_origin_of_their_location(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = vertex(proxy, US)
+    cache = client.caches.create(
+        model=FLASH, config=types.CreateCachedContentConfig(contents=["a long document"] * 4)
+    )
+    assert cache.name is not None and cache.model is not None
+    assert client.caches.get(name=cache.name).name == cache.name
+    assert cache.name in [listed.name for listed in client.caches.list()]
+    in_eu = vertex(proxy, EU)
+    job = in_eu.batches.create(
+        model=FLASH,
+        src="gs://bucket/requests.jsonl",
+        config=types.CreateBatchJobConfig(dest="gs://bucket/answers"),
+    )
+    assert job.name is not None and job.state == types.JobState.JOB_STATE_PENDING
+    assert job.name.startswith(f"projects/{PROJECT}/locations/{EU}/batchPredictionJobs/")
+    assert in_eu.batches.get(name=job.name).name == job.name
+    us = f"/v1beta1/projects/{PROJECT}/locations/{US}"
+    eu = f"/v1beta1/projects/{PROJECT}/locations/{EU}"
+    cache_id = cache.name.rpartition("/")[2]
+    assert attempts_at(sims) == {
+        US: [
+            ("POST", f"{us}/cachedContents"),
+            ("GET", f"{us}/cachedContents/{cache_id}"),
+            ("GET", f"{us}/cachedContents"),
+        ],
+        EU: [("POST", f"{eu}/batchPredictionJobs"), ("GET", f"/v1beta1/{job.name}")],
+    }
+
+
+@pytest.mark.parametrize(
+    ("family", "kind"), [("tuningJobs", "TuningJob"), ("endpoints", "Endpoint")]
+)
+def test_tuning_jobs_and_endpoints_pass_through_unchanged(
+    proxy: str, sims: dict[str, SimulatorControl], family: str, kind: str
+) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    collection = f"/v1/projects/{PROJECT}/locations/{EU}/{family}"
+    listed = httpx.get(f"{proxy}{collection}?pageSize=5", headers=auth)
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == {}
+    # An unknown id is the origin's own 404, not the proxy's.
+    missing = httpx.get(f"{proxy}{collection}/4242", headers=auth)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == f"The {kind} does not exist."
+    assert attempts_at(sims) == {EU: [("GET", collection), ("GET", f"{collection}/4242")]}
+    [first, _] = sims[EU].attempts()
+    assert first["query"] == "pageSize=5" and first["key_digest"] == key_digest(TOKEN)
+
+
+def test_express_mode_collections_go_to_the_global_endpoint(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    key = {"x-goog-api-key": "express-key"}
+    cached = httpx.get(f"{proxy}/v1beta1/cachedContents", headers=key)
+    assert cached.status_code == 200, cached.text
+    job = httpx.post(
+        f"{proxy}/v1beta1/batchPredictionJobs",
+        json={"displayName": "nightly", "model": f"publishers/google/models/{FLASH}"},
+        headers=key,
+    )
+    assert job.status_code == 200, job.text
+    name = job.json()["name"]
+    assert name.startswith("batchPredictionJobs/")
+    fetched = httpx.get(f"{proxy}/v1/{name}", headers=key)
+    assert fetched.status_code == 200 and fetched.json()["displayName"] == "nightly"
+    assert attempts_at(sims) == {
+        "global": [
+            ("GET", "/v1beta1/cachedContents"),
+            ("POST", "/v1beta1/batchPredictionJobs"),
+            ("GET", f"/v1/{name}"),
+        ]
+    }
+    assert all(
+        attempt["key_digest"] == key_digest("express-key") for attempt in sims["global"].attempts()
+    )
+    # The Developer API's own collection is still the Developer API's.
+    developer = httpx.get(f"{proxy}/v1beta/cachedContents", headers=key)
+    assert developer.status_code == 200, developer.text
+    assert [a["path"] for a in sims[DEVELOPER].attempts()] == ["/v1beta/cachedContents"]
+
+
+def test_the_short_form_serves_collections_in_the_configured_location(
+    proxy: str, sims: dict[str, SimulatorControl]
+) -> None:
+    client = short_form(proxy)
+    cache = client.caches.create(
+        model=FLASH, config=types.CreateCachedContentConfig(contents=["a long document"] * 4)
+    )
+    assert cache.name is not None
+    assert cache.name in [listed.name for listed in client.caches.list()]
+    jobs = httpx.get(f"{proxy}/batchPredictionJobs", headers={"authorization": f"Bearer {TOKEN}"})
+    assert jobs.status_code == 200, jobs.text
+    # The simulators outlive a test: jobs of others may be listed, all of this location.
+    parent = f"projects/{PROJECT}/locations/{EU}/"
+    assert all(job["name"].startswith(parent) for job in jobs.json().get("batchPredictionJobs", []))
+    eu = f"/v1beta1/projects/{PROJECT}/locations/{EU}"
+    assert attempts_at(sims) == {
+        EU: [
+            ("POST", f"{eu}/cachedContents"),
+            ("GET", f"{eu}/cachedContents"),
+            ("GET", f"{eu}/batchPredictionJobs"),
+        ]
+    }
+
+
+@pytest.mark.parametrize("location", ["global", "us", "eu"])
+def test_the_global_and_multi_region_endpoints_serve_their_locations(
+    proxy: str, sims: dict[str, SimulatorControl], location: str
+) -> None:
+    client = vertex(proxy, location)
+    response = client.models.generate_content(model=FLASH, contents="hello")
+    assert served_by(response) == f"{FLASH}@{location}"
+    assert [listed.name for listed in client.caches.list()] == []
+    where = f"/v1beta1/projects/{PROJECT}/locations/{location}"
+    assert attempts_at(sims) == {
+        location: [
+            ("POST", f"{where}/publishers/google/models/{FLASH}:generateContent"),
+            ("GET", f"{where}/cachedContents"),
+        ]
+    }
