@@ -1,7 +1,8 @@
 """The Vertex AI dialect: ``/{version}/projects/{p}/locations/{l}/publishers/google/models/
 {model}:{method}``, its short (gateway) form ``/publishers/google/models/...`` completed with
 the configured project and location, and express mode ``/{version}/publishers/google/models/
-...`` (an API key, served globally). Errors are ``google.rpc.Status`` and streams SSE, as for
+...`` (an API key, served globally). The collections of cached contents, jobs and endpoints
+have the same short and express forms. Errors are ``google.rpc.Status`` and streams SSE, as for
 Gemini.
 
 A request's *target* is ``model@location``: the pipeline keys breakers, the active target and
