@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from google import genai
-from google.genai import errors
+from google.genai import errors, types
+from google.oauth2.credentials import Credentials
 
+from proxy.app import create_app
 from proxy.cluster.keys import Keys
 
+from .conftest import proxy_settings
 from .redis_support import RedisServer
 from .redis_support import redis_server as redis_server  # the fixture
-from .support import free_port, running
+from .support import free_port, running, serve
 
 
 def test_serve_and_simulate_work_together_as_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +134,85 @@ def serving(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+# -- Vertex targets ---------------------------------------------------------------------------
+
+PRO, FLASH = "gemini-2.5-pro", "gemini-2.5-flash"
+US, EU = "us-central1", "europe-west4"
+ADMIN_TOKEN = "cli-admin-t0ken-vertex"
+
+
+@pytest.fixture
+def vertex_proxy(simulator_url: str) -> Iterator[str]:
+    """A proxy whose route runs over Vertex targets (``model@location``), both locations served
+    by the session's simulator."""
+    settings = proxy_settings(
+        simulator_url,
+        vertex={
+            "project": "test-project",
+            "location": US,
+            "origins": {US: simulator_url, EU: simulator_url},
+        },
+        routes={PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
+        admin={"token": ADMIN_TOKEN},
+    )
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def admin(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "admin", "--url", url, "--token", ADMIN_TOKEN, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def vertex_served_by(url: str) -> str:
+    client = genai.Client(
+        vertexai=True,
+        project="test-project",
+        location=US,
+        credentials=Credentials(token="client-oauth-token"),
+        http_options=types.HttpOptions(base_url=url),
+    )
+    response = client.models.generate_content(model=PRO, contents="hello")
+    assert response.sdk_http_response is not None and response.sdk_http_response.headers
+    return str(response.sdk_http_response.headers["x-gemini-breaker-model"])
+
+
+def test_the_admin_cli_forces_pins_and_shows_vertex_targets(vertex_proxy: str) -> None:
+    us_pro, eu_pro, us_flash = f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"
+    forced = admin(vertex_proxy, "force-open", us_pro, "--reason", "regional outage")
+    assert f"breaker {us_pro}: forced_open" in forced.stdout
+    assert f"{PRO} -> {eu_pro}" in forced.stdout
+    breakers = json.loads(admin(vertex_proxy, "breakers", "--json").stdout)["breakers"]
+    assert breakers[us_pro]["state"] == "forced_open"
+    assert breakers[eu_pro]["state"] == "closed"
+    table = admin(vertex_proxy, "breakers").stdout
+    assert [line.split()[:2] for line in table.splitlines() if line.startswith(us_pro)] == [
+        [us_pro, "forced_open"]
+    ]
+    assert vertex_served_by(vertex_proxy) == eu_pro
+
+    pinned = admin(vertex_proxy, "pin", PRO, us_flash, "--ttl", "10m", "--reason", "cost")
+    assert f"route {PRO} pinned to {us_flash}" in pinned.stdout
+    routes = admin(vertex_proxy, "routes").stdout
+    assert any(
+        us_flash in line and f"{us_flash} > {us_pro} > {eu_pro}" in line
+        for line in routes.splitlines()
+    )
+    assert vertex_served_by(vertex_proxy) == us_flash
+    state = json.loads(admin(vertex_proxy, "state", "--json").stdout)
+    assert state["routes"][PRO]["pin"]["model"] == us_flash
+    admin(vertex_proxy, "unpin", PRO, "--reason", "done")
+    admin(vertex_proxy, "reset", us_pro, "--reason", "recovered")
+    assert vertex_served_by(vertex_proxy) == us_pro
+    audit = admin(vertex_proxy, "audit", "--json").stdout
+    targets = [(e["action"], e["target"]) for e in json.loads(audit)["entries"]]
+    assert targets == [("reset", us_pro), ("unpin", PRO), ("pin", PRO), ("force_open", us_pro)]

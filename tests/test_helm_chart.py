@@ -101,6 +101,11 @@ CASES: dict[str, dict[str, Any]] = {
             ]
         },
     },
+    "sidecar-vertex": {
+        "mode": "sidecar",
+        "sidecar": {"exampleApp": {"enabled": True}},
+        "vertex": {"project": "my-project", "location": "europe-west4"},
+    },
     "open-relay": {"secrets": {"apiKey": {"value": API_KEY}}, "server": {"allowOpenRelay": True}},
     "sidecar": {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
     "sidecar-example": {
@@ -203,6 +208,23 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "client tokens without a key": (
         {"secrets": {"clientTokens": {"value": "client-token-0123456789"}}},
         "secrets.clientTokens: they stand for secrets.apiKey",
+    ),
+    # Sidecar mode makes no pods: a ServiceAccount of the chart's would be silently unused.
+    "service account annotations in sidecar mode": (
+        {
+            "mode": "sidecar",
+            "vertex": {"project": "my-project", "location": "europe-west4"},
+            "serviceAccount": {
+                "annotations": {
+                    "iam.gke.io/gcp-service-account": "proxy@my-project.iam.gserviceaccount.com"
+                }
+            },
+        },
+        "serviceAccount: sidecar mode makes no pods",
+    ),
+    "service account created in sidecar mode": (
+        {"mode": "sidecar", "serviceAccount": {"create": True}},
+        "the sidecar runs as the application's pod service account",
     ),
     "client tokens in the config file": (
         {"config": {"server": {"client_tokens": ["client-token-0123456789"]}}},
@@ -950,3 +972,15 @@ def test_vertex_values_with_workload_identity(helm: HelmResults, tmp_path: Path)
     }
     assert pod_spec(deployment)["serviceAccountName"] == FULLNAME
     assert "ServiceAccount" not in render(helm, "defaults").kinds()
+
+
+def test_sidecar_mode_points_vertex_users_at_the_applications_service_account(
+    helm: HelmResults,
+) -> None:
+    """In sidecar mode the chart makes no ServiceAccount (setting one fails the install, above):
+    the notes say which account carries the workload identity instead."""
+    rendered = render(helm, "sidecar-vertex")
+    assert "ServiceAccount" not in rendered.kinds()
+    assert "runs as the application's pod service account" in rendered.notes
+    assert "iam.gke.io/gcp-service-account" in rendered.notes
+    assert "service account" not in render(helm, "sidecar").notes

@@ -238,3 +238,68 @@ def test_the_page_shows_changes_made_elsewhere_and_its_buttons_act(
     wait.until(lambda _: text(route_active) == PRO)
     assert _state(token_proxy)["routes"][PRO]["pin"] is None
     browser.save_screenshot(str(SCREENSHOT.with_name("status-page-after.png")))
+
+
+# -- Vertex targets ----------------------------------------------------------------------------
+
+US, EU = "us-central1", "europe-west4"
+
+
+@pytest.fixture
+def vertex_proxy(simulator_url: str) -> Iterator[str]:
+    """Breakers named ``model@location``, one route over them."""
+    settings = proxy_settings(
+        simulator_url,
+        admin={"token": TOKEN, "allow_unauthenticated_loopback": False},
+        vertex={"project": "test-project", "location": US, "origins": {US: simulator_url}},
+        routes={PRO: [f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"]},
+    )
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def test_the_page_shows_and_acts_on_vertex_targets(vertex_proxy: str, browser: Any) -> None:
+    """An ``@`` in a target's name is data: the rows are keyed by the whole name, shown as
+    text, and the buttons reach the target's own breaker (its name escaped in the path)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 10, poll_frequency=0.05)
+    us_pro, eu_pro, us_flash = f"{PRO}@{US}", f"{PRO}@{EU}", f"{FLASH}@{US}"
+
+    def text(css: str) -> str:
+        elements = browser.find_elements(By.CSS_SELECTOR, css)
+        return str(elements[0].text) if elements else ""
+
+    route_row = f'#routes tr[data-route="{PRO}"]'
+    us_row = f'#breakers tr[data-model="{us_pro}"]'
+    browser.get(vertex_proxy + PATH)
+    browser.find_element(By.ID, "token").send_keys(TOKEN, Keys.ENTER)
+    wait.until(lambda _: text(f"{route_row} td.active") == us_pro)
+    assert text(f"{route_row} td:nth-child(2)") == f"{us_pro} > {eu_pro} > {us_flash}"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#breakers tbody tr")
+    assert sorted(row.get_attribute("data-model") for row in rows) == sorted(
+        [us_pro, eu_pro, us_flash]
+    )
+    assert text(f"{us_row} td:first-child") == us_pro
+    assert text("#error") == ""
+
+    browser.find_element(By.CSS_SELECTOR, f'{us_row} button[data-action="force_open"]').click()
+    wait.until(lambda _: text(f"{us_row} .badge") == "forced_open")
+    assert _state(vertex_proxy)["breakers"][us_pro]["state"] == "forced_open"
+    assert _state(vertex_proxy)["breakers"][eu_pro]["state"] == "closed"
+    wait.until(lambda _: text(f"{route_row} td.active") == eu_pro)
+    assert text("#result").startswith(f"force_open {us_pro}: done")
+    wait.until(lambda _: text("#transitions tbody tr td:nth-child(2)") == us_pro)
+
+    browser.find_element(By.CSS_SELECTOR, f"{route_row} select option[value='{us_flash}']").click()
+    browser.find_element(By.CSS_SELECTOR, f'{route_row} button[data-action="pin"]').click()
+    wait.until(lambda _: text(f"{route_row} td.active") == us_flash)
+    assert _state(vertex_proxy)["routes"][PRO]["pin"]["model"] == us_flash
+    audit = httpx.get(
+        vertex_proxy + "/admin/audit?limit=2",
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    ).json()["entries"]
+    assert [(e["action"], e["target"]) for e in audit] == [("pin", PRO), ("force_open", us_pro)]

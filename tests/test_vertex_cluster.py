@@ -124,6 +124,21 @@ def test_regional_outage_then_model_outage_then_recovery_on_three_replicas(
     while not all(s["routes"][PRO]["active"] == PRO_US for s in map(state, replicas)):
         assert time.monotonic() < deadline, "the first region never came back"
         spread(sdks, 3)
+    closed = wait_all(replicas, lambda s: s["breakers"][PRO_US]["state"] == "closed")
+    # ... through half-open probes, not a plain close: the first region's breaker went
+    # open -> half_open -> closed, each its own epoch, as the replicas saw it. (A replica that
+    # learns a later epoch by resync may miss a step: the steps are asked of the cluster.)
+    steps: set[tuple[str, str]] = set()
+    for replica in closed:
+        changes = [
+            (t["epoch"], t["from"], t["to"])
+            for t in reversed(replica["transitions"])  # the document lists the newest first
+            if t["model"] == PRO_US
+        ]
+        assert [epoch for epoch, _, _ in changes] == sorted(epoch for epoch, _, _ in changes)
+        assert changes[-1][2] == "closed", changes
+        steps.update((before, after) for _, before, after in changes)
+    assert {("closed", "open"), ("open", "half_open"), ("half_open", "closed")} <= steps, steps
     regions[US].clear_attempts()
     assert spread(sdks, 6) == {(PRO, PRO_US)}
     assert [a["model"] for a in calls(regions[US])] == [PRO] * 6

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt
 from google.auth import jwt as google_jwt
-from google.genai import Client, types
+from google.auth._helpers import REFRESH_THRESHOLD
+from google.genai import Client, errors, types
 from google.oauth2.credentials import Credentials
 from websockets.asyncio.client import connect
 
@@ -127,6 +128,78 @@ def test_requests_without_credentials_get_metadata_tokens_refreshed_before_expir
     assert seen == [key_digest(f"metadata-token-{n}") for n in (1, 2, 3, 3)]
     assert httpx.get(f"{metadata}/_control").json()["issued"] == 3
     assert not any("metadata-token" in line for line in log)
+
+
+def test_a_token_valid_at_first_use_is_replaced_once_it_expires(
+    stack: tuple[str, SimulatorControl, str, list[str]],
+) -> None:
+    """The first token is good for a couple of seconds as google-auth sees it (its expiry
+    minus the refresh threshold): it serves requests, then, as time passes, a new one does."""
+    proxy, simulator, metadata, log = stack
+    client = short_form(proxy)
+    lifetime = int(REFRESH_THRESHOLD.total_seconds()) + 2
+    httpx.put(f"{metadata}/_control", json={"expires_in": lifetime})
+    client.models.generate_content(model=FLASH, contents="first")
+    httpx.put(f"{metadata}/_control", json={"expires_in": 3600})
+    first, second = key_digest("metadata-token-1"), key_digest("metadata-token-2")
+
+    def renewed() -> bool:
+        client.models.generate_content(model=FLASH, contents="again")
+        return bool(calls(simulator)[-1]["key_digest"] == second)
+
+    eventually(renewed, timeout=30, interval=0.2, what="a request with the second token")
+    seen = [attempt["key_digest"] for attempt in calls(simulator)]
+    used = seen.index(second)
+    assert used >= 1 and seen[:used] == [first] * used  # valid at first use, then replaced
+    assert seen[used:] == [second]
+    assert httpx.get(f"{metadata}/_control").json()["issued"] == 2
+    assert not any("metadata-token" in line for line in log)
+
+
+def test_a_token_the_upstream_refuses_is_replaced_for_the_next_request(
+    stack: tuple[str, SimulatorControl, str, list[str]],
+) -> None:
+    """A 401 to a request carrying the proxy's token (revoked, rotated) drops that token,
+    though google-auth still deems it valid: the next request fetches a new one. The refused
+    request itself is answered 401, not retried."""
+    proxy, simulator, metadata, log = stack
+    client = short_form(proxy)
+    client.models.generate_content(model=FLASH, contents="one")
+    simulator.set_faults(FLASH, [{"kind": "error", "status": 401, "times": 1}])
+    with pytest.raises(errors.ClientError) as refused:
+        client.models.generate_content(model=FLASH, contents="two")
+    assert refused.value.code == 401
+    client.models.generate_content(model=FLASH, contents="three")
+    client.models.generate_content(model=FLASH, contents="four")
+    seen = [attempt["key_digest"] for attempt in calls(simulator)]
+    assert seen == [key_digest(f"metadata-token-{n}") for n in (1, 1, 2, 2)]
+    assert httpx.get(f"{metadata}/_control").json()["issued"] == 2
+    assert not any("metadata-token" in line for line in log)
+
+
+def test_a_401_to_a_client_token_keeps_the_pods_token(
+    stack: tuple[str, SimulatorControl, str, list[str]],
+) -> None:
+    """Only a 401 to the token the proxy added drops it: the client's own token is its own."""
+    proxy, simulator, _, _ = stack
+    pods = short_form(proxy)
+    pods.models.generate_content(model=FLASH, contents="one")
+    simulator.set_faults(FLASH, [{"kind": "error", "status": 401, "times": 1}])
+    own = Client(
+        vertexai=True,
+        project=PROJECT,
+        location=EU,
+        credentials=Credentials(token="the-clients-own"),
+        http_options=types.HttpOptions(base_url=proxy),
+    )
+    with pytest.raises(errors.ClientError):
+        own.models.generate_content(model=FLASH, contents="two")
+    pods.models.generate_content(model=FLASH, contents="three")
+    assert [attempt["key_digest"] for attempt in calls(simulator)] == [
+        key_digest("metadata-token-1"),
+        key_digest("the-clients-own"),
+        key_digest("metadata-token-1"),
+    ]
 
 
 def test_a_client_token_is_never_replaced(

@@ -132,6 +132,10 @@ class Admissions:
         if not self.mirror.pins:
             return chain
         pin = self.mirror.pin(route)
+        if pin is None and route not in self.settings.routes:
+            # A Vertex request names its target (model@location); the route it takes, and so
+            # the operator's pin, is its model's.
+            pin = self.mirror.pin(route.partition("@")[0])
         if pin is None or pin.model not in chain or chain[0] == pin.model:
             return chain
         return (pin.model, *(m for m in chain if m != pin.model))

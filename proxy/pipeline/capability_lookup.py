@@ -45,7 +45,8 @@ class CapabilityLookup:
     def _start(self, model: str, headers: Headers, query_string: bytes) -> None:
         if "@" in model:
             # A Vertex target: its request's token is not for the Developer API's models.get,
-            # so its limits come from the configuration only.
+            # and Vertex's own model resource publishes no token limits, so its limits come
+            # from the configuration only (docs/vertex.md).
             return
         if self.upstream is not None and self.registry.claim_lookup(model):
             task = asyncio.ensure_future(self._fetch(model, headers, query_string))

@@ -126,9 +126,10 @@ class Forwarder:
                 return refusal.code, None, 0, None
             headers, query_string = without_credentials(headers, scope["query_string"])
             scope = {**scope, "headers": headers, "query_string": query_string}
+        injected: bytes | None = None
         if isinstance(dialect, VertexDialect) and not has_credential(headers, scope):
             try:
-                token = await self.adc.authorization()
+                token = injected = await self.adc.authorization()
             except CredentialsUnavailable as exc:
                 await _refuse(send, dialect, 401, f"No credentials: {exc.args[0]}")
                 return 401, None, 0, None
@@ -177,6 +178,10 @@ class Forwarder:
             deadline=deadline,
         )
         await exchange.run_cancelling_on_disconnect(receive)
+        if injected is not None and exchange.status == 401:
+            # Not retried here: a 401 for a fresh token means the account itself is refused,
+            # and retrying every request would double the calls; the client's retry gets one.
+            self.adc.reject(injected)
         return exchange.status, exchange.served_by, exchange.attempts, exchange.fallbacks
 
     def resends(self) -> int:

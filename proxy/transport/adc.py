@@ -32,18 +32,18 @@ class AdcTokens:
     def __init__(self) -> None:
         self._credentials: Any = None
         self._header = b""
+        self._rejected = b""
+        """A header the upstream answered 401: not reused, though google-auth deems it valid."""
         self._lock = asyncio.Lock()
         self.refreshes = 0
         """Tokens fetched so far."""
 
     async def authorization(self) -> bytes:
         """``Bearer <token>``, fetching a new token when there is none or it is about to expire."""
-        credentials = self._credentials
-        if credentials is not None and credentials.valid:
+        if self._usable():
             return self._header
         async with self._lock:
-            credentials = self._credentials
-            if credentials is None or not credentials.valid:
+            if not self._usable():
                 try:
                     async with asyncio.timeout(REFRESH_TIMEOUT):
                         await asyncio.to_thread(self._refresh)
@@ -52,6 +52,20 @@ class AdcTokens:
                         "Application Default Credentials did not answer in time."
                     ) from None
         return self._header
+
+    def reject(self, header: bytes) -> None:
+        """The upstream answered 401 to a request that carried ``header`` (the token was
+        revoked, or the account's key rotated): the next request fetches a new token. A
+        header already replaced by a newer token is no reason to drop that one."""
+        if header == self._header:
+            self._rejected = header
+            log.info("the upstream refused the Vertex AI access token: fetching a new one")
+
+    def _usable(self) -> bool:
+        credentials = self._credentials
+        return bool(
+            credentials is not None and credentials.valid and self._header != self._rejected
+        )
 
     def _refresh(self) -> None:
         try:
@@ -64,5 +78,8 @@ class AdcTokens:
                 f"Application Default Credentials are unavailable: {type(exc).__name__}."
             ) from None
         self._header = b"Bearer " + str(self._credentials.token).encode("latin-1")
+        # A metadata server may hand back the token it refused (it caches): use it anyway,
+        # rather than fetch again for every request.
+        self._rejected = b""
         self.refreshes += 1
         log.info("fetched a Vertex AI access token from Application Default Credentials")
