@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ def sim(live_simulator: tuple[SimulatorApp, str]) -> Iterator[SimulatorApp]:
     app = live_simulator[0]
     app.live.faults.clear()
     app.live.setups.clear()
+    app.live.frames.clear()
     yield app
     app.live.faults.clear()
 
@@ -478,6 +479,113 @@ async def test_sessions_show_in_metrics_and_admin(
     # The proxy learns of the close on its own loop, a moment after the client's.
     sessions = live_proxy[0].live.sessions
     await eventually_async(lambda: not sessions.open.get("gemini-2.0-flash"), what="the close")
+
+
+@contextlib.asynccontextmanager
+async def raw_session(
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    model: str = "gemini-2.0-flash-lite",
+    resumable: bool = False,
+    **options: Any,
+) -> AsyncIterator[ClientConnection]:
+    """A session through the proxy with a plain WebSocket client (frames as they are), set up."""
+    url = live_proxy[1].replace("https://", "wss://") + LIVE_PATH
+    context = ssl.create_default_context(cafile=str(certificates["ca"]))
+    setup: dict[str, Any] = {"model": f"models/{model}"}
+    if resumable:
+        setup["sessionResumption"] = {}
+    async with connect(
+        url, ssl=context, additional_headers={"x-goog-api-key": "k"}, **options
+    ) as socket:
+        await socket.send(json.dumps({"setup": setup}))
+        assert json.loads(await socket.recv()) == {"setupComplete": {}}
+        yield socket
+
+
+async def until_turn_complete(socket: ClientConnection) -> None:
+    while b"turnComplete" not in await socket.recv(decode=False):
+        pass
+
+
+# Valid JSON a serializer would not write: odd whitespace, key order and escapes.
+ODD_TEXT = (
+    '{ "clientContent" :{"turnComplete" : true ,\n\t"turns":[ {"parts":[{"text":"caf\\u00e9'
+    '  x"}] , "role":"user"} ]} }  '
+)
+ODD_BINARY = '{"realtimeInput":{ "text" :"bin\u00e9"}}\r\n'.encode()
+
+
+async def test_client_frames_reach_the_upstream_byte_for_byte_and_of_their_type(
+    sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
+) -> None:
+    """Text stays text and binary stays binary, unchanged to the byte, an empty text frame
+    included (the simulator, like Google, takes that for invalid JSON and closes 1007)."""
+    async with raw_session(live_proxy, certificates) as socket:
+        await socket.send(ODD_TEXT)
+        await until_turn_complete(socket)
+        await socket.send(ODD_BINARY)
+        await until_turn_complete(socket)
+        await socket.send("")
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert sim.live.frames == [ODD_TEXT, ODD_BINARY, ""]
+    assert [type(frame) for frame in sim.live.frames] == [str, bytes, str]
+
+
+@pytest.mark.parametrize("resumable", [False, True], ids=["plain", "resumable"])
+async def test_upstream_frames_reach_the_client_byte_for_byte_and_of_their_type(
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    resumable: bool,
+) -> None:
+    """Also when the client enabled resumption, where the relay looks into each frame."""
+    frames: tuple[str | bytes, ...] = (
+        ODD_TEXT,
+        ODD_BINARY,
+        "",
+        b"",
+        b"\x00\xff not JSON",
+        '{"sessionResumptionUpdate": {"resumable": false}}',
+    )
+    sim.live.add_fault("gemini-2.0-flash-lite", LiveFault("send", frames=frames))
+    async with raw_session(live_proxy, certificates, resumable=resumable) as socket:
+        received = [await socket.recv() for _ in frames]
+    assert received == list(frames)
+    assert [type(frame) for frame in received] == [type(frame) for frame in frames]
+
+
+async def test_a_client_that_stops_reading_stops_the_proxy_reading_the_upstream(
+    sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
+) -> None:
+    """The upstream sends 200 frames of 1 MiB to a client that reads none: the simulator's
+    sends stop returning after a bounded number (what the kernel's socket buffers and the
+    frame queues of the client library and of the proxy's upstream socket hold, about 55 here),
+    so the proxy does not read, and buffer, the rest; once the client reads, every frame
+    arrives whole. (Random bytes, so a compressing connection cannot shrink them.)"""
+    total = 200
+    block = os.urandom(1 << 20)
+    sim.live.add_fault("gemini-2.0-flash-lite", LiveFault("send", frames=(block,) * total))
+    sent_before = sim.live.frames_sent
+    async with raw_session(live_proxy, certificates, max_size=None) as socket:
+
+        def settled() -> int | None:
+            """The count of frames sent, once it stopped growing for a while (nothing
+            signals that sends are blocked; a count still growing fails the bound anyway)."""
+            history.append(sim.live.frames_sent - sent_before)
+            recent = history[-40:]
+            return recent[-1] if len(recent) == 40 and len(set(recent)) == 1 else None
+
+        history: list[int] = []
+        in_flight = await eventually_async(
+            lambda: settled() or None, timeout=60, interval=0.025, what="the sends to stop"
+        )
+        assert 0 < in_flight < total // 2
+        for _ in range(total):
+            assert await socket.recv() == block
+    assert sim.live.frames_sent - sent_before == total
 
 
 def _pid_listening_with(port: int) -> int:
