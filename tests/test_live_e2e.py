@@ -441,18 +441,74 @@ async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(
     assert "INTERNAL: Internal error encountered." in str(raised.value)
 
 
+async def test_without_resumption_a_go_away_is_relayed_then_the_upstreams_close(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    """A session that did not enable resumption: the client gets the ``goAway`` itself, then
+    its socket closes with the upstream's code and reason; nothing is resumed."""
+    reason = "session time limit reached"
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("go_away", after_turns=1, reason=reason))
+    resumptions = dict(live_proxy[0].live.sessions.resumptions)
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=TEXT) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        seen = []
+        with pytest.raises(errors.APIError) as raised:
+            async for message in session.receive():
+                seen.append(message)
+    assert [message.go_away is not None for message in seen] == [True]
+    assert raised.value.code == 1000
+    assert reason in str(raised.value)
+    assert len(sim.live.setups) == 1
+    assert dict(live_proxy[0].live.sessions.resumptions) == resumptions
+
+
+async def test_a_drop_before_any_handle_closes_a_resumable_session_as_the_upstream_did(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    """Resumption enabled, but the upstream drops mid-way through the first turn, before it
+    gave a handle: there is nothing to resume with, so the client's socket closes with the
+    upstream's code and reason, and no new upstream session is opened."""
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("drop_mid_turn", after_turns=1))
+    resumptions = dict(live_proxy[0].live.sessions.resumptions)
+    config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
+        with pytest.raises(errors.APIError) as raised:
+            await turn(session, "one")
+    assert raised.value.code == 1011
+    assert "INTERNAL: Internal error encountered." in str(raised.value)
+    (setup,) = sim.live.setups  # no resumption attempted
+    assert "handle" not in setup["sessionResumption"]
+    assert dict(live_proxy[0].live.sessions.resumptions) == resumptions
+
+
+def resumptions_metric(metrics: str, model: str) -> float:
+    prefix = f'gemini_breaker_live_resumptions_total{{model="{model}"}} '
+    found = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(found[0].removeprefix(prefix)) if found else 0.0
+
+
 @pytest.mark.parametrize("kind", ["drop", "go_away"])
 async def test_a_resumable_session_is_resumed_without_the_client_noticing(
-    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], kind: str
+    client: genai.Client,
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    kind: str,
 ) -> None:
+    """A drop or ``goAway`` after a handle: the next turn is answered in the same
+    conversation, and the resumption is counted, in the replica's counter and in
+    ``/metrics``."""
     sim.live.add_fault("gemini-2.5-flash", LiveFault(kind, after_turns=1))
     resumptions = live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"]
+    scraped = resumptions_metric(await metrics_of(live_proxy[1], certificates), "gemini-2.5-flash")
     config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
     async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
         assert await turn(session, "one") == "Live reply 1 to: one"
         # The simulator numbers replies per conversation: 2 means the context carried over.
         assert await turn(session, "two") == "Live reply 2 to: two"
     assert live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"] == resumptions + 1
+    metrics = await metrics_of(live_proxy[1], certificates)
+    assert resumptions_metric(metrics, "gemini-2.5-flash") == scraped + 1
     first, resumed = sim.live.setups
     assert "handle" not in first["sessionResumption"]
     assert resumed["sessionResumption"]["handle"].endswith("-1")

@@ -26,7 +26,7 @@ from .attempts import key_digest
 _VERTEX_MODEL = re.compile(
     r"^projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/]+)$"
 )
-LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "go_away", "send")
+LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "drop_mid_turn", "go_away", "send")
 Frame = str | bytes
 
 
@@ -34,16 +34,19 @@ Frame = str | bytes
 class LiveFault:
     """``refuse``: the upgrade answered with ``status``; ``close_at_setup``: closed (1011,
     UNAVAILABLE) instead of ``setupComplete``; ``quota``: closed (1011, RESOURCE_EXHAUSTED)
-    at setup; ``drop``: closed (1011, INTERNAL) after ``after_turns`` turns; ``go_away``:
-    ``goAway`` then a close after ``after_turns`` turns; ``send``: ``frames`` sent as they
-    are (text as text, bytes as binary) right after ``setupComplete``, each counted in
-    ``LiveSimulator.frames_sent`` once its send returned (a send waits while the peer does not
-    read: that is how a test sees back-pressure)."""
+    at setup; ``drop``: closed (1011, INTERNAL) after ``after_turns`` turns (after the turn's
+    resumption handle, if any); ``drop_mid_turn``: closed the same way after the first chunk
+    of turn ``after_turns`` (before that turn's ``turnComplete`` and handle); ``go_away``:
+    ``goAway`` then a close (1000, ``reason``) after ``after_turns`` turns; ``send``:
+    ``frames`` sent as they are (text as text, bytes as binary) right after ``setupComplete``,
+    each counted in ``LiveSimulator.frames_sent`` once its send returned (a send waits while
+    the peer does not read: that is how a test sees back-pressure)."""
 
     kind: str
     after_turns: int = 0
     status: int = 503
     frames: tuple[Frame, ...] = ()
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -171,8 +174,15 @@ class LiveSimulator:
                 conversation.history.append(text)
                 text_out = f"Live reply {conversation.turns + 1} to: {text}"
             conversation.turns += 1
+            mid_turn = self._next_fault(model, ("drop_mid_turn",))
+            if mid_turn is not None and conversation.turns < mid_turn.after_turns:
+                self.faults[model].appendleft(mid_turn)
+                mid_turn = None
             for chunk in _chunks(text_out):
                 await _send(send, {"serverContent": {"modelTurn": {"parts": [{"text": chunk}]}}})
+                if mid_turn is not None:
+                    await _close(send, 1011, "INTERNAL: Internal error encountered.")
+                    return
             await _send(send, {"serverContent": {"generationComplete": True}})
             usage = {"promptTokenCount": 4, "responseTokenCount": len(text_out.split())}
             await _send(send, {"serverContent": {"turnComplete": True}, "usageMetadata": usage})
@@ -186,7 +196,7 @@ class LiveSimulator:
             if fault is not None and conversation.turns >= fault.after_turns:
                 if fault.kind == "go_away":
                     await _send(send, {"goAway": {"timeLeft": "0s"}})
-                    await _close(send, 1000, "")
+                    await _close(send, 1000, fault.reason)
                 else:
                     await _close(send, 1011, "INTERNAL: Internal error encountered.")
                 return
