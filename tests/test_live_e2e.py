@@ -586,7 +586,7 @@ async def test_client_frames_reach_the_upstream_byte_for_byte_and_of_their_type(
         with pytest.raises(ConnectionClosed) as closed:
             await socket.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
-    assert sim.live.frames == [ODD_TEXT, ODD_BINARY, ""]
+    assert list(sim.live.frames) == [ODD_TEXT, ODD_BINARY, ""]
     assert [type(frame) for frame in sim.live.frames] == [str, bytes, str]
 
 
@@ -614,15 +614,18 @@ async def test_upstream_frames_reach_the_client_byte_for_byte_and_of_their_type(
 
 
 async def test_a_client_that_stops_reading_stops_the_proxy_reading_the_upstream(
-    sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    figures: dict[str, str],
 ) -> None:
-    """The upstream sends 200 frames of 1 MiB to a client that reads none: the simulator's
+    """The upstream sends 400 frames of 512 KiB to a client that reads none: the simulator's
     sends stop returning after a bounded number (what the kernel's socket buffers and the
-    frame queues of the client library and of the proxy's upstream socket hold, about 55 here),
+    frame queues of the client library and of the proxy's upstream socket hold, about 80 here),
     so the proxy does not read, and buffer, the rest; once the client reads, every frame
     arrives whole. (Random bytes, so a compressing connection cannot shrink them.)"""
-    total = 200
-    block = os.urandom(1 << 20)
+    total = 400
+    block = os.urandom(1 << 19)
     sim.live.add_fault("gemini-2.0-flash-lite", LiveFault("send", frames=(block,) * total))
     sent_before = sim.live.frames_sent
     async with raw_session(live_proxy, certificates, max_size=None) as socket:
@@ -637,6 +640,9 @@ async def test_a_client_that_stops_reading_stops_the_proxy_reading_the_upstream(
         history: list[int] = []
         in_flight = await eventually_async(
             lambda: settled() or None, timeout=60, interval=0.025, what="the sends to stop"
+        )
+        figures["live: 512 KiB frames sent upstream while the client reads none"] = (
+            f"{in_flight} of {total}"
         )
         assert 0 < in_flight < total // 2
         for _ in range(total):

@@ -28,6 +28,7 @@ _VERTEX_MODEL = re.compile(
 )
 LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "drop_mid_turn", "go_away", "send")
 Frame = str | bytes
+FRAMES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +67,9 @@ class LiveSimulator:
         """The path of every upgrade accepted, in order."""
         self.credentials: list[str] = []
         """For every upgrade accepted, a digest of its API key or bearer token ("" if none)."""
-        self.frames: list[Frame] = []
-        """Every frame received after a setup, as it came: text as ``str``, binary as bytes."""
+        self.frames: deque[Frame] = deque(maxlen=FRAMES_KEPT)
+        """The frames received after a setup, as they came (text as ``str``, binary as
+        bytes), the last ``FRAMES_KEPT`` of them: a long-running simulator keeps no more."""
         self.frames_sent = 0
         """Frames of ``send`` faults whose send returned."""
         self._resumable: dict[str, _Conversation] = {}
