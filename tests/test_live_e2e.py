@@ -621,7 +621,7 @@ async def test_a_client_that_stops_reading_stops_the_proxy_reading_the_upstream(
 ) -> None:
     """The upstream sends 400 frames of 512 KiB to a client that reads none: the simulator's
     sends stop returning after a bounded number (what the kernel's socket buffers and the
-    frame queues of the client library and of the proxy's upstream socket hold, about 80 here),
+    frame queues of the client library and of the proxy's upstream socket hold, about 60 here),
     so the proxy does not read, and buffer, the rest; once the client reads, every frame
     arrives whole. (Random bytes, so a compressing connection cannot shrink them.)"""
     total = 400
