@@ -8,14 +8,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+import yaml
 from google import genai
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials
@@ -36,7 +38,7 @@ from proxy.telemetry import Telemetry
 from proxy.telemetry.jsonlog import JsonFormatter
 
 from .conftest import ROUTES, proxy_settings
-from .support import eventually_async, serve
+from .support import eventually_async, free_port, running, serve
 from .tcp_gate import TcpGate
 
 pytestmark = pytest.mark.anyio
@@ -78,6 +80,7 @@ def sim(live_simulator: tuple[SimulatorApp, str]) -> Iterator[SimulatorApp]:
     app = live_simulator[0]
     app.live.faults.clear()
     app.live.setups.clear()
+    app.live.frames.clear()
     yield app
     app.live.faults.clear()
 
@@ -438,18 +441,74 @@ async def test_a_dropped_upstream_closes_the_client_with_its_code_and_reason(
     assert "INTERNAL: Internal error encountered." in str(raised.value)
 
 
+async def test_without_resumption_a_go_away_is_relayed_then_the_upstreams_close(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    """A session that did not enable resumption: the client gets the ``goAway`` itself, then
+    its socket closes with the upstream's code and reason; nothing is resumed."""
+    reason = "session time limit reached"
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("go_away", after_turns=1, reason=reason))
+    resumptions = dict(live_proxy[0].live.sessions.resumptions)
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=TEXT) as session:
+        assert await turn(session, "one") == "Live reply 1 to: one"
+        seen = []
+        with pytest.raises(errors.APIError) as raised:
+            async for message in session.receive():
+                seen.append(message)
+    assert [message.go_away is not None for message in seen] == [True]
+    assert raised.value.code == 1000
+    assert reason in str(raised.value)
+    assert len(sim.live.setups) == 1
+    assert dict(live_proxy[0].live.sessions.resumptions) == resumptions
+
+
+async def test_a_drop_before_any_handle_closes_a_resumable_session_as_the_upstream_did(
+    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str]
+) -> None:
+    """Resumption enabled, but the upstream drops mid-way through the first turn, before it
+    gave a handle: there is nothing to resume with, so the client's socket closes with the
+    upstream's code and reason, and no new upstream session is opened."""
+    sim.live.add_fault("gemini-2.5-flash", LiveFault("drop_mid_turn", after_turns=1))
+    resumptions = dict(live_proxy[0].live.sessions.resumptions)
+    config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
+    async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
+        with pytest.raises(errors.APIError) as raised:
+            await turn(session, "one")
+    assert raised.value.code == 1011
+    assert "INTERNAL: Internal error encountered." in str(raised.value)
+    (setup,) = sim.live.setups  # no resumption attempted
+    assert "handle" not in setup["sessionResumption"]
+    assert dict(live_proxy[0].live.sessions.resumptions) == resumptions
+
+
+def resumptions_metric(metrics: str, model: str) -> float:
+    prefix = f'gemini_breaker_live_resumptions_total{{model="{model}"}} '
+    found = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(found[0].removeprefix(prefix)) if found else 0.0
+
+
 @pytest.mark.parametrize("kind", ["drop", "go_away"])
 async def test_a_resumable_session_is_resumed_without_the_client_noticing(
-    client: genai.Client, sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], kind: str
+    client: genai.Client,
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    kind: str,
 ) -> None:
+    """A drop or ``goAway`` after a handle: the next turn is answered in the same
+    conversation, and the resumption is counted, in the replica's counter and in
+    ``/metrics``."""
     sim.live.add_fault("gemini-2.5-flash", LiveFault(kind, after_turns=1))
     resumptions = live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"]
+    scraped = resumptions_metric(await metrics_of(live_proxy[1], certificates), "gemini-2.5-flash")
     config: Any = {**TEXT, "session_resumption": types.SessionResumptionConfig()}
     async with client.aio.live.connect(model="gemini-2.5-flash", config=config) as session:
         assert await turn(session, "one") == "Live reply 1 to: one"
         # The simulator numbers replies per conversation: 2 means the context carried over.
         assert await turn(session, "two") == "Live reply 2 to: two"
     assert live_proxy[0].live.sessions.resumptions["gemini-2.5-flash"] == resumptions + 1
+    metrics = await metrics_of(live_proxy[1], certificates)
+    assert resumptions_metric(metrics, "gemini-2.5-flash") == scraped + 1
     first, resumed = sim.live.setups
     assert "handle" not in first["sessionResumption"]
     assert resumed["sessionResumption"]["handle"].endswith("-1")
@@ -478,39 +537,210 @@ async def test_sessions_show_in_metrics_and_admin(
     await eventually_async(lambda: not sessions.open.get("gemini-2.0-flash"), what="the close")
 
 
-async def test_a_thousand_idle_sessions_are_held_at_once(
+@contextlib.asynccontextmanager
+async def raw_session(
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    model: str = "gemini-2.0-flash-lite",
+    resumable: bool = False,
+    **options: Any,
+) -> AsyncIterator[ClientConnection]:
+    """A session through the proxy with a plain WebSocket client (frames as they are), set up."""
+    url = live_proxy[1].replace("https://", "wss://") + LIVE_PATH
+    context = ssl.create_default_context(cafile=str(certificates["ca"]))
+    setup: dict[str, Any] = {"model": f"models/{model}"}
+    if resumable:
+        setup["sessionResumption"] = {}
+    async with connect(
+        url, ssl=context, additional_headers={"x-goog-api-key": "k"}, **options
+    ) as socket:
+        await socket.send(json.dumps({"setup": setup}))
+        assert json.loads(await socket.recv()) == {"setupComplete": {}}
+        yield socket
+
+
+async def until_turn_complete(socket: ClientConnection) -> None:
+    while b"turnComplete" not in await socket.recv(decode=False):
+        pass
+
+
+# Valid JSON a serializer would not write: odd whitespace, key order and escapes.
+ODD_TEXT = (
+    '{ "clientContent" :{"turnComplete" : true ,\n\t"turns":[ {"parts":[{"text":"caf\\u00e9'
+    '  x"}] , "role":"user"} ]} }  '
+)
+ODD_BINARY = '{"realtimeInput":{ "text" :"bin\u00e9"}}\r\n'.encode()
+
+
+async def test_client_frames_reach_the_upstream_byte_for_byte_and_of_their_type(
     sim: SimulatorApp, live_proxy: tuple[ProxyApp, str], certificates: dict[str, Path]
 ) -> None:
+    """Text stays text and binary stays binary, unchanged to the byte, an empty text frame
+    included (the simulator, like Google, takes that for invalid JSON and closes 1007)."""
+    async with raw_session(live_proxy, certificates) as socket:
+        await socket.send(ODD_TEXT)
+        await until_turn_complete(socket)
+        await socket.send(ODD_BINARY)
+        await until_turn_complete(socket)
+        await socket.send("")
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    assert list(sim.live.frames) == [ODD_TEXT, ODD_BINARY, ""]
+    assert [type(frame) for frame in sim.live.frames] == [str, bytes, str]
+
+
+@pytest.mark.parametrize("resumable", [False, True], ids=["plain", "resumable"])
+async def test_upstream_frames_reach_the_client_byte_for_byte_and_of_their_type(
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    resumable: bool,
+) -> None:
+    """Also when the client enabled resumption, where the relay looks into each frame."""
+    frames: tuple[str | bytes, ...] = (
+        ODD_TEXT,
+        ODD_BINARY,
+        "",
+        b"",
+        b"\x00\xff not JSON",
+        '{"sessionResumptionUpdate": {"resumable": false}}',
+    )
+    sim.live.add_fault("gemini-2.0-flash-lite", LiveFault("send", frames=frames))
+    async with raw_session(live_proxy, certificates, resumable=resumable) as socket:
+        received = [await socket.recv() for _ in frames]
+    assert received == list(frames)
+    assert [type(frame) for frame in received] == [type(frame) for frame in frames]
+
+
+async def test_a_client_that_stops_reading_stops_the_proxy_reading_the_upstream(
+    sim: SimulatorApp,
+    live_proxy: tuple[ProxyApp, str],
+    certificates: dict[str, Path],
+    figures: dict[str, str],
+) -> None:
+    """The upstream sends 400 frames of 512 KiB to a client that reads none: the simulator's
+    sends stop returning after a bounded number (what the kernel's socket buffers and the
+    frame queues of the client library and of the proxy's upstream socket hold, about 60 here),
+    so the proxy does not read, and buffer, the rest; once the client reads, every frame
+    arrives whole. (Random bytes, so a compressing connection cannot shrink them.)"""
+    total = 400
+    block = os.urandom(1 << 19)
+    sim.live.add_fault("gemini-2.0-flash-lite", LiveFault("send", frames=(block,) * total))
+    sent_before = sim.live.frames_sent
+    async with raw_session(live_proxy, certificates, max_size=None) as socket:
+
+        def settled() -> int | None:
+            """The count of frames sent, once it stopped growing for a while (nothing
+            signals that sends are blocked; a count still growing fails the bound anyway)."""
+            history.append(sim.live.frames_sent - sent_before)
+            recent = history[-40:]
+            return recent[-1] if len(recent) == 40 and len(set(recent)) == 1 else None
+
+        history: list[int] = []
+        in_flight = await eventually_async(
+            lambda: settled() or None, timeout=60, interval=0.025, what="the sends to stop"
+        )
+        figures["live: 512 KiB frames sent upstream while the client reads none"] = (
+            f"{in_flight} of {total}"
+        )
+        assert 0 < in_flight < total // 2
+        for _ in range(total):
+            assert await socket.recv() == block
+    assert sim.live.frames_sent - sent_before == total
+
+
+def _pid_listening_with(port: int) -> int:
+    """The pid of this process's child started with ``--port PORT`` (the free port makes it
+    unique)."""
+    wanted = ["--port", str(port)]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == os.getpid() and any(
+                argv[i : i + 2] == wanted for i in range(len(argv))
+            ):
+                return int(entry.name)
+    raise AssertionError(f"no child process listening on {port}")
+
+
+def _rss_kib(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1024
+
+
+async def test_a_thousand_idle_sessions_are_held_at_once(
+    sim: SimulatorApp,
+    live_simulator: tuple[SimulatorApp, str],
+    certificates: dict[str, Path],
+    tmp_path: Path,
+    figures: dict[str, str],
+) -> None:
     """1,000 concurrent sessions (set up, then idle) through one proxy process; each still
-    answers a turn afterwards. Memory per session is a figure: bench/live_sessions.py."""
+    answers a turn afterwards. The proxy runs as a process of its own (``gemini-breaker
+    serve``), so the growth of its resident memory is the proxy's alone (both of a session's
+    sockets, TLS towards the client, the relay's state): a figure, with a generous ceiling."""
+    sessions = 1000
+    port = free_port()
+    config = {
+        "upstream": {"base_url": live_simulator[1]},
+        "routes": {},
+        "server": {
+            "tls": {"cert_file": str(certificates["cert"]), "key_file": str(certificates["key"])}
+        },
+        "model_defaults": {"connect_timeout": 5, "first_event_timeout": 5},
+        "admin": {"allow_unauthenticated_loopback": True},
+    }
+    (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(config))
     context = ssl.create_default_context(cafile=str(certificates["ca"]))
-    url = live_proxy[1].replace("https://", "wss://") + LIVE_PATH
+    base = f"https://127.0.0.1:{port}"
+    url = base.replace("https://", "wss://") + LIVE_PATH
     setup = json.dumps({"setup": {"model": "models/gemini-2.0-flash-lite"}})
-    async with contextlib.AsyncExitStack() as stack:
+    args = ["serve", "--config", str(tmp_path / "proxy.yaml"), "--port", str(port)]
+    with running(args, {}):
+        pid = _pid_listening_with(port)
+        async with contextlib.AsyncExitStack() as stack:
 
-        async def open_one() -> ClientConnection:
-            socket = await stack.enter_async_context(
-                connect(url, ssl=context, additional_headers={"x-goog-api-key": "k"})
-            )
-            await socket.send(setup)
-            assert json.loads(await socket.recv()) == {"setupComplete": {}}
-            return socket
+            async def open_one() -> ClientConnection:
+                socket = await stack.enter_async_context(
+                    connect(url, ssl=context, additional_headers={"x-goog-api-key": "k"})
+                )
+                await socket.send(setup)
+                assert json.loads(await socket.recv()) == {"setupComplete": {}}
+                return socket
 
-        sockets = []
-        for _ in range(10):  # in waves, so the handshakes do not all time out at once
-            sockets += await asyncio.gather(*(open_one() for _ in range(100)))
-        assert live_proxy[0].live.sessions.open["gemini-2.0-flash-lite"] == 1000
-        turn_message = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "x"}]}]}}
-        for socket in (sockets[0], sockets[-1]):
-            await socket.send(json.dumps(turn_message))
-            texts = []
-            while True:
-                message = json.loads(await socket.recv())
-                if message.get("serverContent", {}).get("turnComplete"):
-                    break
-                for part in message.get("serverContent", {}).get("modelTurn", {}).get("parts", []):
-                    texts.append(part["text"])
-            assert "".join(texts) == "Live reply 1 to: x"
+            # One session first, so what every session shares (imports, pools, the first
+            # TLS handshake's caches) is not counted per session.
+            sockets = [await open_one()]
+            before = _rss_kib(pid)
+            for _ in range(10):  # in waves, so the handshakes do not all time out at once
+                sockets += await asyncio.gather(*(open_one() for _ in range(sessions // 10)))
+            after = _rss_kib(pid)
+            async with httpx.AsyncClient(verify=context) as http:
+                view = (await http.get(f"{base}/admin/live")).json()
+            assert view["open"]["gemini-2.0-flash-lite"] == sessions + 1
+            turn_message = {
+                "clientContent": {"turns": [{"role": "user", "parts": [{"text": "x"}]}]}
+            }
+            for socket in (sockets[0], sockets[-1]):
+                await socket.send(json.dumps(turn_message))
+                texts = []
+                while True:
+                    message = json.loads(await socket.recv())
+                    content = message.get("serverContent", {})
+                    if content.get("turnComplete"):
+                        break
+                    parts = content.get("modelTurn", {}).get("parts", [])
+                    texts += [part["text"] for part in parts]
+                assert "".join(texts) == "Live reply 1 to: x"
+    per_session = (after - before) / sessions
+    figures["live: proxy memory per idle session (RSS growth over 1,000, TLS)"] = (
+        f"{per_session:.1f} KiB"
+    )
+    assert per_session < 256
 
 
 async def test_shutdown_closes_open_sessions_with_a_close_frame(

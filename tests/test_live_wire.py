@@ -12,6 +12,7 @@ import pytest
 
 from proxy.cli import main
 from proxy.config import VertexSettings
+from proxy.live.relay import frame_of
 from proxy.live.vertex import VertexModel, is_vertex, parse_vertex_model
 from proxy.live.wire import (
     BadSetup,
@@ -173,3 +174,21 @@ def test_certs_makes_a_ca_that_verifies_the_proxy_certificate(
         s_in.write(outgoing.read())
         incoming.write(s_out.read())
     assert tls_client.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+
+
+@pytest.mark.parametrize(
+    ("message", "frame"),
+    [
+        ({"type": "websocket.receive", "text": ""}, ""),
+        ({"type": "websocket.receive", "bytes": b""}, b""),
+        ({"type": "websocket.receive", "text": "", "bytes": None}, ""),
+        ({"type": "websocket.receive", "bytes": b"", "text": None}, b""),
+        ({"type": "websocket.receive", "text": '{"a": 1}'}, '{"a": 1}'),
+        ({"type": "websocket.receive", "bytes": b"\x00"}, b"\x00"),
+    ],
+)
+def test_a_received_frame_keeps_its_type_even_when_empty(
+    message: dict[str, object], frame: str | bytes
+) -> None:
+    assert type(frame_of(message)) is type(frame)
+    assert frame_of(message) == frame

@@ -15,8 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from proxy.app import create_app
+from proxy.simulator import create_simulator_app
+from proxy.simulator.app import SimulatorApp
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
+from proxy.simulator.config import build_simulator_config
+from proxy.simulator.openai_compat import STREAM_FAULT_KINDS
 from proxy.telemetry import Telemetry
 
 from .conftest import calls, proxy_settings
@@ -409,3 +413,112 @@ def test_a_fallback_lacking_a_capability_the_chat_needs_is_skipped(
         )
         assert plain.headers["x-gemini-breaker-model"] == LITE  # it can serve this one
     assert [a["model"] for a in calls(simulator)] == [PRO, FLASH, PRO, LITE]
+
+
+EMBED, EMBED_NEXT = "gemini-embedding-001", "gemini-embedding-exp"
+
+
+@pytest.fixture(scope="module")
+def compat_simulator() -> Iterator[tuple[SimulatorApp, str]]:
+    """A simulator of this module's own, in process (its compatible API's stream faults are
+    added there), with a second embedding model to fail over to."""
+    app = create_simulator_app(build_simulator_config({"models": {EMBED_NEXT: {}}}))
+    with serve(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+def compat(
+    compat_simulator: tuple[SimulatorApp, str],
+) -> Iterator[tuple[SimulatorApp, SimulatorControl, str]]:
+    """That simulator, cleared, its control client, and a proxy in front of it whose
+    embedding route falls back to the second embedding model."""
+    app, url = compat_simulator
+    app.openai.stream_faults.clear()
+    with SimulatorControl(url) as control:
+        control.clear_all()
+        with proxy_with(url, **{PRO: [PRO, FLASH, LITE], EMBED: [EMBED, EMBED_NEXT]}) as proxy:
+            yield app, control, proxy
+        control.clear_faults()
+        control.clear_quotas()
+
+
+@pytest.mark.parametrize("kind", STREAM_FAULT_KINDS)
+def test_a_stream_lacking_its_finish_or_its_done_is_continued_not_passed_off_as_whole(
+    compat: tuple[SimulatorApp, SimulatorControl, str], kind: str
+) -> None:
+    """``[DONE]`` after no ``finish_reason``, or a ``finish_reason`` and then the end of the
+    body without ``[DONE]``: either way the answer was not seen to end, so the next model
+    continues it; the SDK gets the whole answer once, ended by the fallback's finish."""
+    app, control, proxy = compat
+    whole = whole_answer(proxy)
+    control.clear_attempts()
+    app.openai.add_stream_fault(PRO, kind)
+    chunks = list(client(proxy).chat.completions.create(model=PRO, messages=MESSAGES, stream=True))
+    assert text_of(chunks) == whole  # nothing repeated, nothing missing
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model == FLASH  # the model that finished it
+    assert len({c.id for c in chunks}) == 1
+    streams = [
+        (a["model"], a["api_method"])
+        for a in calls(control)
+        if a["api_method"] == "streamGenerateContent"
+    ]
+    assert streams == [(PRO, "streamGenerateContent"), (FLASH, "streamGenerateContent")]
+    app.openai.add_stream_fault(PRO, kind)
+    raw = httpx.post(
+        f"{proxy}/v1beta/openai/chat/completions",
+        json={"model": PRO, "messages": MESSAGES, "stream": True},
+        headers={"authorization": "Bearer test-key"},
+    )
+    # One [DONE], the last event: an early one would end the SDK's stream short.
+    assert raw.text.count("data: [DONE]") == 1 and raw.text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("kind", STREAM_FAULT_KINDS)
+def test_a_stream_lacking_its_finish_or_its_done_that_no_model_continues_raises(
+    compat: tuple[SimulatorApp, SimulatorControl, str], kind: str
+) -> None:
+    app, control, proxy = compat
+    app.openai.add_stream_fault(PRO, kind)
+    for model in (FLASH, LITE):
+        control.set_faults(model, [{"kind": "reject_continuation"}])
+    received: list[Any] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client(proxy).chat.completions.create(
+            model=PRO, messages=MESSAGES, stream=True
+        ):
+            received.append(chunk)
+    assert received  # what was delivered stays delivered, and is not called whole
+    assert "finish" in caught.value.message
+
+
+def test_embeddings_fail_over_on_a_503(compat: tuple[SimulatorApp, SimulatorControl, str]) -> None:
+    _, control, proxy = compat
+    control.set_faults(EMBED, [{"kind": "error", "status": 503}])
+    raw = client(proxy).embeddings.with_raw_response.create(model=EMBED, input=["a", "b"])
+    answer = raw.parse()
+    assert raw.headers["x-gemini-breaker-model"] == EMBED_NEXT
+    assert answer.model == EMBED_NEXT
+    seen = calls(control, include_body=True)
+    assert [(a["model"], a["status"]) for a in seen] == [(EMBED, 503), (EMBED_NEXT, 200)]
+    assert json.loads(control.body_of(seen[1]))["model"] == EMBED_NEXT
+    direct = client(proxy).embeddings.create(model=EMBED_NEXT, input=["a", "b"])
+    assert [e.embedding for e in answer.data] == [e.embedding for e in direct.data]
+
+
+def test_an_embeddings_429_is_backpressure_not_failover(
+    compat: tuple[SimulatorApp, SimulatorControl, str],
+) -> None:
+    """The SDK raises ``RateLimitError``; nothing moves to the next embedding model, and the
+    key and model cool down: the next call is shed by the proxy without reaching upstream."""
+    _, control, proxy = compat
+    control.set_faults(EMBED, [{"kind": "rate_limited", "retry_delay": 30, "times": 1}])
+    sdk = client(proxy, "embed-key")
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.embeddings.create(model=EMBED, input=["a"])
+    assert caught.value.status_code == 429
+    with pytest.raises(openai.RateLimitError) as shed:
+        sdk.embeddings.create(model=EMBED, input=["a"])
+    assert shed.value.response.headers["x-gemini-breaker-shed"] == "cooldown"
+    assert [(a["model"], a["status"]) for a in calls(control)] == [(EMBED, 429)]

@@ -122,6 +122,15 @@ def test_a_stream_is_whole_only_with_a_finish_reason_and_done() -> None:
     assert json.loads(restitched[6:])["id"] == "x"
 
 
+def test_a_continuations_done_goes_to_the_client_only_after_a_finish_reason() -> None:
+    account = OPENAI.stream_account(Delivered())
+    account.take({"id": "x", "choices": [{"index": 0, "delta": {"content": "Hel"}}]})
+    assert account.restitched(DONE_CHUNK, None) == b""  # it would end the SDK's stream short
+    finish = {"id": "y", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    assert json.loads(account.restitched(finish, None)[6:])["id"] == "x"
+    assert account.restitched(DONE_CHUNK, None) == b"data: [DONE]\n\n"
+
+
 def test_a_continuation_carries_the_delivered_text_as_an_assistant_message() -> None:
     body = b'{"model": "a", "messages": [{"role": "user", "content": "hi"}]}'
     messages = json.loads(OPENAI.continuation_body(body, "Hel"))["messages"]

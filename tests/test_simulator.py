@@ -1517,3 +1517,43 @@ def test_vertex_jobs_are_kept_per_location_and_unknown_ones_get_googles_404(
     assert express.status_code == 200 and express.json() == {}
     developer = httpx.get(f"{base_url}/v1beta/tuningJobs", headers={"x-goog-api-key": KEY})
     assert developer.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("kind", "finishes", "done"),
+    [
+        (None, True, True),
+        ("done_without_finish", False, True),
+        ("finish_without_done", True, False),
+    ],
+)
+def test_the_compatible_streams_faults_leave_out_the_finish_or_the_done(
+    kind: str | None, finishes: bool, done: bool
+) -> None:
+    app = create_simulator_app()
+    with serve(app) as url:
+        if kind is not None:
+            app.openai.add_stream_fault("gemini-2.5-flash", kind)
+        body = {
+            "model": "gemini-2.5-flash",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        raw = httpx.post(
+            f"{url}/v1beta/openai/chat/completions",
+            json=body,
+            headers={"authorization": "Bearer k"},
+        ).text
+        again = httpx.post(
+            f"{url}/v1beta/openai/chat/completions",
+            json=body,
+            headers={"authorization": "Bearer k"},
+        ).text
+    events = [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+    chunks = [json.loads(e) for e in events if e != "[DONE]"]
+    assert len(chunks) > 1 and "".join(c["choices"][0]["delta"]["content"] for c in chunks)
+    assert any(c["choices"][0]["finish_reason"] for c in chunks) is finishes
+    assert (events[-1] == "[DONE]") is done and events.count("[DONE]") == int(done)
+    assert again.endswith("data: [DONE]\n\n")  # used once
+    with pytest.raises(ValueError, match="not a stream fault"):
+        app.openai.add_stream_fault("gemini-2.5-flash", "cut")

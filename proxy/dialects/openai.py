@@ -252,10 +252,12 @@ class OpenAIStreamAccount:
                 self.reason = str(choice["finish_reason"])
 
     def restitched(self, chunk: dict[str, Any], usage_before: dict[str, Any] | None) -> bytes:
-        """A continuation's event as part of the original stream: the original ``id``."""
+        """A continuation's event as part of the original stream: the original ``id``; its
+        ``[DONE]`` only after a ``finish_reason`` (an earlier one would end the client's stream
+        as if whole)."""
         self.take(chunk)
         if chunk is DONE_CHUNK:
-            return DONE_EVENT
+            return DONE_EVENT if self.delivered.finish_reason is not None else b""
         response_id = self.delivered.response_id
         if response_id is not None and chunk.get("id") != response_id:
             chunk = {**chunk, "id": response_id}

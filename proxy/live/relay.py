@@ -215,7 +215,7 @@ class LiveRelay:
         if first["type"] != "websocket.receive":
             ended.code = first.get("code", 1005)
             return
-        frame: Frame = first.get("bytes") or first.get("text") or b""
+        frame = frame_of(first)
         vertex_settings = self.settings.vertex
         vertex: VertexModel | None = None
         try:
@@ -473,7 +473,7 @@ class _Session:
                 self.ended.code = code
                 await current[0].socket.close(code if code in (1000, 1001) else 1000)
                 return
-            frame: Frame = message.get("bytes") or message.get("text") or b""
+            frame = frame_of(message)
             while True:
                 socket = current[0].socket
                 try:
@@ -543,6 +543,17 @@ class _Session:
         self.ended.code = 1001
         await _close(self.send, 1001, "the proxy is shutting down")
         await upstream.socket.close(1001)
+
+
+def frame_of(message: Message) -> Frame:
+    """The frame of a ``websocket.receive`` message, of its type: a text frame stays text even
+    when empty (ASGI sets exactly one of ``text`` and ``bytes``; a falsy test would turn an
+    empty text frame into a binary one)."""
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    data: bytes | None = message.get("bytes")
+    return data if data is not None else b""
 
 
 def shed_reason(model: str, shed: Shed) -> str:

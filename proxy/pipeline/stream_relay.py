@@ -145,9 +145,18 @@ class SseRelay:
             await response.aclose()  # never suspends, so a cancellation cannot cut it short
 
     async def _forward(self, batch: list[tuple[bytes, dict[str, object]]]) -> None:
-        take = self.account.take
+        take, delivered = self.account.take, self.delivered
+        ended_early = False
         for _, chunk in batch:
             take(chunk)
+            # A compatible ``[DONE]`` with no ``finish_reason`` before it ends the client's
+            # stream (the SDK stops reading there) although the answer did not end: held
+            # back, so what follows (a continuation, or the error chunk) is still read.
+            ended_early = ended_early or (chunk is DONE_CHUNK and delivered.finish_reason is None)
+        if ended_early:
+            batch = [(raw, chunk) for raw, chunk in batch if chunk is not DONE_CHUNK]
+            if not batch:
+                return
         body = batch[0][0] if len(batch) == 1 else b"".join([raw for raw, _ in batch])
         await self.client.send({"type": "http.response.body", "body": body, "more_body": True})
 

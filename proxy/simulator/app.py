@@ -63,9 +63,11 @@ class SimulatorApp:
             yield
 
         gemini = GeminiApi(state)
+        self.openai = OpenAICompatApi(gemini)
+        """The compatible API; its stream faults are added in process."""
         routes = [
             Mount("/_sim", routes=ControlApi(state).routes()),
-            Route("/v1beta/openai/{path:path}", OpenAICompatApi(gemini), methods=["GET", "POST"]),
+            Route("/v1beta/openai/{path:path}", self.openai, methods=["GET", "POST"]),
             Route("/{path:path}", gemini),
         ]
         self._app = TransportCapture(

@@ -3,6 +3,8 @@
 (``modelTurn`` parts, ``generationComplete``, ``turnComplete`` with ``usageMetadata``); a tool
 call round trip; ``sessionResumptionUpdate`` handles when the client asked for resumption;
 ``goAway``; errors as a 1011 close with the status in the reason. Frames are binary JSON.
+Every frame a session receives after its setup is recorded as it came (``frames``), for tests
+of the relay's byte-for-byte promise.
 Vertex AI's path (``LlmBidiService``) takes a setup naming the model's full resource,
 ``projects/P/locations/L/publishers/google/models/M``; faults are keyed by ``M`` there too.
 
@@ -24,19 +26,28 @@ from .attempts import key_digest
 _VERTEX_MODEL = re.compile(
     r"^projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/]+)$"
 )
-LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "go_away")
+LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "drop_mid_turn", "go_away", "send")
+Frame = str | bytes
+FRAMES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class LiveFault:
     """``refuse``: the upgrade answered with ``status``; ``close_at_setup``: closed (1011,
     UNAVAILABLE) instead of ``setupComplete``; ``quota``: closed (1011, RESOURCE_EXHAUSTED)
-    at setup; ``drop``: closed (1011, INTERNAL) after ``after_turns`` turns; ``go_away``:
-    ``goAway`` then a close after ``after_turns`` turns."""
+    at setup; ``drop``: closed (1011, INTERNAL) after ``after_turns`` turns (after the turn's
+    resumption handle, if any); ``drop_mid_turn``: closed the same way after the first chunk
+    of turn ``after_turns`` (before that turn's ``turnComplete`` and handle); ``go_away``:
+    ``goAway`` then a close (1000, ``reason``) after ``after_turns`` turns; ``send``:
+    ``frames`` sent as they are (text as text, bytes as binary) right after ``setupComplete``,
+    each counted in ``LiveSimulator.frames_sent`` once its send returned (a send waits while
+    the peer does not read: that is how a test sees back-pressure)."""
 
     kind: str
     after_turns: int = 0
     status: int = 503
+    frames: tuple[Frame, ...] = ()
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -56,6 +67,11 @@ class LiveSimulator:
         """The path of every upgrade accepted, in order."""
         self.credentials: list[str] = []
         """For every upgrade accepted, a digest of its API key or bearer token ("" if none)."""
+        self.frames: deque[Frame] = deque(maxlen=FRAMES_KEPT)
+        """The frames received after a setup, as they came (text as ``str``, binary as
+        bytes), the last ``FRAMES_KEPT`` of them: a long-running simulator keeps no more."""
+        self.frames_sent = 0
+        """Frames of ``send`` faults whose send returned."""
         self._resumable: dict[str, _Conversation] = {}
         self._ids = itertools.count(1)
 
@@ -117,6 +133,11 @@ class LiveSimulator:
             conversation = _Conversation()
         session = next(self._ids)
         await _send(send, {"setupComplete": {}})
+        scripted = self._next_fault(model, ("send",))
+        for frame in scripted.frames if scripted is not None else ():
+            key = "text" if isinstance(frame, str) else "bytes"
+            await send({"type": "websocket.send", key: frame})
+            self.frames_sent += 1
         tools = {
             declaration["name"]
             for tool in setup.get("tools") or ()
@@ -127,6 +148,10 @@ class LiveSimulator:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return
+            text_frame: str | None = message.get("text")
+            self.frames.append(
+                text_frame if text_frame is not None else message.get("bytes") or b""
+            )
             try:
                 body = json.loads(message.get("bytes") or message.get("text") or "")
             except ValueError:
@@ -151,8 +176,15 @@ class LiveSimulator:
                 conversation.history.append(text)
                 text_out = f"Live reply {conversation.turns + 1} to: {text}"
             conversation.turns += 1
+            mid_turn = self._next_fault(model, ("drop_mid_turn",))
+            if mid_turn is not None and conversation.turns < mid_turn.after_turns:
+                self.faults[model].appendleft(mid_turn)
+                mid_turn = None
             for chunk in _chunks(text_out):
                 await _send(send, {"serverContent": {"modelTurn": {"parts": [{"text": chunk}]}}})
+                if mid_turn is not None:
+                    await _close(send, 1011, "INTERNAL: Internal error encountered.")
+                    return
             await _send(send, {"serverContent": {"generationComplete": True}})
             usage = {"promptTokenCount": 4, "responseTokenCount": len(text_out.split())}
             await _send(send, {"serverContent": {"turnComplete": True}, "usageMetadata": usage})
@@ -166,7 +198,7 @@ class LiveSimulator:
             if fault is not None and conversation.turns >= fault.after_turns:
                 if fault.kind == "go_away":
                     await _send(send, {"goAway": {"timeLeft": "0s"}})
-                    await _close(send, 1000, "")
+                    await _close(send, 1000, fault.reason)
                 else:
                     await _close(send, 1011, "INTERNAL: Internal error encountered.")
                 return

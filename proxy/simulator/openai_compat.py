@@ -6,6 +6,12 @@ chunk with a ``finish_reason``. Errors are Google's error object in a JSON list.
 
 Tool calls: the simulated model calls the request's first tool (arguments ``{}``) when
 ``tool_choice`` is ``"required"`` and the last message is not a tool's result.
+
+Stream faults of the compatible framing itself (``STREAM_FAULT_KINDS``), queued per model by
+``add_stream_fault`` (in process) and each used once by the model's next stream:
+``done_without_finish``, every chunk's ``finish_reason`` (and ``usage``) left out but
+``data: [DONE]`` sent at the end; ``finish_without_done``, the answer whole with its
+``finish_reason`` but the body ending without ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +33,7 @@ _PATH = re.compile(r"^/v1beta/openai/(chat/completions|embeddings|models)/?$")
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n")
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 DONE = b"data: [DONE]\n\n"
+STREAM_FAULT_KINDS = ("done_without_finish", "finish_without_done")
 
 
 class OpenAICompatApi:
@@ -34,6 +42,17 @@ class OpenAICompatApi:
 
     def __init__(self, gemini: ASGIApp) -> None:
         self.gemini = gemini
+        self.stream_faults: dict[str, deque[str]] = {}
+
+    def add_stream_fault(self, model: str, kind: str) -> None:
+        """Queue a fault of ``STREAM_FAULT_KINDS`` for ``model``'s next stream."""
+        if kind not in STREAM_FAULT_KINDS:
+            raise ValueError(f"not a stream fault of the compatible API: {kind!r}")
+        self.stream_faults.setdefault(model, deque()).append(kind)
+
+    def _stream_fault(self, model: str) -> str | None:
+        queue = self.stream_faults.get(model)
+        return queue.popleft() if queue else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _PATH.match(scope["path"])
@@ -67,7 +86,9 @@ class OpenAICompatApi:
         stream = request.get("stream") is True
         method = "streamGenerateContent" if stream else "generateContent"
         path = f"/v1beta/models/{model}:{method}"
-        translator: _Translator = _Stream(model) if stream else _Completion(model, request)
+        translator: _Translator = (
+            _Stream(model, self._stream_fault(model)) if stream else _Completion(model, request)
+        )
         inner_body = _generate_request(request)
         await self._inner(scope, receive, send, "POST", path, inner_body, translator, body)
 
@@ -205,13 +226,14 @@ class _Completion(_Translator):
 
 class _Stream(_Translator):
     """Event by event: a chunk that is not JSON goes through as it is (corrupt); ``[DONE]``
-    only after a chunk that finished the answer."""
+    only after a chunk that finished the answer (unless ``fault`` says otherwise)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, fault: str | None = None) -> None:
         super().__init__()
         self.model = model
         self.pending = b""
         self.finished = False
+        self.fault = fault
 
     def translate(self, message: Message) -> list[Message]:
         if message["type"] == "http.response.start":
@@ -238,7 +260,8 @@ class _Stream(_Translator):
         if not more:
             if self.pending:
                 out.append(self.pending)
-            if self.finished:
+            done = self.finished and self.fault != "finish_without_done"
+            if done or self.fault == "done_without_finish":
                 out.append(DONE)
         return [{"type": "http.response.body", "body": b"".join(out), "more_body": more}]
 
@@ -254,6 +277,8 @@ class _Stream(_Translator):
             part.get("text", "") for part in (candidate.get("content") or {}).get("parts", [])
         )
         reason = candidate.get("finishReason")
+        if self.fault == "done_without_finish":
+            reason = None
         finish = _FINISH.get(reason, "content_filter") if reason else None
         self.finished = self.finished or finish is not None
         chunk: dict[str, Any] = {
