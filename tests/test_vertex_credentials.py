@@ -27,10 +27,12 @@ from google.auth._helpers import REFRESH_THRESHOLD
 from google.genai import Client, errors, types
 from google.oauth2.credentials import Credentials
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from proxy.simulator import SimulatorConfig, create_simulator_app
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
+from proxy.simulator.live import LiveFault
 from proxy.simulator.metadata import TokenIssuer, create_metadata_app
 
 from .conftest import calls
@@ -101,6 +103,30 @@ async def test_a_vertex_live_session_without_credentials_gets_a_metadata_token(
     assert region.live.paths == [VERTEX_LIVE_PATH]
     assert region.live.credentials == [key_digest("metadata-token-1")]
     assert not any("metadata-token" in line for line in log)
+
+
+@pytest.mark.anyio
+async def test_a_live_upgrade_refused_401_replaces_the_pods_token_for_the_next_session(
+    tmp_path: Path,
+) -> None:
+    region = create_simulator_app(SimulatorConfig())
+    region.live.add_fault(FLASH, LiveFault("refuse", status=401))
+    resource = f"projects/{PROJECT}/locations/{EU}/publishers/google/models/{FLASH}"
+    with (
+        serve(region) as region_url,
+        serve(create_metadata_app()) as metadata,
+        proxy_on_metadata(tmp_path, region_url, metadata) as (proxy, _),
+    ):
+        url = proxy.replace("http://", "ws://") + VERTEX_LIVE_PATH
+        async with connect(url) as refused:
+            await refused.send(json.dumps({"setup": {"model": resource}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await refused.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        async with connect(url) as session:
+            await session.send(json.dumps({"setup": {"model": resource}}))
+            assert "setupComplete" in json.loads(await session.recv())
+    assert region.live.credentials == [key_digest("metadata-token-2")]
 
 
 def short_form(proxy: str) -> Client:

@@ -235,9 +235,11 @@ class LiveRelay:
         # Vertex never gets the Developer API's key; a session with no credential of its own
         # gets an ADC token, as a Vertex call does.
         api_key = self.settings.upstream.api_key if vertex is None else None
+        injected: bytes | None = None
         if vertex is not None and not has_credential(headers, {"query_string": query_string}):
             try:
-                headers = [*headers, (b"authorization", await self.adc.authorization())]
+                injected = await self.adc.authorization()
+                headers = [*headers, (b"authorization", injected)]
             except CredentialsUnavailable as exc:
                 ended.code = 1008
                 await _close(send, 1008, f"UNAUTHENTICATED: No credentials: {exc.args[0]}")
@@ -248,6 +250,7 @@ class LiveRelay:
             self, coordinator, setup, route, credential, where, headers, api_key, receive, send
         )
         session.text = isinstance(frame, str)
+        session.injected = injected
         session.ended = ended
         await session.run()
 
@@ -283,6 +286,8 @@ class _Session:
         self.receive = receive
         self.send = send
         self.text = False
+        self.injected: bytes | None = None
+        """The ADC ``Authorization`` header the proxy added (None: the client's own)."""
         self.handle: str | None = None
         self.resumes = 0
         self.client_gone = False
@@ -421,6 +426,8 @@ class _Session:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
+            if status == 401 and self.injected is not None:
+                self.relay.adc.reject(self.injected)  # the next session fetches a new token
             code = {
                 CloseKind.FAILURE: 1011,
                 CloseKind.RATE_LIMITED: 1011,
