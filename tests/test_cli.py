@@ -19,6 +19,7 @@ from google.oauth2.credentials import Credentials
 
 from proxy.app import create_app
 from proxy.cluster.keys import Keys
+from proxy.operators.admin_cli import _segment as admin_cli_segment
 
 from .conftest import proxy_settings
 from .redis_support import RedisServer
@@ -216,3 +217,8 @@ def test_the_admin_cli_forces_pins_and_shows_vertex_targets(vertex_proxy: str) -
     audit = admin(vertex_proxy, "audit", "--json").stdout
     targets = [(e["action"], e["target"]) for e in json.loads(audit)["entries"]]
     assert targets == [("reset", us_pro), ("unpin", PRO), ("pin", PRO), ("force_open", us_pro)]
+
+
+def test_names_go_to_the_admin_api_as_one_path_segment() -> None:
+    assert admin_cli_segment("gemini-2.5-pro@us-central1") == "gemini-2.5-pro@us-central1"
+    assert admin_cli_segment("odd?name#1 %") == "odd%3Fname%231%20%25"

@@ -226,6 +226,10 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"mode": "sidecar", "serviceAccount": {"create": True}},
         "the sidecar runs as the application's pod service account",
     ),
+    "service account named in sidecar mode": (
+        {"mode": "sidecar", "serviceAccountName": "proxy"},
+        "the sidecar runs as the application's pod service account",
+    ),
     "client tokens in the config file": (
         {"config": {"server": {"client_tokens": ["client-token-0123456789"]}}},
         "/config/server/client_tokens",

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 
@@ -122,19 +123,25 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     return 0
 
 
+def _segment(name: str) -> str:
+    """A model or route name as one path segment: ``@`` kept readable, what a URL would read
+    otherwise (``?``, ``#``, ``%``, spaces) escaped."""
+    return quote(name, safe="@:")
+
+
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     command: str = args.admin_command
     method, path, body = "GET", f"/admin/{command}", None
     if command == "audit":
         path += f"?limit={args.limit}"
     elif command in BREAKER_ACTIONS:
-        method, path = "POST", f"/admin/breakers/{args.model}/{command.replace('-', '_')}"
+        method, path = "POST", f"/admin/breakers/{_segment(args.model)}/{command.replace('-', '_')}"
         body = _who_and_why(args)
     elif command == "pin":
-        method, path = "POST", f"/admin/routes/{args.route}/pin"
+        method, path = "POST", f"/admin/routes/{_segment(args.route)}/pin"
         body = {"model": args.model, "ttl_seconds": args.ttl, **_who_and_why(args)}
     elif command == "unpin":
-        method, path = "POST", f"/admin/routes/{args.route}/unpin"
+        method, path = "POST", f"/admin/routes/{_segment(args.route)}/unpin"
         body = _who_and_why(args)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     headers = {"authorization": f"Bearer {token}"} if token else {}

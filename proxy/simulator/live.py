@@ -29,6 +29,9 @@ _VERTEX_MODEL = re.compile(
 LIVE_FAULT_KINDS = ("refuse", "close_at_setup", "quota", "drop", "drop_mid_turn", "go_away", "send")
 Frame = str | bytes
 FRAMES_KEPT = 10_000
+RECORDS_KEPT = 10_000
+"""Upgrades (paths, credentials), setups and resumable conversations a long-running simulator
+keeps: the oldest go first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +100,8 @@ class LiveSimulator:
             await _refuse(scope, send, self.faults[refusal].popleft().status)
             return
         await send({"type": "websocket.accept"})
-        self.paths.append(path)
-        self.credentials.append(_credential(scope))
+        _record(self.paths, path)
+        _record(self.credentials, _credential(scope))
         first = await receive()
         if first["type"] != "websocket.receive":
             return
@@ -113,7 +116,7 @@ class LiveSimulator:
             await _close(send, 1007, f"INVALID_ARGUMENT: model {name!r} is not a full resource.")
             return
         model = vertex["model"] if vertex is not None else name.removeprefix("models/")
-        self.setups.append(setup)
+        _record(self.setups, setup)
         at_setup = self._next_fault(model, ("close_at_setup", "quota"))
         if at_setup is not None:
             if at_setup.kind == "quota":
@@ -191,6 +194,8 @@ class LiveSimulator:
             if resumption is not None:
                 new = f"handle-{session}-{conversation.turns}"
                 self._resumable[new] = conversation
+                if len(self._resumable) > RECORDS_KEPT:
+                    del self._resumable[next(iter(self._resumable))]
                 await _send(
                     send, {"sessionResumptionUpdate": {"newHandle": new, "resumable": True}}
                 )
@@ -268,3 +273,10 @@ async def _refuse(scope: Scope, send: Send, status: int) -> None:
         }
     )
     await send({"type": "websocket.http.response.body", "body": body})
+
+
+def _record(records: list[Any], item: Any) -> None:
+    """Append ``item``, keeping the last ``RECORDS_KEPT`` (a list, so tests compare it to one)."""
+    records.append(item)
+    if len(records) > RECORDS_KEPT:
+        del records[: len(records) - RECORDS_KEPT]

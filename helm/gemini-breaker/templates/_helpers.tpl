@@ -138,7 +138,7 @@ redisSentinelPassword: GEMINI_BREAKER_REDIS_SENTINEL_PASSWORD
 {{- if and $tokens (not $key) -}}
 {{- fail "secrets.clientTokens: they stand for secrets.apiKey, which is not set" -}}
 {{- end -}}
-{{- if and (eq .Values.mode "sidecar") (or .Values.serviceAccount.create .Values.serviceAccount.annotations) -}}
+{{- if and (eq .Values.mode "sidecar") (or .Values.serviceAccount.create .Values.serviceAccount.annotations .Values.serviceAccountName) -}}
 {{- fail "serviceAccount: sidecar mode makes no pods, so the chart's ServiceAccount would be ignored; the sidecar runs as the application's pod service account: annotate that one (iam.gke.io/gcp-service-account) for GKE workload identity" -}}
 {{- end -}}
 {{- if and (gt (int .Values.server.workers) 1) (not $redis) -}}
