@@ -38,7 +38,7 @@ from proxy.telemetry import Telemetry
 from proxy.telemetry.jsonlog import JsonFormatter
 
 from .conftest import ROUTES, proxy_settings
-from .support import eventually_async, free_port, running, serve
+from .support import eventually, eventually_async, free_port, running, serve
 from .tcp_gate import TcpGate
 
 pytestmark = pytest.mark.anyio
@@ -898,6 +898,43 @@ async def test_a_vertex_setup_failure_moves_to_the_same_model_in_the_next_locati
     assert eu.live.paths == [VERTEX_PATH]
     assert [setup["model"] for setup in eu.live.setups] == [resource(EU)]
     assert eu.live.credentials == [key_digest(VERTEX_TOKEN)]
+
+
+def failures_of(url: str, certificates: dict[str, Path], target: str) -> int:
+    """The failures ``target``'s breaker counts, from the admin API."""
+    trust = ssl.create_default_context(cafile=str(certificates["ca"]))
+    breakers = httpx.get(f"{url}/admin/breakers", verify=trust).json()["breakers"]
+    return int(breakers.get(target, {"failures": 0})["failures"])
+
+
+async def test_a_refused_connection_moves_to_the_same_model_in_the_next_location(
+    regions: dict[str, tuple[SimulatorApp, str]],
+    certificates: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """us-central1's origin refuses the connection (nothing listens on its port): the session
+    is served by pro@europe-west4, and the refusal counts against pro@us-central1."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates["ca"]))
+    us, eu = regions[US][0], regions[EU][0]
+    refusing = {US: (us, f"http://127.0.0.1:{free_port()}"), EU: regions[EU]}
+    route = [f"gemini-2.5-pro@{US}", f"gemini-2.5-pro@{EU}"]
+    with vertex_proxy_with(refusing, certificates, route) as url:
+        client = vertex_client(url, US)
+        async with client.aio.live.connect(model="gemini-2.5-pro", config=TEXT) as session:
+            assert await turn(session, "hi") == "Live reply 1 to: hi"
+        # Outcomes reach the breakers with the next flush of the tallies.
+        await anyio.to_thread.run_sync(
+            lambda: eventually(
+                lambda: failures_of(url, certificates, f"gemini-2.5-pro@{US}") == 1,
+                what="the refused setup in pro@us-central1's breaker",
+            )
+        )
+        trust = ssl.create_default_context(cafile=str(certificates["ca"]))
+        async with httpx.AsyncClient(verify=trust) as http:
+            live = (await http.get(f"{url}/admin/live")).json()
+    assert [setup["model"] for setup in eu.live.setups] == [resource(EU)]
+    assert us.live.paths == []
+    assert live["setup_failures"] == {f"gemini-2.5-pro@{US}": 1}
 
 
 async def test_a_quota_close_on_shared_capacity_moves_to_the_next_location(
