@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from proxy.simulator import SimulatorConfig, create_simulator_app
+from proxy.simulator.app import SimulatorApp
 from proxy.simulator.attempts import key_digest
 from proxy.simulator.client import SimulatorControl
 from proxy.simulator.live import LiveFault
@@ -83,6 +84,23 @@ def proxy_on_metadata(
         yield f"http://127.0.0.1:{port}", log
 
 
+LIVE_SETUP = json.dumps(
+    {"setup": {"model": f"projects/{PROJECT}/locations/{EU}/publishers/google/models/{FLASH}"}}
+)
+
+
+@contextlib.contextmanager
+def live_on_metadata(tmp_path: Path, region: SimulatorApp) -> Iterator[tuple[str, list[str]]]:
+    """``region`` served as EU's origin behind a proxy on the metadata server's credentials;
+    (the proxy's Vertex Live URL, its log)."""
+    with (
+        serve(region) as region_url,
+        serve(create_metadata_app()) as metadata,
+        proxy_on_metadata(tmp_path, region_url, metadata) as (proxy, log),
+    ):
+        yield proxy.replace("http://", "ws://") + VERTEX_LIVE_PATH, log
+
+
 @pytest.mark.anyio
 async def test_a_vertex_live_session_without_credentials_gets_a_metadata_token(
     tmp_path: Path,
@@ -90,15 +108,9 @@ async def test_a_vertex_live_session_without_credentials_gets_a_metadata_token(
     """A Live session with no credential of its own (a client speaking the frames itself: the
     SDK would fetch a token first) is opened upstream with the pod's token, never logged."""
     region = create_simulator_app(SimulatorConfig())
-    resource = f"projects/{PROJECT}/locations/{EU}/publishers/google/models/{FLASH}"
-    with (
-        serve(region) as region_url,
-        serve(create_metadata_app()) as metadata,
-        proxy_on_metadata(tmp_path, region_url, metadata) as (proxy, log),
-    ):
-        url = proxy.replace("http://", "ws://") + VERTEX_LIVE_PATH
+    with live_on_metadata(tmp_path, region) as (url, log):
         async with connect(url) as session:
-            await session.send(json.dumps({"setup": {"model": resource}}))
+            await session.send(LIVE_SETUP)
             assert "setupComplete" in json.loads(await session.recv())
     assert region.live.paths == [VERTEX_LIVE_PATH]
     assert region.live.credentials == [key_digest("metadata-token-1")]
@@ -111,20 +123,14 @@ async def test_a_live_upgrade_refused_401_replaces_the_pods_token_for_the_next_s
 ) -> None:
     region = create_simulator_app(SimulatorConfig())
     region.live.add_fault(FLASH, LiveFault("refuse", status=401))
-    resource = f"projects/{PROJECT}/locations/{EU}/publishers/google/models/{FLASH}"
-    with (
-        serve(region) as region_url,
-        serve(create_metadata_app()) as metadata,
-        proxy_on_metadata(tmp_path, region_url, metadata) as (proxy, _),
-    ):
-        url = proxy.replace("http://", "ws://") + VERTEX_LIVE_PATH
+    with live_on_metadata(tmp_path, region) as (url, _):
         async with connect(url) as refused:
-            await refused.send(json.dumps({"setup": {"model": resource}}))
+            await refused.send(LIVE_SETUP)
             with pytest.raises(ConnectionClosed) as closed:
                 await refused.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         async with connect(url) as session:
-            await session.send(json.dumps({"setup": {"model": resource}}))
+            await session.send(LIVE_SETUP)
             assert "setupComplete" in json.loads(await session.recv())
     assert region.live.credentials == [key_digest("metadata-token-2")]
 

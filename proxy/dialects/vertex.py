@@ -71,6 +71,11 @@ def shared_capacity(limit: RateLimit) -> bool:
     return not (limit.quota_id or limit.quota_metric or limit.per_day)
 
 
+def model_of(target: str) -> str:
+    """The model a target names (``model@location``, or a bare model)."""
+    return target.partition("@")[0]
+
+
 def same_model_elsewhere(target: str, following: str) -> bool:
     """``following`` is ``target``'s model in another location."""
     model, _, location = target.partition("@")

@@ -32,7 +32,7 @@ from ..client_tokens import ClientTokens, without_credentials
 from ..cluster.coordinator import Coordinator
 from ..cluster.quota_gate import Shed
 from ..config import Settings, VertexSettings
-from ..dialects.vertex import shared_capacity
+from ..dialects.vertex import model_of, shared_capacity
 from ..errors import PipelineError
 from ..gemini.quota import rate_limit_of_close
 from ..pipeline.breaker_report import BreakerReport
@@ -337,12 +337,12 @@ class _Session:
         held_to: str | None = None
         held: NoModel | tuple[str, Shed] | None = None
         for position, model in enumerate(chain):
-            if held_to is not None and model.partition("@")[0] != held_to:
+            if held_to is not None and model_of(model) != held_to:
                 break  # a quota condition never moves to a weaker model
             if model != spill_to:
                 shed = await self._gate(model)
                 if shed is not None and self._next_location(chain, position, shed.shared_capacity):
-                    held_to, held = model.partition("@")[0], (model, shed)
+                    held_to, held = model_of(model), (model, shed)
                     continue
                 if shed is not None:
                     # Backpressure, as for a call: the session is shed, and moves to another
@@ -379,7 +379,7 @@ class _Session:
                     limit = rate_limit_of_close(exc.reason)
                     coordinator.rate_limited(self.credential, model, limit)
                     if self._next_location(chain, position, shared_capacity(limit)):
-                        held_to, held = model.partition("@")[0], exc
+                        held_to, held = model_of(model), exc
                         continue
                 raise
             report.outcome(admission, Verdict.SUCCESS)

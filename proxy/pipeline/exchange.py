@@ -23,7 +23,7 @@ from ..cluster.coordinator import CLOCK_TOLERANCE, Admission, Coordinator, Shed
 from ..cluster.state import OPEN
 from ..config import ModelSettings, Settings
 from ..dialects import Dialect, Framing, RequestRoute
-from ..dialects.vertex import shared_capacity
+from ..dialects.vertex import model_of, shared_capacity
 from ..gemini.features import RequestNeeds
 from ..telemetry import AttemptSpan, Telemetry
 from ..transport.asgi_io import BodyTooLarge, ClientDisconnected
@@ -232,7 +232,7 @@ class Exchange:
         while position + 1 < len(chain) and self.remaining() > 0:
             position += 1
             model = chain[position]
-            if held_to is not None and model.partition("@")[0] != held_to:
+            if held_to is not None and model_of(model) != held_to:
                 break  # a 429 never moves to a weaker model
             if position > 0 and model != jumped_to:
                 reason = capabilities.registry.can_serve(model, self.needs)
@@ -245,7 +245,7 @@ class Exchange:
                     # Cooling down after a 429 on shared capacity: the same model in the next
                     # location may have it (no attempt here, so nothing for the breaker).
                     self._passed_over = self._passed_over or "rate_limited"
-                    held_to, held_shed = model.partition("@")[0], (model, shed)
+                    held_to, held_shed = model_of(model), (model, shed)
                     continue
                 if shed is not None:
                     # A quota condition is backpressure: answer 429, and move to another model
@@ -271,7 +271,7 @@ class Exchange:
             decision = await self._try_model(admission, position, jumped_to is not None)
             # Once a location was tried, its outcome decides (a failure there fails over as
             # any failure does); a 429 that moves again holds the request to the model.
-            held_to = model.partition("@")[0] if self._moved_on_429 else None
+            held_to = model_of(model) if self._moved_on_429 else None
             held_shed = None
             if isinstance(decision, Done):
                 self.fallbacks = position
